@@ -1,0 +1,106 @@
+"""Every Redis key, stream and channel name the system uses, in one place.
+
+All names start with a configurable prefix (``TEAMDASH_REDIS_PREFIX``, default ``td``) so
+several stacks can share one Redis. Topics are the units clients subscribe to:
+
+======================  ==============================================================
+topic                   events
+======================  ==============================================================
+``metrics``             ``metrics:update``
+``logs``                ``system:alert``
+``agents``              lifecycle of every agent (created / status / error, no output)
+``agent:{agentId}``     one agent's output, status and errors
+======================  ==============================================================
+
+Each topic has a stream (the replay buffer), a meta hash (offset counter and epoch) and a
+pub/sub channel (live delivery); see :mod:`shared.bus`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+METRICS_TOPIC = "metrics"
+LOGS_TOPIC = "logs"
+AGENTS_TOPIC = "agents"
+
+#: Consumer group of runners on the shared ``agent:create`` stream.
+RUNNERS_GROUP = "runners"
+
+
+def agent_topic(agent_id: str) -> str:
+    """The topic carrying one agent's output, status and errors."""
+    return f"agent:{agent_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "td"
+
+    # -- topics (see shared.bus) ------------------------------------------------
+    def topic_stream(self, topic: str) -> str:
+        return f"{self.prefix}:topic:{topic}"
+
+    def topic_meta(self, topic: str) -> str:
+        return f"{self.prefix}:meta:{topic}"
+
+    def topic_channel(self, topic: str) -> str:
+        return f"{self.prefix}:ch:{topic}"
+
+    @property
+    def topic_channel_prefix(self) -> str:
+        return f"{self.prefix}:ch:"
+
+    # -- agent runners ----------------------------------------------------------
+    @property
+    def create_stream(self) -> str:
+        """``agent:create`` requests, read by any runner with capacity (group ``runners``)."""
+        return f"{self.prefix}:cmd"
+
+    def runner_commands(self, runner_id: str) -> str:
+        """Commands for agents owned by one runner."""
+        return f"{self.prefix}:runner:{runner_id}:cmd"
+
+    def runner(self, runner_id: str) -> str:
+        """Runner heartbeat (string with TTL, JSON: capacity, running, host, pid)."""
+        return f"{self.prefix}:runner:{runner_id}"
+
+    @property
+    def runners(self) -> str:
+        """Sorted set of runner ids scored by last heartbeat (ms)."""
+        return f"{self.prefix}:runners"
+
+    @property
+    def agent_stats(self) -> str:
+        """Hash runner id → JSON of its agents' resource usage, merged by the collector."""
+        return f"{self.prefix}:agent-stats"
+
+    # -- agents -----------------------------------------------------------------
+    def agent(self, agent_id: str) -> str:
+        """Registry hash of one agent: owner, runner, name, model, status, pid, start."""
+        return f"{self.prefix}:agent:{agent_id}"
+
+    @property
+    def agents(self) -> str:
+        """Set of every known agent id."""
+        return f"{self.prefix}:agents"
+
+    def runner_agents(self, runner_id: str) -> str:
+        """Set of the agent ids one runner owns."""
+        return f"{self.prefix}:runner:{runner_id}:agents"
+
+    def user_agents(self, user_id: str) -> str:
+        """Set of the live agent ids one user owns (per-user agent limit)."""
+        return f"{self.prefix}:user:{user_id}:agents"
+
+    def agent_command_rate(self, agent_id: str, second: int) -> str:
+        """Counter of commands sent to an agent in one wall-clock second (all gateways)."""
+        return f"{self.prefix}:rate:agent-cmd:{agent_id}:{second}"
+
+    # -- gateways and sessions -------------------------------------------------
+    def reply_channel(self, gateway_id: str) -> str:
+        """Pub/sub channel on which runners answer one gateway's requests."""
+        return f"{self.prefix}:reply:{gateway_id}"
+
+    def session(self, session_id: str) -> str:
+        return f"{self.prefix}:session:{session_id}"

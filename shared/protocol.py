@@ -1,0 +1,542 @@
+"""Every message of the WebSocket protocol as a pydantic model, and the one codec.
+
+The spec (``websocket-protocol.md``) is mirrored one interface → one model. Where the spec
+is silent, DESIGN.md's "Protocol decisions" apply:
+
+* every message is a full envelope ``{id, type, timestamp, payload, metadata?}``; a client
+  message without ``id`` gets one assigned when it is parsed (and that id is used in its
+  ``ack``); unknown fields are rejected;
+* ``auth`` is accepted in both shapes the spec shows (flat and with ``payload``);
+* the server answers a successful ``auth`` with ``connection:status``;
+* ``ack`` carries the numeric ``code`` and an optional ``result``.
+
+Client messages are validated here once, at the boundary (:func:`decode_client_message`).
+Server messages are built by their producers from these models and encoded once
+(:func:`encode`); nothing re-validates them on the fan-out path.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal, TypeAlias
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from shared.errors import ErrorCode, ProtocolError
+
+PROTOCOL_VERSION = "1.0.0"
+
+#: Longest command accepted in ``agent:command`` (characters).
+MAX_COMMAND_CHARS = 64 * 1024
+
+
+def now_ms() -> int:
+    """Unix time in milliseconds, the unit of every ``timestamp`` in the protocol."""
+    return time.time_ns() // 1_000_000
+
+
+def new_id() -> str:
+    """A fresh message id (UUID v4 text)."""
+    return str(uuid.uuid4())
+
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Priority = Literal["low", "normal", "high"]
+AgentState = Literal["starting", "running", "paused", "stopping", "stopped", "crashed"]
+OutputStream = Literal["stdout", "stderr"]
+AlertLevel = Literal["info", "warning", "error", "critical"]
+AlertCategory = Literal["resource", "performance", "security", "agent"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Metadata(_Strict):
+    """Envelope metadata. ``topic``, ``offset`` and ``epoch`` are set by the server on every
+    event it delivers from a topic: together they are the event's position, which a client
+    sends back (through its session) to resume exactly where it left off."""
+
+    correlationId: str | None = None
+    agentId: str | None = None
+    priority: Priority | None = None
+    topic: str | None = None
+    offset: int | None = None
+    epoch: str | None = None
+
+
+class WSMessage(_Strict):
+    """The base envelope (spec: ``WSMessage<T>``). Concrete messages narrow ``type`` and
+    ``payload``; the field order here is the order on the wire."""
+
+    id: Identifier = Field(default_factory=new_id)
+    type: str
+    timestamp: int = Field(default_factory=now_ms)
+    payload: Any = None
+    metadata: Metadata | None = None
+
+
+# ---------------------------------------------------------------------------
+# Client → server
+# ---------------------------------------------------------------------------
+
+
+class AuthPayload(_Strict):
+    token: Annotated[str, StringConstraints(min_length=1, max_length=16384)]
+    clientId: Identifier
+    #: Resume this session (reconnection protocol); omit for a new session.
+    sessionId: Identifier | None = None
+
+
+class AuthMessage(WSMessage):
+    """``auth``: must be the first message, within 5 s of connecting. Both shapes of the spec
+    are accepted: ``{type, token, clientId}`` and ``{type, payload: {token, clientId}}``; after
+    parsing, ``payload`` always holds the credentials."""
+
+    type: Literal["auth"]
+    payload: AuthPayload | None = None
+    token: str | None = Field(default=None, description="Flat shape: the JWT.")
+    clientId: str | None = Field(default=None, description="Flat shape: the client id.")
+    sessionId: str | None = Field(default=None, description="Flat shape: session to resume.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_to_payload(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "payload" not in data and "token" in data:
+            data = dict(data)
+            flat = {k: data.pop(k) for k in ("token", "clientId", "sessionId") if k in data}
+            data["payload"] = flat
+        return data
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> AuthMessage:
+        if self.payload is None:
+            raise ValueError("auth needs a token: {type:'auth', payload:{token, clientId}}")
+        if self.token is not None or self.clientId is not None or self.sessionId is not None:
+            raise ValueError("auth: give the credentials either flat or in payload, not both")
+        return self
+
+    @property
+    def credentials(self) -> AuthPayload:
+        assert self.payload is not None  # guaranteed by _one_shape
+        return self.payload
+
+
+class ResourceLimits(_Strict):
+    memory: Annotated[float, Field(gt=0, le=1024 * 1024, description="MB")]
+    cpu: Annotated[float, Field(gt=0, le=1024, description="Cores")]
+
+
+class CreateAgentPayload(_Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    #: A model name from the runner's model configuration; the spec's defaults are
+    #: ``claude-3-opus`` and ``claude-3-sonnet``.
+    model: Annotated[
+        str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$")
+    ] = Field(examples=["claude-3-opus", "claude-3-sonnet"])
+    workspace: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    environment: dict[str, Annotated[str, StringConstraints(max_length=32768)]] | None = Field(
+        default=None, max_length=256
+    )
+    resourceLimits: ResourceLimits | None = None
+
+
+class CreateAgentMessage(WSMessage):
+    type: Literal["agent:create"]
+    payload: CreateAgentPayload
+
+
+class AgentCommandPayload(_Strict):
+    agentId: Identifier
+    command: Annotated[str, StringConstraints(max_length=MAX_COMMAND_CHARS)]
+    interactive: bool | None = None
+    #: Milliseconds the agent has to complete the command (AGENT_COMMAND_TIMEOUT after).
+    timeout: Annotated[int, Field(gt=0, le=24 * 3600 * 1000)] | None = None
+
+
+class AgentCommandMessage(WSMessage):
+    type: Literal["agent:command"]
+    payload: AgentCommandPayload
+
+
+class TerminateAgentPayload(_Strict):
+    agentId: Identifier
+    force: bool | None = None
+
+
+class TerminateAgentMessage(WSMessage):
+    type: Literal["agent:terminate"]
+    payload: TerminateAgentPayload
+
+
+class AgentRef(_Strict):
+    agentId: Identifier
+
+
+class AgentControlMessage(WSMessage):
+    type: Literal["agent:pause", "agent:resume"]
+    payload: AgentRef
+
+
+class SubscribePayload(_Strict):
+    agentId: Identifier | None = None
+    filters: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] | None = Field(
+        default=None, max_length=32
+    )
+
+
+class SubscribeMessage(WSMessage):
+    type: Literal["subscribe:agent", "subscribe:metrics", "subscribe:logs"]
+    payload: SubscribePayload = Field(default_factory=SubscribePayload)
+
+
+class UnsubscribePayload(_Strict):
+    subscriptionId: Identifier
+
+
+class UnsubscribeMessage(WSMessage):
+    type: Literal["unsubscribe"]
+    payload: UnsubscribePayload
+
+
+class HeartbeatPayload(_Strict):
+    timestamp: int = Field(default_factory=now_ms)
+
+
+class HeartbeatMessage(WSMessage):
+    """``ping`` / ``pong``, in both directions."""
+
+    type: Literal["ping", "pong"]
+    payload: HeartbeatPayload = Field(default_factory=HeartbeatPayload)
+
+
+ClientMessage: TypeAlias = Annotated[
+    AuthMessage
+    | CreateAgentMessage
+    | AgentCommandMessage
+    | TerminateAgentMessage
+    | AgentControlMessage
+    | SubscribeMessage
+    | UnsubscribeMessage
+    | HeartbeatMessage,
+    Field(discriminator="type"),
+]
+
+# ---------------------------------------------------------------------------
+# Server → client
+# ---------------------------------------------------------------------------
+
+
+class AgentStatusDetails(_Strict):
+    pid: int | None = None
+    uptime: int | None = Field(default=None, description="Milliseconds since the agent started.")
+    lastActivity: int | None = None
+    #: Set when the process ended: its exit code, or the signal that ended it.
+    exitCode: int | None = None
+    signal: str | None = None
+    #: Why the agent stopped or crashed, e.g. ``exited``, ``terminated``, ``oom``,
+    #: ``runner-lost``.
+    reason: str | None = None
+    runnerId: str | None = None
+
+
+class AgentStatusPayload(_Strict):
+    agentId: str
+    status: AgentState
+    details: AgentStatusDetails | None = None
+
+
+class AgentStatusMessage(WSMessage):
+    type: Literal["agent:status"]
+    payload: AgentStatusPayload
+
+
+class AgentOutputPayload(_Strict):
+    agentId: str
+    stream: OutputStream
+    data: str
+    timestamp: int
+    sequence: int
+
+
+class AgentOutputMessage(WSMessage):
+    type: Literal["agent:output"]
+    payload: AgentOutputPayload
+
+
+class AgentCreatedPayload(_Strict):
+    agentId: str
+    name: str
+    pid: int
+    startTime: int
+
+
+class AgentCreatedMessage(WSMessage):
+    type: Literal["agent:created"]
+    payload: AgentCreatedPayload
+
+
+class AgentErrorDetail(_Strict):
+    #: The ErrorCode name, e.g. ``AGENT_COMMAND_TIMEOUT``.
+    code: str
+    message: str
+    stack: str | None = None
+    #: The numeric ErrorCode, e.g. 2004.
+    errorCode: int | None = None
+
+
+class AgentErrorPayload(_Strict):
+    agentId: str
+    error: AgentErrorDetail
+
+
+class AgentErrorMessage(WSMessage):
+    type: Literal["agent:error"]
+    payload: AgentErrorPayload
+
+
+class CpuMetrics(_Strict):
+    usage: float = Field(description="Percent of all cores, 0-100.")
+    cores: int
+    temperature: float | None = Field(default=None, description="Degrees Celsius.")
+
+
+class MemoryMetrics(_Strict):
+    total: int
+    used: int
+    available: int
+    percent: float
+
+
+class DiskMetrics(_Strict):
+    total: int
+    used: int
+    percent: float
+
+
+class NetworkMetrics(_Strict):
+    bytesIn: int
+    bytesOut: int
+    packetsIn: int
+    packetsOut: int
+    #: Rates over the last sampling interval (an addition to the spec's counters).
+    bytesInPerSec: float | None = None
+    bytesOutPerSec: float | None = None
+
+
+class SystemMetrics(_Strict):
+    cpu: CpuMetrics
+    memory: MemoryMetrics
+    disk: DiskMetrics
+    network: NetworkMetrics
+
+
+class AgentMetrics(_Strict):
+    agentId: str
+    cpu: float = Field(description="Percent of one core (can exceed 100 on several cores).")
+    memory: int = Field(description="Resident bytes of the agent's whole process tree.")
+    threads: int
+
+
+class MetricsUpdatePayload(_Strict):
+    system: SystemMetrics
+    agents: list[AgentMetrics] | None = None
+
+
+class MetricsUpdateMessage(WSMessage):
+    type: Literal["metrics:update"]
+    payload: MetricsUpdatePayload
+
+
+class SystemAlertPayload(_Strict):
+    level: AlertLevel
+    category: AlertCategory
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class SystemAlertMessage(WSMessage):
+    type: Literal["system:alert"]
+    payload: SystemAlertPayload
+
+
+class AckPayload(_Strict):
+    messageId: str
+    success: bool
+    error: str | None = None
+    #: The numeric ErrorCode when ``success`` is false.
+    code: ErrorCode | None = None
+    #: Request-specific result: ``subscriptionId`` for subscribe, ``agentId`` for create.
+    result: dict[str, Any] | None = None
+
+
+class AckMessage(WSMessage):
+    type: Literal["ack"]
+    payload: AckPayload
+
+
+class ConnectionStatusPayload(_Strict):
+    status: Literal["authenticated"]
+    sessionId: str
+    userId: str
+    #: True when an existing session was resumed.
+    resumed: bool = False
+    #: True when the resume delivered every missed event (nothing was lost).
+    recovered: bool | None = None
+    #: Missed events replayed after this message.
+    replayed: int = 0
+    #: Missed events that were too old to replay.
+    missed: int = 0
+    heartbeatIntervalMs: int
+    gatewayId: str
+    roles: list[str] | None = None
+    protocolVersion: str = PROTOCOL_VERSION
+
+
+class ConnectionStatusMessage(WSMessage):
+    type: Literal["connection:status"]
+    payload: ConnectionStatusPayload
+
+
+ServerMessage: TypeAlias = Annotated[
+    AgentStatusMessage
+    | AgentOutputMessage
+    | AgentCreatedMessage
+    | AgentErrorMessage
+    | MetricsUpdateMessage
+    | SystemAlertMessage
+    | AckMessage
+    | HeartbeatMessage
+    | ConnectionStatusMessage,
+    Field(discriminator="type"),
+]
+
+CLIENT_TYPES: frozenset[str] = frozenset(
+    {
+        "auth",
+        "agent:create",
+        "agent:command",
+        "agent:terminate",
+        "agent:pause",
+        "agent:resume",
+        "subscribe:agent",
+        "subscribe:metrics",
+        "subscribe:logs",
+        "unsubscribe",
+        "ping",
+        "pong",
+    }
+)
+
+# ---------------------------------------------------------------------------
+# Codec
+# ---------------------------------------------------------------------------
+
+client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+server_message_adapter: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
+
+
+def _message_id_of(data: bytes | str) -> str | None:
+    """Best-effort id of a message that failed validation (for its ack)."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, dict):
+        mid = obj.get("id")
+        if isinstance(mid, str) and 0 < len(mid) <= 128:
+            return mid
+    return None
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors(include_url=False)[:5]:
+        loc = ".".join(str(p) for p in e["loc"] if not _is_union_tag(p))
+        parts.append(f"{loc}: {e['msg']}" if loc else str(e["msg"]))
+    return "; ".join(parts)
+
+
+def _is_union_tag(part: object) -> bool:
+    return isinstance(part, str) and part in CLIENT_TYPES
+
+
+def _protocol_error(err: ValidationError, data: bytes | str) -> ProtocolError:
+    first = err.errors(include_url=False)[0]
+    message_id = _message_id_of(data) if first["type"] != "json_invalid" else None
+    if first["type"] == "json_invalid":
+        return ProtocolError(ErrorCode.INVALID_MESSAGE, f"malformed JSON: {first['msg']}")
+    if first["type"] == "union_tag_invalid":
+        tag = first.get("ctx", {}).get("tag", "?")
+        return ProtocolError(
+            ErrorCode.UNSUPPORTED_TYPE,
+            f"unsupported message type {tag!r}",
+            message_id=message_id,
+        )
+    if first["type"] == "union_tag_not_found":
+        return ProtocolError(
+            ErrorCode.INVALID_MESSAGE, "message has no 'type' field", message_id=message_id
+        )
+    if first["type"] == "model_attributes_type" and not first["loc"]:
+        return ProtocolError(ErrorCode.INVALID_MESSAGE, "a message must be a JSON object")
+    return ProtocolError(ErrorCode.INVALID_MESSAGE, _describe(err), message_id=message_id)
+
+
+def decode_client_message(data: bytes | str) -> ClientMessage:
+    """Parse and validate one client frame.
+
+    Returns the typed message (with an ``id`` assigned when the client sent none), or raises
+    :class:`ProtocolError` with INVALID_MESSAGE (malformed JSON, wrong or missing fields) or
+    UNSUPPORTED_TYPE (a ``type`` the protocol does not have).
+    """
+    try:
+        return client_message_adapter.validate_json(data)
+    except ValidationError as e:
+        raise _protocol_error(e, data) from e
+
+
+def decode_server_message(data: bytes | str) -> ServerMessage:
+    """Parse a server frame (used by clients, the SDK and tests)."""
+    try:
+        return server_message_adapter.validate_json(data)
+    except ValidationError as e:
+        raise _protocol_error(e, data) from e
+
+
+def encode(message: WSMessage) -> bytes:
+    """The wire bytes of a message (UTF-8 JSON, unset optional fields left out).
+
+    Send them as a *text* frame (``send(data, text=True)``)."""
+    return message.__pydantic_serializer__.to_json(message, exclude_none=True)
+
+
+def ack(
+    message_id: str,
+    *,
+    error: BaseException | None = None,
+    result: dict[str, Any] | None = None,
+) -> AckMessage:
+    """The ``ack`` for a request: success with an optional result, or the error's code."""
+    if error is None:
+        return AckMessage(
+            type="ack",
+            payload=AckPayload(messageId=message_id, success=True, result=result),
+            metadata=Metadata(correlationId=message_id),
+        )
+    code = getattr(error, "code", ErrorCode.INTERNAL_ERROR)
+    text = getattr(error, "message", None) or str(error) or code.name
+    return AckMessage(
+        type="ack",
+        payload=AckPayload(messageId=message_id, success=False, error=text, code=code),
+        metadata=Metadata(correlationId=message_id),
+    )

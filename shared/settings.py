@@ -1,0 +1,118 @@
+"""Reading configuration from the environment, once, into typed settings objects.
+
+Each service has one frozen settings dataclass (``gateway.settings.GatewaySettings``,
+``agent_runner.settings.RunnerSettings``, ``metrics_collector.settings.CollectorSettings``)
+built by ``from_env()`` at start-up and passed in; nothing deeper reads ``os.environ``.
+This module holds the typed readers they share and the settings common to all services.
+Every variable is listed in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A configuration variable has a value that cannot be used."""
+
+
+class Env:
+    """Typed, validated access to environment variables."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._env = os.environ if environ is None else environ
+
+    def raw(self, name: str) -> str | None:
+        value = self._env.get(name)
+        return value if value not in (None, "") else None
+
+    def str(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def opt_str(self, name: str) -> str | None:
+        return self.raw(name)
+
+    def int(self, name: str, default: int, *, min: int | None = None) -> int:
+        text = self.raw(name)
+        if text is None:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, not {text!r}") from None
+        if min is not None and value < min:
+            raise ConfigError(f"{name} must be at least {min}, not {value}")
+        return value
+
+    def float(self, name: str, default: float, *, min: float | None = None) -> float:
+        text = self.raw(name)
+        if text is None:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, not {text!r}") from None
+        if min is not None and value < min:
+            raise ConfigError(f"{name} must be at least {min}, not {value}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        text = self.raw(name)
+        if text is None:
+            return default
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, not {text!r}")
+
+    def list(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        text = self.raw(name)
+        if text is None:
+            return default
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def default_state_dir(env: Env) -> Path:
+    """Where local state lives (the generated dev JWT secret, the embedded Redis files)."""
+    explicit = env.opt_str("TEAMDASH_STATE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = env.opt_str("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "teamdash"
+
+
+@dataclass(frozen=True, slots=True)
+class CommonSettings:
+    """Settings every service shares."""
+
+    redis_url: str
+    redis_prefix: str
+    #: Seconds a topic's replay buffer and offset survive without a new event.
+    history_ttl_s: int
+    #: Events kept per topic stream (the replay buffer; at least 1000 for the spec).
+    history_size: int
+    #: ``DEBUG`` namespaces, e.g. ``ws:*`` or ``ws:auth,ws:conn``.
+    debug: str | None
+    #: ``text`` (default) or ``json``.
+    log_format: str
+    state_dir: Path
+
+    @classmethod
+    def from_env(cls, env: Env) -> CommonSettings:
+        log_format = env.str("TEAMDASH_LOG_FORMAT", "text")
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"TEAMDASH_LOG_FORMAT must be text or json, not {log_format!r}")
+        return cls(
+            redis_url=env.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            redis_prefix=env.str("TEAMDASH_REDIS_PREFIX", "td"),
+            history_ttl_s=env.int("TEAMDASH_HISTORY_TTL_S", 24 * 3600, min=1),
+            history_size=env.int("TEAMDASH_HISTORY_SIZE", 1000, min=1),
+            debug=env.opt_str("DEBUG"),
+            log_format=log_format,
+            state_dir=default_state_dir(env),
+        )
