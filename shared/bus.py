@@ -237,6 +237,7 @@ class PubSubHub:
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._confirmations: dict[str, list[asyncio.Future[None]]] = {}
         self.connected = asyncio.Event()
 
     @property
@@ -250,13 +251,26 @@ class PubSubHub:
         self.connected.set()
         self._task = asyncio.create_task(self._run(), name="pubsub-hub")
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: str, *, timeout_s: float = 10.0) -> None:
+        """Subscribe and wait until Redis confirmed it: every event published after this
+        returns is delivered to the handler (or, after a lost connection, resynced)."""
         async with self._lock:
             if channel in self._channels:
                 return
             self._channels.add(channel)
-            if self.connected.is_set():
-                await self._pubsub.subscribe(channel)
+            if not self.connected.is_set():
+                return
+            confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._confirmations.setdefault(channel, []).append(confirmed)
+            await self._pubsub.subscribe(channel)
+        try:
+            await asyncio.wait_for(confirmed, timeout_s)
+        finally:
+            waiting = self._confirmations.get(channel, [])
+            if confirmed in waiting:
+                waiting.remove(confirmed)
+            if not waiting:
+                self._confirmations.pop(channel, None)
 
     async def unsubscribe(self, channel: str) -> None:
         async with self._lock:
@@ -305,10 +319,16 @@ class PubSubHub:
         pubsub = self._pubsub
         handler = self._handler
         while True:
-            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-            if msg is None or msg["type"] != "message":
+            msg = await pubsub.get_message(timeout=5.0)
+            if msg is None:
                 continue
-            handler(_text(msg["channel"]), msg["data"])
+            kind = msg["type"]
+            if kind == "message":
+                handler(_text(msg["channel"]), msg["data"])
+            elif kind == "subscribe":
+                for fut in self._confirmations.pop(_text(msg["channel"]), []):
+                    if not fut.done():
+                        fut.set_result(None)
 
     async def _reconnect(self) -> None:
         async with self._lock:

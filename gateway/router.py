@@ -1,0 +1,219 @@
+"""Subscription routing: which local connections get which topic event (no I/O).
+
+How it works
+------------
+Every subscription names one topic (``metrics``, ``logs``, ``agents`` or ``agent:{id}``)
+and an optional :class:`Filter`. The gateway keeps one :class:`TopicRoute` per topic that at
+least one local connection follows, holding the position of the last event delivered live
+(offset, epoch). An incoming event is checked against that position:
+
+* next offset, same epoch → delivered: the *same bytes* go to every matching connection
+  (``deliver`` returns them grouped by payload variant; the caller broadcasts each group);
+* an offset already seen → dropped (a duplicate, e.g. after a resync);
+* an offset jump or an epoch change → a gap: the route is marked for resync and the event
+  is held; the owner reads the stream from the last position and feeds the events back
+  through :meth:`TopicRoute.resynced`.
+
+A subscription that starts from an older position (a resume, or an agent the session just
+created) is *catching up*: live events are queued on it until its replay from the stream
+has been delivered, then the queue is drained without duplicates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+import orjson
+
+from shared.bus import Event, Position
+from shared.errors import ErrorCode, ProtocolError
+
+SubscriptionKind = Literal["agent", "metrics", "logs"]
+
+AGENT_EVENT_KINDS = frozenset({"stdout", "stderr", "status", "error", "created"})
+METRICS_SECTIONS = frozenset({"system", "agents"})
+ALERT_LEVELS = frozenset({"info", "warning", "error", "critical"})
+ALERT_CATEGORIES = frozenset({"resource", "performance", "security", "agent"})
+
+#: Lifecycle events of an agent (what ``subscribe:agent`` without ``agentId`` delivers).
+LIFECYCLE_KINDS = frozenset({"created", "status", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which events of a topic a subscription wants.
+
+    ``dimensions``: every non-empty set must share a tag with the event (AND across
+    dimensions, OR within one). ``owner``: the event must carry ``user:{owner}``.
+    ``sections``: for ``metrics:update``, the payload sections to keep (None = all)."""
+
+    dimensions: tuple[frozenset[str], ...] = ()
+    owner: str | None = None
+    sections: frozenset[str] | None = None
+
+    def accepts(self, tags: tuple[str, ...]) -> bool:
+        for wanted in self.dimensions:
+            if wanted.isdisjoint(tags):
+                return False
+        if self.owner is not None and f"user:{self.owner}" not in tags:
+            return False
+        return True
+
+
+def parse_filters(kind: SubscriptionKind, filters: Iterable[str] | None) -> Filter:
+    """The :class:`Filter` for a subscribe request's ``filters`` (INVALID_MESSAGE if unknown)."""
+    values = frozenset(filters or ())
+    if kind == "agent":
+        _check(values, AGENT_EVENT_KINDS, kind)
+        return Filter((values,) if values else ())
+    if kind == "metrics":
+        _check(values, METRICS_SECTIONS, kind)
+        return Filter(sections=values if values and values != METRICS_SECTIONS else None)
+    _check(values, ALERT_LEVELS | ALERT_CATEGORIES, kind)
+    levels, categories = values & ALERT_LEVELS, values & ALERT_CATEGORIES
+    return Filter(tuple(d for d in (levels, categories) if d))
+
+
+def _check(values: frozenset[str], allowed: frozenset[str], kind: str) -> None:
+    unknown = values - allowed
+    if unknown:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            f"unknown filter(s) {sorted(unknown)} for {kind} subscriptions; "
+            f"allowed: {sorted(allowed)}",
+        )
+
+
+C = TypeVar("C")
+
+
+@dataclass(eq=False, slots=True)
+class Subscription(Generic[C]):
+    """One subscription of one connection (``conn`` is opaque to the router)."""
+
+    id: str
+    conn: C
+    kind: SubscriptionKind
+    topic: str
+    filter: Filter
+    #: Hidden subscriptions (agent associations) are not listed to the client.
+    hidden: bool = False
+    catching_up: bool = False
+    queued: list[Event] = field(default_factory=list)
+
+
+def metrics_variant(data: bytes, sections: frozenset[str]) -> bytes:
+    """``metrics:update`` bytes with only the payload ``sections`` kept."""
+    doc = orjson.loads(data)
+    payload = doc.get("payload", {})
+    for section in METRICS_SECTIONS - sections:
+        payload.pop(section, None)
+    return orjson.dumps(doc)
+
+
+@dataclass(eq=False, slots=True)
+class TopicRoute(Generic[C]):
+    topic: str
+    subscriptions: dict[str, Subscription[C]] = field(default_factory=dict)
+    position: Position = field(default_factory=lambda: Position(0, None))
+    #: True until the route's starting position is known, and during a resync.
+    held: bool = True
+    held_events: list[Event] = field(default_factory=list)
+    needs_resync: bool = False
+
+    # -- live path ------------------------------------------------------------
+    def on_event(self, event: Event) -> list[tuple[list[C], bytes]] | None:
+        """Route one live event. Returns the deliveries, or None when the event is held
+        (route not started, resync in progress, or a gap that needs a resync)."""
+        if self.held:
+            self.held_events.append(event)
+            return None
+        pos = self.position
+        if pos.epoch == event.epoch or pos.epoch is None:
+            if event.offset <= pos.offset and pos.epoch is not None:
+                return []  # duplicate
+            if event.offset == pos.offset + 1:
+                self.position = event.position
+                return self.deliver(event)
+        # Offset jump or epoch change: never silent.
+        self.held = True
+        self.needs_resync = True
+        self.held_events.append(event)
+        return None
+
+    def deliver(self, event: Event) -> list[tuple[list[C], bytes]]:
+        plain: dict[int, C] = {}
+        variants: dict[frozenset[str], dict[int, C]] = {}
+        for sub in self.subscriptions.values():
+            if sub.catching_up:
+                sub.queued.append(event)
+                continue
+            if not sub.filter.accepts(event.tags):
+                continue
+            target = plain if sub.filter.sections is None else variants.setdefault(
+                sub.filter.sections, {}
+            )
+            target.setdefault(id(sub.conn), sub.conn)
+        out: list[tuple[list[C], bytes]] = []
+        if plain:
+            out.append((list(plain.values()), event.data))
+        for sections, conns in variants.items():
+            out.append((list(conns.values()), metrics_variant(event.data, sections)))
+        return out
+
+    # -- starting and resyncing ------------------------------------------------
+    def start_at(self, head: Position) -> list[tuple[list[C], bytes]]:
+        """The route is now subscribed and ``head`` was read after that: release held events
+        newer than ``head`` (older ones are history a fresh route does not deliver)."""
+        self.position = head
+        return self._release()
+
+    def resynced(self, events: Iterable[Event], head: Position | None) -> list[tuple[list[C], bytes]]:
+        """Deliver the events read from the stream after a gap, then the held ones."""
+        out: list[tuple[list[C], bytes]] = []
+        self.needs_resync = False
+        for event in events:
+            if event.epoch == self.position.epoch and event.offset <= self.position.offset:
+                continue
+            self.position = event.position
+            out.extend(self.deliver(event))
+        if head is not None and (self.position.epoch != head.epoch or self.position.offset < head.offset):
+            # The stream lost events we never saw: continue from its head.
+            self.position = head
+        out.extend(self._release())
+        return out
+
+    def _release(self) -> list[tuple[list[C], bytes]]:
+        self.held = False
+        held, self.held_events = self.held_events, []
+        out: list[tuple[list[C], bytes]] = []
+        for event in held:
+            delivered = self.on_event(event)
+            if delivered is None:
+                # A gap inside the held events: hold the rest too and resync again.
+                idx = held.index(event)
+                self.held_events.extend(held[idx + 1 :])
+                break
+            out.extend(delivered)
+        return out
+
+
+def catch_up(
+    sub: Subscription[C], replay: Iterable[Event], send: Callable[[C, bytes], None]
+) -> None:
+    """Deliver a catching-up subscription's replay, then what was queued live meanwhile,
+    each event once and in offset order; afterwards the subscription is live."""
+    last: Position | None = None
+    for event in [*replay, *sub.queued]:
+        if last is not None and event.epoch == last.epoch and event.offset <= last.offset:
+            continue
+        last = event.position
+        if sub.filter.accepts(event.tags):
+            data = event.data
+            if sub.filter.sections is not None:
+                data = metrics_variant(data, sub.filter.sections)
+            send(sub.conn, data)
+    sub.queued = []
+    sub.catching_up = False

@@ -1,0 +1,160 @@
+"""The gateway's side of the runner contract (:mod:`shared.runner_protocol`): find the
+runner for a request, send it, and wait for the real outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import orjson
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from shared.errors import ErrorCode, TeamdashError
+from shared.keys import Keys
+from shared.runner_protocol import REQUEST_FIELD, RequestKind, RunnerReply, RunnerRequest
+from shared.tokens import Identity
+
+log = logging.getLogger("ws.runners")
+
+#: Statuses of an agent that has no process any more.
+ENDED = frozenset({"stopped", "crashed"})
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    agent_id: str
+    owner: str
+    runner_id: str
+    status: str
+
+
+class RunnerClient:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        gateway_id: str,
+        *,
+        reply_timeout_s: float,
+        runner_ttl_s: float,
+        commands_per_second: int,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.gateway_id = gateway_id
+        self.reply_timeout_s = reply_timeout_s
+        self.runner_ttl_ms = int(runner_ttl_s * 1000)
+        self.commands_per_second = commands_per_second
+        # Client message ids are only unique per client: several requests may share one.
+        # A reply goes to the waiter with the same agentId when it names one, else the
+        # oldest waiter.
+        self._pending: dict[str, list[tuple[str, asyncio.Future[RunnerReply]]]] = {}
+
+    @property
+    def reply_channel(self) -> str:
+        return self.keys.reply_channel(self.gateway_id)
+
+    def on_reply(self, data: bytes) -> None:
+        """Called by the pub/sub hub for every message on this gateway's reply channel."""
+        try:
+            reply = RunnerReply.model_validate_json(data)
+        except ValidationError:
+            log.error("malformed runner reply: %r", data[:200])
+            return
+        waiters = self._pending.get(reply.requestId)
+        if not waiters:
+            log.debug("reply for a request nobody waits for: %s", reply.requestId)
+            return
+        agent_id = (reply.result or {}).get("agentId")
+        index = next((i for i, (aid, _) in enumerate(waiters) if aid == agent_id), 0)
+        _, fut = waiters.pop(index)
+        if not fut.done():
+            fut.set_result(reply)
+
+    async def alive_runners(self) -> list[dict[str, object]]:
+        now = int(time.time() * 1000)
+        ids = await self.redis.zrangebyscore(self.keys.runners, now - self.runner_ttl_ms, "+inf")
+        if not ids:
+            return []
+        raw = await self.redis.mget([self.keys.runner(i.decode()) for i in ids])
+        return [orjson.loads(r) for r in raw if r is not None]
+
+    async def check_capacity(self) -> None:
+        runners = await self.alive_runners()
+        if not runners:
+            raise TeamdashError(ErrorCode.SERVICE_UNAVAILABLE, "no agent runner is available")
+        if not any(int(r.get("free", 0)) > 0 for r in runners):  # type: ignore[call-overload]
+            raise TeamdashError(
+                ErrorCode.AGENT_LIMIT_EXCEEDED, "every agent runner is at its agent limit"
+            )
+
+    async def agent(self, agent_id: str) -> AgentRecord:
+        fields = await self.redis.hmget(self.keys.agent(agent_id), "owner", "runnerId", "status")
+        owner, runner_id, status = (f.decode() if f is not None else None for f in fields)
+        if owner is None or runner_id is None:
+            raise TeamdashError(ErrorCode.AGENT_NOT_FOUND, f"agent {agent_id!r} not found")
+        return AgentRecord(agent_id, owner, runner_id, status or "unknown")
+
+    async def runner_alive(self, runner_id: str) -> bool:
+        score = await self.redis.zscore(self.keys.runners, runner_id)
+        return score is not None and score >= time.time() * 1000 - self.runner_ttl_ms
+
+    async def count_command(self, agent_id: str) -> None:
+        """Count one command for the agent in this second, across all gateways."""
+        key = self.keys.agent_command_rate(agent_id, int(time.time()))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 2)
+            count, _ = await pipe.execute()
+        if count > self.commands_per_second:
+            raise TeamdashError(
+                ErrorCode.RATE_LIMIT_EXCEEDED,
+                f"more than {self.commands_per_second} commands/s to agent {agent_id}",
+            )
+
+    async def request(
+        self,
+        kind: RequestKind,
+        *,
+        request_id: str,
+        identity: Identity,
+        agent_id: str,
+        payload: dict[str, object],
+        runner_id: str | None = None,
+    ) -> RunnerReply:
+        """Send a request and wait for the runner's reply (SERVICE_UNAVAILABLE on timeout)."""
+        deadline_ms = int((time.time() + self.reply_timeout_s) * 1000)
+        req = RunnerRequest(
+            kind=kind,
+            requestId=request_id,
+            gatewayId=self.gateway_id,
+            userId=identity.user_id,
+            roles=sorted(identity.roles),
+            agentId=agent_id,
+            payload=payload,
+            deadlineMs=deadline_ms,
+        )
+        stream = self.keys.create_stream if runner_id is None else self.keys.runner_commands(runner_id)
+        fut: asyncio.Future[RunnerReply] = asyncio.get_running_loop().create_future()
+        waiter = (agent_id, fut)
+        self._pending.setdefault(request_id, []).append(waiter)
+        try:
+            await self.redis.xadd(
+                stream, {REQUEST_FIELD: req.model_dump_json()}, maxlen=10000, approximate=True
+            )
+            return await asyncio.wait_for(fut, self.reply_timeout_s)
+        except TimeoutError:
+            raise TeamdashError(
+                ErrorCode.SERVICE_UNAVAILABLE,
+                f"no agent runner answered within {self.reply_timeout_s:g}s",
+            ) from None
+        finally:
+            waiters = self._pending.get(request_id)
+            if waiters is not None:
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    del self._pending[request_id]

@@ -1,0 +1,277 @@
+"""The gateway process: the WebSocket server, its Redis connections and live fan-out.
+
+One :class:`Gateway` owns everything a gateway process runs: the Redis client, one pub/sub
+connection (:class:`shared.bus.PubSubHub`) shared by all topics and the runners' replies,
+the topic routes (:mod:`gateway.router`), and the websockets server whose handler is a
+:class:`gateway.connection.Connection` per client. Fan-out never awaits per recipient: an
+event's bytes go to all matching connections with one ``broadcast`` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from http import HTTPStatus
+
+import redis.asyncio as aioredis
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from gateway.connection import Connection
+from gateway.router import Subscription, TopicRoute, catch_up
+from gateway.runners import RunnerClient
+from gateway.settings import GatewaySettings
+from shared.bus import EventBus, Position, PubSubHub, parse_channel_message
+from shared.keys import Keys
+from shared.tokens import TokenVerifier
+
+log = logging.getLogger("ws.gateway")
+
+Deliveries = Iterable[tuple[list[ServerConnection], bytes]]
+
+
+def _send_all(deliveries: Deliveries) -> None:
+    for conns, data in deliveries:
+        broadcast(conns, data, text=True)
+
+
+def _send_one(ws: ServerConnection, data: bytes) -> None:
+    broadcast((ws,), data, text=True)
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.common.redis_prefix)
+        self.redis = aioredis.Redis.from_url(settings.common.redis_url)
+        self.bus = EventBus(
+            self.redis,
+            self.keys,
+            maxlen=settings.common.history_size,
+            ttl_s=settings.common.history_ttl_s,
+        )
+        self.hub = PubSubHub(self.redis, self._on_pubsub, on_reconnect=self._on_hub_reconnect)
+        self.runners = RunnerClient(
+            self.redis,
+            self.keys,
+            settings.gateway_id,
+            reply_timeout_s=settings.runner_reply_timeout_s,
+            runner_ttl_s=settings.runner_ttl_s,
+            commands_per_second=settings.agent_commands_per_second,
+        )
+        self.verifier = TokenVerifier(settings.jwt_key, settings.jwt_algorithms)
+        self.routes: dict[str, TopicRoute[ServerConnection]] = {}
+        self._route_ready: dict[str, asyncio.Event] = {}
+        self._route_lock = asyncio.Lock()
+        self._channel_prefix = self.keys.topic_channel_prefix
+        self.connections: set[Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: Server | None = None
+
+    @property
+    def id(self) -> str:
+        return self.settings.gateway_id
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def start(self) -> None:
+        await self.redis.ping()
+        await self.hub.start()
+        await self.hub.subscribe(self.runners.reply_channel)
+        s = self.settings
+        self._server = await serve(
+            self._handle,
+            s.host,
+            s.port,
+            process_request=self._process_request,
+            compression=None,
+            max_size=s.max_message_bytes,
+            ping_interval=s.heartbeat_interval_s,
+            ping_timeout=s.heartbeat_interval_s,
+            close_timeout=5,
+            server_header=None,
+            reuse_port=s.reuse_port,
+        )
+        log.info("gateway %s listening on ws://%s:%d%s", self.id, s.host, self.port, s.path)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.hub.close()
+        await self.redis.aclose()
+
+    def spawn(self, coro: object, name: str) -> asyncio.Task[None]:
+        """Start a background task owned by the gateway (cancelled and awaited on close)."""
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    # -- HTTP and WebSocket entry points -------------------------------------------
+    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == self.settings.path:
+            return None
+        if path == "/healthz":
+            return _text_response(HTTPStatus.OK, "ok\n")
+        if path == "/readyz":
+            ready, why = await self.ready()
+            return _text_response(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, why + "\n")
+        return _text_response(HTTPStatus.NOT_FOUND, f"not found; the WebSocket endpoint is {self.settings.path}\n")
+
+    async def ready(self) -> tuple[bool, str]:
+        if not self.hub.connected.is_set():
+            return False, "redis pub/sub not connected"
+        try:
+            await asyncio.wait_for(self.redis.ping(), 2)
+        except Exception as e:  # any failure means not ready
+            return False, f"redis unreachable: {e}"
+        return True, "ready"
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        conn = Connection(self, ws)
+        self.connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
+
+    # -- live events ---------------------------------------------------------------
+    def _on_pubsub(self, channel: str, data: bytes) -> None:
+        if not channel.startswith(self._channel_prefix):
+            if channel == self.runners.reply_channel:
+                self.runners.on_reply(data)
+            return
+        topic = channel[len(self._channel_prefix) :]
+        route = self.routes.get(topic)
+        if route is None:
+            return
+        deliveries = route.on_event(parse_channel_message(topic, data))
+        if deliveries is None:
+            if route.needs_resync:
+                self._schedule_resync(route)
+            return
+        _send_all(deliveries)
+
+    def _on_hub_reconnect(self) -> None:
+        # Events published while the subscription was down are in the streams.
+        for route in self.routes.values():
+            if not route.needs_resync:
+                route.held = True
+                route.needs_resync = True
+                self._schedule_resync(route)
+
+    def _schedule_resync(self, route: TopicRoute[ServerConnection]) -> None:
+        name = f"resync:{route.topic}"
+        if any(t.get_name() == name for t in self._tasks):
+            return
+        self.spawn(self._resync(route), name)
+
+    async def _resync(self, route: TopicRoute[ServerConnection]) -> None:
+        delay = 0.05
+        while self.routes.get(route.topic) is route and route.needs_resync:
+            try:
+                replay = await self.bus.read_since(route.topic, route.position)
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as e:
+                log.warning("resync of %s failed (%s); retrying", route.topic, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if replay.missed:
+                log.warning(
+                    "topic %s: %d events were lost before the resync could read them",
+                    route.topic,
+                    replay.missed,
+                )
+            log.debug("resynced %s with %d events", route.topic, len(replay.events))
+            _send_all(route.resynced(replay.events, replay.head))
+
+    # -- subscriptions -------------------------------------------------------------
+    async def add_subscription(
+        self, sub: Subscription[ServerConnection], since: Position | None = None
+    ) -> None:
+        """Route ``sub``'s topic to its connection, live from now, or from ``since`` (its
+        replay from the stream first, then live, without gaps or duplicates)."""
+        topic = sub.topic
+        route = self.routes.get(topic)
+        if route is None:
+            route = TopicRoute(topic)
+            self.routes[topic] = route
+            ready = self._route_ready[topic] = asyncio.Event()
+            try:
+                async with self._route_lock:
+                    await self.hub.subscribe(self.keys.topic_channel(topic))
+                head = await self.bus.head(topic)
+            except BaseException:
+                self.routes.pop(topic, None)
+                self._route_ready.pop(topic, None)
+                ready.set()
+                raise
+            _send_all(route.start_at(head))
+            ready.set()
+            if route.needs_resync:
+                self._schedule_resync(route)
+        else:
+            await self._route_ready[topic].wait()
+            if self.routes.get(topic) is not route:  # its creation failed meanwhile
+                return await self.add_subscription(sub, since)
+        if since is None:
+            route.subscriptions[sub.id] = sub
+            return
+        sub.catching_up = True
+        route.subscriptions[sub.id] = sub
+        try:
+            replay = await self.bus.read_since(topic, since)
+        except BaseException:
+            route.subscriptions.pop(sub.id, None)
+            await self._drop_route_if_unused(topic)
+            raise
+        catch_up(sub, replay.events, _send_one)
+
+    async def remove_subscription(self, sub: Subscription[ServerConnection]) -> None:
+        route = self.routes.get(sub.topic)
+        if route is None or route.subscriptions.pop(sub.id, None) is None:
+            return
+        await self._drop_route_if_unused(sub.topic)
+
+    async def _drop_route_if_unused(self, topic: str) -> None:
+        route = self.routes.get(topic)
+        if route is not None and route.subscriptions:
+            return
+        self.routes.pop(topic, None)
+        self._route_ready.pop(topic, None)
+        async with self._route_lock:
+            if topic not in self.routes:  # nobody re-created it while we waited
+                await self.hub.unsubscribe(self.keys.topic_channel(topic))
+
+
+def _text_response(status: HTTPStatus, body: str) -> Response:
+    data = body.encode()
+    headers = Headers(
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))]
+    )
+    return Response(status.value, status.phrase, headers, data)
+
+
+async def main(settings: GatewaySettings, stop: asyncio.Event) -> None:
+    gateway = Gateway(settings)
+    await gateway.start()
+    try:
+        await stop.wait()
+    finally:
+        await gateway.close()
