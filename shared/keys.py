@@ -65,6 +65,10 @@ class Keys:
         """Runner heartbeat (string with TTL, JSON: capacity, running, host, pid)."""
         return f"{self.prefix}:runner:{runner_id}"
 
+    def runner_lock(self, runner_id: str) -> str:
+        """Lock (SET NX PX) held while a runner's agents are reconciled or reaped."""
+        return f"{self.prefix}:lock:runner:{runner_id}"
+
     @property
     def runners(self) -> str:
         """Sorted set of runner ids scored by last heartbeat (ms)."""
@@ -74,6 +78,11 @@ class Keys:
     def agent_stats(self) -> str:
         """Hash runner id → JSON of its agents' resource usage, merged by the collector."""
         return f"{self.prefix}:agent-stats"
+
+    # -- metrics collector --------------------------------------------------------
+    def collector(self, collector_id: str) -> str:
+        """Collector heartbeat (string with TTL, JSON: id, host, pid, interval, last sample)."""
+        return f"{self.prefix}:collector:{collector_id}"
 
     # -- agents -----------------------------------------------------------------
     def agent(self, agent_id: str) -> str:
