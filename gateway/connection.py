@@ -21,8 +21,17 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway.limits import TokenBucket
-from gateway.router import LIFECYCLE_KINDS, Filter, Subscription, parse_filters
-from shared.bus import Position
+from gateway.router import (
+    LIFECYCLE_KINDS,
+    Filter,
+    Subscription,
+    SubscriptionKind,
+    catch_up,
+    parse_filters,
+    plan_catch_up,
+)
+from gateway.sessions import StoredSession, StoredSubscription
+from shared.bus import Event, Position, Replay
 from shared.errors import ErrorCode, ProtocolError, TeamdashError
 from shared.keys import AGENTS_TOPIC, LOGS_TOPIC, METRICS_TOPIC, agent_topic
 from shared.protocol import (
@@ -44,6 +53,7 @@ from shared.protocol import (
     decode_client_message,
     encode,
     new_id,
+    now_ms,
 )
 from shared.tokens import Identity
 
@@ -74,6 +84,10 @@ class Connection:
         self._bucket = TokenBucket(self.settings.messages_per_second)
         self._limited_in_a_row = 0
         self._last_seen = time.monotonic()
+        #: Cursors as last written to the session (to write only what changed).
+        self._flushed: dict[str, Position] = {}
+        self._active_since_flush = False
+        self._last_session_write = time.monotonic()
 
     # -- sending ------------------------------------------------------------------
     async def send(self, message: WSMessage) -> None:
@@ -96,6 +110,7 @@ class Connection:
             self._tasks.add(heartbeat)
             async for raw in self.ws:
                 self._last_seen = time.monotonic()
+                self._active_since_flush = True
                 await self._on_frame(raw)
         except ConnectionClosed:
             pass
@@ -112,15 +127,16 @@ class Connection:
         self._tasks.clear()
         for sub in list(self.subscriptions.values()):
             await self.gateway.remove_subscription(sub)
-        self.subscriptions.clear()
         if self.session_id is not None:
+            # What was still in the send buffer is lost with the socket: cursors stay at
+            # the last position known to be handed over.
+            fields = self.session_updates(advance=False)
+            fields.update(lastActivity=now_ms(), gatewayId="")
             try:
-                await self.gateway.redis.hset(
-                    self.gateway.keys.session(self.session_id),
-                    mapping={"lastActivity": int(time.time() * 1000), "gatewayId": ""},
-                )
-            except Exception as e:  # Redis down: the session simply ages out
+                await self.gateway.sessions.write(self.session_id, self.id, fields)
+            except Exception as e:  # Redis down: the session keeps its last flushed state
                 log.warning("could not update session %s on close: %s", self.session_id, e)
+        self.subscriptions.clear()
 
     def _spawn(self, coro: Any, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
@@ -159,27 +175,75 @@ class Connection:
                 await self.ws.close(CLOSE_POLICY, e.code.name)
                 return False
             self.identity = identity
-            await self._start_session(message)
+            try:
+                await self._start_session(message)
+            except TeamdashError as e:
+                auth_log.info("connection %s: %s", self.id, e.message)
+                await self.send_ack(message.id, error=e)
+                await self.ws.close(CLOSE_POLICY, e.code.name)
+                return False
             return True
 
     async def _start_session(self, message: AuthMessage) -> None:
+        """Create a session, or resume the one named in ``auth``: restore its subscriptions
+        and agent associations, then send ``connection:status`` and the missed events."""
         assert self.identity is not None
-        self.session_id = new_id()
-        now = int(time.time() * 1000)
-        key = self.gateway.keys.session(self.session_id)
-        async with self.gateway.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "userId": self.identity.user_id,
-                    "clientId": message.credentials.clientId,
-                    "connectedAt": now,
-                    "lastActivity": now,
-                    "gatewayId": self.gateway.id,
-                },
+        creds = message.credentials
+        store = self.gateway.sessions
+        stored: StoredSession | None = None
+        if creds.sessionId is not None:
+            stored = await store.load(creds.sessionId)
+            if stored is not None and stored.user_id != self.identity.user_id:
+                raise TeamdashError(
+                    ErrorCode.INSUFFICIENT_PERMISSIONS, "that session belongs to another user"
+                )
+        self.session_id = stored.id if stored is not None else new_id()
+        await store.hold(
+            self.session_id,
+            conn_id=self.id,
+            user_id=self.identity.user_id,
+            client_id=creds.clientId,
+            gateway_id=self.gateway.id,
+            now_ms=now_ms(),
+            new=stored is None,
+        )
+        groups: list[tuple[list[Subscription[ServerConnection]], list[Event]]] = []
+        replayed = missed = 0
+        recovered = True
+        if stored is not None:
+            self.agents = set(stored.agents)
+            client_positions = creds.positions or {}
+            by_topic: dict[str, tuple[list[Subscription[ServerConnection]], list[Replay]]] = {}
+            for saved in stored.subscriptions:
+                sub = self._restore(saved)
+                if sub is None:
+                    continue
+                given = client_positions.get(saved.topic)
+                since = (
+                    Position(given.offset, given.epoch)
+                    if given is not None
+                    else saved.cursor or Position(0, None)
+                )
+                self.subscriptions[sub.id] = sub
+                replay = await self.gateway.attach(sub, since)
+                subs, replays = by_topic.setdefault(sub.topic, ([], []))
+                subs.append(sub)
+                if replay is not None:
+                    replays.append(replay)
+            for subs, replays in by_topic.values():
+                events = sorted(
+                    {(e.epoch, e.offset): e for r in replays for e in r.events}.values(),
+                    key=lambda e: (e.epoch, e.offset),
+                )
+                replayed += len(plan_catch_up(subs, events)[0])
+                missed += max((r.missed for r in replays), default=0)
+                recovered = recovered and all(r.recovered for r in replays)
+                groups.append((subs, events))
+            await self._save_subscriptions()
+            log.info(
+                "session %s resumed on connection %s: %d subscriptions, %d replayed, %d missed",
+                self.session_id, self.id, len(self.subscriptions), replayed, missed,
             )
-            pipe.expire(key, self.settings.session_ttl_s)
-            await pipe.execute()
         auth_log.debug("connection %s authenticated as %s", self.id, self.identity.user_id)
         await self.send(
             ConnectionStatusMessage(
@@ -188,7 +252,10 @@ class Connection:
                     status="authenticated",
                     sessionId=self.session_id,
                     userId=self.identity.user_id,
-                    resumed=False,
+                    resumed=stored is not None,
+                    recovered=recovered if stored is not None else None,
+                    replayed=replayed,
+                    missed=missed,
                     heartbeatIntervalMs=int(self.settings.heartbeat_interval_s * 1000),
                     gatewayId=self.gateway.id,
                     roles=sorted(self.identity.roles),
@@ -196,6 +263,82 @@ class Connection:
                 metadata=Metadata(correlationId=message.id),
             )
         )
+        for subs, events in groups:
+            catch_up(subs, events, self.gateway.send_one)
+
+    def _restore(self, saved: StoredSubscription) -> Subscription[ServerConnection] | None:
+        """A subscription of a resumed session, with today's permissions applied."""
+        assert self.identity is not None
+        kind: SubscriptionKind = saved.kind  # type: ignore[assignment]
+        try:
+            filt = parse_filters(kind, saved.filters)
+        except ProtocolError:
+            return None
+        if saved.hidden:
+            filt = Filter((LIFECYCLE_KINDS,))
+        elif saved.topic == AGENTS_TOPIC and not self._sees_all_agents():
+            filt = Filter(filt.dimensions, owner=self.identity.user_id)
+        return Subscription(
+            id=saved.id,
+            conn=self.ws,
+            kind=kind,
+            topic=saved.topic,
+            filter=filt,
+            requested_filters=saved.filters,
+            hidden=saved.hidden,
+        )
+
+    # -- session state -------------------------------------------------------------
+    def session_updates(self, *, advance: bool = True) -> dict[str, str | int]:
+        """Session fields that changed since the last write: the delivered cursors, and
+        ``lastActivity``. With ``advance``, a live subscription's cursor moves to its
+        route's position when everything sent so far has left the send buffer."""
+        fields: dict[str, str | int] = {}
+        if advance:
+            transport = self.ws.transport
+            drained = transport is not None and transport.get_write_buffer_size() == 0
+            if drained:
+                routes = self.gateway.routes
+                for sub in self.subscriptions.values():
+                    route = routes.get(sub.topic)
+                    if route is not None and not sub.catching_up and not route.held:
+                        sub.cursor = route.position
+        for sub in self.subscriptions.values():
+            if sub.cursor is not None and self._flushed.get(sub.id) != sub.cursor:
+                fields[f"cur:{sub.id}"] = sub.cursor.to_str()
+                self._flushed[sub.id] = sub.cursor
+        if self._active_since_flush:
+            self._active_since_flush = False
+            fields["lastActivity"] = now_ms()
+        now = time.monotonic()
+        if not fields and now - self._last_session_write > self.settings.session_ttl_s / 3:
+            fields["gatewayId"] = self.gateway.id  # keeps an idle session's TTL fresh
+        if fields:
+            self._last_session_write = now
+        return fields
+
+    async def _save_subscriptions(self) -> None:
+        """Write the session's subscriptions and agent associations (on every change)."""
+        if self.session_id is None:
+            return
+        stored = [
+            StoredSubscription(
+                id=sub.id,
+                kind=sub.kind,
+                topic=sub.topic,
+                filters=sub.requested_filters,
+                hidden=sub.hidden,
+                cursor=sub.cursor,
+            )
+            for sub in self.subscriptions.values()
+        ]
+        fields: dict[str, str | int] = dict(
+            self.gateway.sessions.subscription_fields(stored, sorted(self.agents))
+        )
+        for sub in self.subscriptions.values():
+            if sub.cursor is not None:
+                self._flushed[sub.id] = sub.cursor
+        await self.gateway.sessions.write(self.session_id, self.id, fields)
 
     # -- heartbeat -----------------------------------------------------------------
     async def _heartbeat(self) -> None:
@@ -263,8 +406,12 @@ class Connection:
                     f"no subscription {message.payload.subscriptionId!r} on this connection",
                 )
             del self.subscriptions[sub.id]
+            self._flushed.pop(sub.id, None)
             await self.gateway.remove_subscription(sub)
             await self.send_ack(message.id, result={"subscriptionId": sub.id})
+            await self._save_subscriptions()
+            assert self.session_id is not None
+            await self.gateway.redis.hdel(self.gateway.keys.session(self.session_id), f"cur:{sub.id}")
         elif isinstance(message, AuthMessage):
             await self._refresh_token(message)
         elif isinstance(message, CreateAgentMessage):
@@ -327,16 +474,22 @@ class Connection:
         else:
             topic = LOGS_TOPIC
         sub: Subscription[ServerConnection] = Subscription(
-            id=new_id(), conn=self.ws, kind=kind, topic=topic, filter=filt  # type: ignore[arg-type]
+            id=new_id(),
+            conn=self.ws,
+            kind=kind,  # type: ignore[arg-type]
+            topic=topic,
+            filter=filt,
+            requested_filters=tuple(message.payload.filters or ()),
         )
         self.subscriptions[sub.id] = sub
         # The ack goes first, so the client knows the subscription id before its events.
         await self.send_ack(message.id, result={"subscriptionId": sub.id, "topic": topic})
         try:
-            await self.gateway.add_subscription(sub, since)
+            await self.gateway.subscribe(sub, since)
         except BaseException:
             self.subscriptions.pop(sub.id, None)
             raise
+        await self._save_subscriptions()
 
     def _sees_all_agents(self) -> bool:
         """Admins and read-only viewers see every agent; operators their own, unless
@@ -386,7 +539,8 @@ class Connection:
             hidden=True,
         )
         self.subscriptions[sub.id] = sub
-        await self.gateway.add_subscription(sub, Position(0, None))
+        await self.gateway.subscribe(sub, Position(0, None))
+        await self._save_subscriptions()
 
     async def _control_agent(
         self, message: AgentCommandMessage | AgentControlMessage | TerminateAgentMessage

@@ -27,7 +27,7 @@ from typing import Generic, Literal, TypeVar
 
 import orjson
 
-from shared.bus import Event, Position
+from shared.bus import LOW_PRIORITY_TAG, Event, Position
 from shared.errors import ErrorCode, ProtocolError
 
 SubscriptionKind = Literal["agent", "metrics", "logs"]
@@ -98,10 +98,15 @@ class Subscription(Generic[C]):
     kind: SubscriptionKind
     topic: str
     filter: Filter
+    #: The ``filters`` the client asked for (kept to restore the session elsewhere).
+    requested_filters: tuple[str, ...] = ()
     #: Hidden subscriptions (agent associations) are not listed to the client.
     hidden: bool = False
     catching_up: bool = False
     queued: list[Event] = field(default_factory=list)
+    #: Position of the last event known to be handed to the connection (see
+    #: ``Gateway.flush_sessions``); a catching-up subscription starts after it.
+    cursor: Position | None = None
 
 
 def metrics_variant(data: bytes, sections: frozenset[str]) -> bytes:
@@ -124,7 +129,7 @@ class TopicRoute(Generic[C]):
     needs_resync: bool = False
 
     # -- live path ------------------------------------------------------------
-    def on_event(self, event: Event) -> list[tuple[list[C], bytes]] | None:
+    def on_event(self, event: Event) -> list[tuple[list[C], bytes, bool]] | None:
         """Route one live event. Returns the deliveries, or None when the event is held
         (route not started, resync in progress, or a gap that needs a resync)."""
         if self.held:
@@ -143,7 +148,7 @@ class TopicRoute(Generic[C]):
         self.held_events.append(event)
         return None
 
-    def deliver(self, event: Event) -> list[tuple[list[C], bytes]]:
+    def deliver(self, event: Event) -> list[tuple[list[C], bytes, bool]]:
         plain: dict[int, C] = {}
         variants: dict[frozenset[str], dict[int, C]] = {}
         for sub in self.subscriptions.values():
@@ -156,23 +161,24 @@ class TopicRoute(Generic[C]):
                 sub.filter.sections, {}
             )
             target.setdefault(id(sub.conn), sub.conn)
-        out: list[tuple[list[C], bytes]] = []
+        low = LOW_PRIORITY_TAG in event.tags
+        out: list[tuple[list[C], bytes, bool]] = []
         if plain:
-            out.append((list(plain.values()), event.data))
+            out.append((list(plain.values()), event.data, low))
         for sections, conns in variants.items():
-            out.append((list(conns.values()), metrics_variant(event.data, sections)))
+            out.append((list(conns.values()), metrics_variant(event.data, sections), low))
         return out
 
     # -- starting and resyncing ------------------------------------------------
-    def start_at(self, head: Position) -> list[tuple[list[C], bytes]]:
+    def start_at(self, head: Position) -> list[tuple[list[C], bytes, bool]]:
         """The route is now subscribed and ``head`` was read after that: release held events
         newer than ``head`` (older ones are history a fresh route does not deliver)."""
         self.position = head
         return self._release()
 
-    def resynced(self, events: Iterable[Event], head: Position | None) -> list[tuple[list[C], bytes]]:
+    def resynced(self, events: Iterable[Event], head: Position | None) -> list[tuple[list[C], bytes, bool]]:
         """Deliver the events read from the stream after a gap, then the held ones."""
-        out: list[tuple[list[C], bytes]] = []
+        out: list[tuple[list[C], bytes, bool]] = []
         self.needs_resync = False
         for event in events:
             if event.epoch == self.position.epoch and event.offset <= self.position.offset:
@@ -185,10 +191,10 @@ class TopicRoute(Generic[C]):
         out.extend(self._release())
         return out
 
-    def _release(self) -> list[tuple[list[C], bytes]]:
+    def _release(self) -> list[tuple[list[C], bytes, bool]]:
         self.held = False
         held, self.held_events = self.held_events, []
-        out: list[tuple[list[C], bytes]] = []
+        out: list[tuple[list[C], bytes, bool]] = []
         for event in held:
             delivered = self.on_event(event)
             if delivered is None:
@@ -200,20 +206,47 @@ class TopicRoute(Generic[C]):
         return out
 
 
-def catch_up(
-    sub: Subscription[C], replay: Iterable[Event], send: Callable[[C, bytes], None]
-) -> None:
-    """Deliver a catching-up subscription's replay, then what was queued live meanwhile,
-    each event once and in offset order; afterwards the subscription is live."""
+def plan_catch_up(
+    group: list[Subscription[C]], events: Iterable[Event]
+) -> tuple[list[bytes], Position | None]:
+    """What :func:`catch_up` sends for ``events`` (pure): each event once, in the given
+    order, if any subscription of the group wants it and it lies after that subscription's
+    cursor; and the position of the last event seen."""
+    out: list[bytes] = []
     last: Position | None = None
-    for event in [*replay, *sub.queued]:
+    for event in events:
         if last is not None and event.epoch == last.epoch and event.offset <= last.offset:
             continue
         last = event.position
-        if sub.filter.accepts(event.tags):
-            data = event.data
-            if sub.filter.sections is not None:
-                data = metrics_variant(data, sub.filter.sections)
-            send(sub.conn, data)
-    sub.queued = []
-    sub.catching_up = False
+        for sub in group:
+            cur = sub.cursor
+            if cur is not None and cur.epoch == event.epoch and event.offset <= cur.offset:
+                continue
+            if sub.filter.accepts(event.tags):
+                data = event.data
+                if sub.filter.sections is not None:
+                    data = metrics_variant(data, sub.filter.sections)
+                out.append(data)
+                break
+    return out, last
+
+
+def catch_up(
+    group: list[Subscription[C]], replay: Iterable[Event], send: Callable[[C, bytes], None]
+) -> int:
+    """Deliver the replay of catching-up subscriptions of ONE connection on ONE topic, then
+    what was queued live meanwhile, without duplicates; afterwards the subscriptions are
+    live. Returns the number of events sent."""
+    queued: list[Event] = []
+    for sub in group:
+        queued.extend(sub.queued)
+    queued.sort(key=lambda e: (e.epoch, e.offset))
+    out, last = plan_catch_up(group, [*replay, *queued])
+    for data in out:
+        send(group[0].conn, data)
+    for sub in group:
+        sub.queued = []
+        sub.catching_up = False
+        if last is not None:
+            sub.cursor = last
+    return len(out)

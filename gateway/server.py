@@ -22,23 +22,15 @@ from websockets.http11 import Request, Response
 from gateway.connection import Connection
 from gateway.router import Subscription, TopicRoute, catch_up
 from gateway.runners import RunnerClient
+from gateway.sessions import SessionStore
 from gateway.settings import GatewaySettings
-from shared.bus import EventBus, Position, PubSubHub, parse_channel_message
+from shared.bus import EventBus, Position, PubSubHub, Replay, parse_channel_message
 from shared.keys import Keys
 from shared.tokens import TokenVerifier
 
 log = logging.getLogger("ws.gateway")
 
-Deliveries = Iterable[tuple[list[ServerConnection], bytes]]
-
-
-def _send_all(deliveries: Deliveries) -> None:
-    for conns, data in deliveries:
-        broadcast(conns, data, text=True)
-
-
-def _send_one(ws: ServerConnection, data: bytes) -> None:
-    broadcast((ws,), data, text=True)
+Deliveries = Iterable[tuple[list[ServerConnection], bytes, bool]]
 
 
 class Gateway:
@@ -62,12 +54,14 @@ class Gateway:
             commands_per_second=settings.agent_commands_per_second,
         )
         self.verifier = TokenVerifier(settings.jwt_key, settings.jwt_algorithms)
+        self.sessions = SessionStore(self.redis, self.keys, settings.session_ttl_s)
         self.routes: dict[str, TopicRoute[ServerConnection]] = {}
         self._route_ready: dict[str, asyncio.Event] = {}
         self._route_lock = asyncio.Lock()
         self._channel_prefix = self.keys.topic_channel_prefix
         self.connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing: set[ServerConnection] = set()
         self._server: Server | None = None
 
     @property
@@ -98,6 +92,7 @@ class Gateway:
             server_header=None,
             reuse_port=s.reuse_port,
         )
+        self.spawn(self._flush_sessions_forever(), "flush-sessions")
         log.info("gateway %s listening on ws://%s:%d%s", self.id, s.host, self.port, s.path)
 
     async def close(self) -> None:
@@ -121,6 +116,28 @@ class Gateway:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _flush_sessions_forever(self) -> None:
+        interval = self.settings.cursor_flush_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush_sessions()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # Redis hiccup: the next round writes the newer state
+                log.warning("could not flush session cursors: %s", e)
+
+    async def flush_sessions(self) -> None:
+        """Write every connection's changed cursors and activity in one round trip."""
+        batch = []
+        for conn in self.connections:
+            if conn.session_id is None:
+                continue
+            fields = conn.session_updates()
+            if fields:
+                batch.append((conn.session_id, conn.id, fields))
+        await self.sessions.write_many(batch)
 
     # -- HTTP and WebSocket entry points -------------------------------------------
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
@@ -166,7 +183,7 @@ class Gateway:
             if route.needs_resync:
                 self._schedule_resync(route)
             return
-        _send_all(deliveries)
+        self.send_all(deliveries)
 
     def _on_hub_reconnect(self) -> None:
         # Events published while the subscription was down are in the streams.
@@ -199,17 +216,49 @@ class Gateway:
                     replay.missed,
                 )
             log.debug("resynced %s with %d events", route.topic, len(replay.events))
-            _send_all(route.resynced(replay.events, replay.head))
+            self.send_all(route.resynced(replay.events, replay.head))
 
     # -- subscriptions -------------------------------------------------------------
-    async def add_subscription(
+    async def attach(
+        self, sub: Subscription[ServerConnection], since: Position | None = None
+    ) -> Replay | None:
+        """Route ``sub``'s topic to its connection.
+
+        With ``since`` None the subscription is live from now (its cursor is the route's
+        position). Otherwise it is *catching up*: live events queue on it, and the events
+        after ``since`` are read from the stream and returned; the caller must then call
+        :func:`gateway.router.catch_up` (after anything it wants to send first)."""
+        route = await self._route(sub.topic)
+        if since is None:
+            sub.cursor = route.position
+            route.subscriptions[sub.id] = sub
+            return None
+        sub.catching_up = True
+        sub.cursor = since
+        route.subscriptions[sub.id] = sub
+        try:
+            return await self.bus.read_since(sub.topic, since)
+        except BaseException:
+            route.subscriptions.pop(sub.id, None)
+            await self._drop_route_if_unused(sub.topic)
+            raise
+
+    async def subscribe(
         self, sub: Subscription[ServerConnection], since: Position | None = None
     ) -> None:
-        """Route ``sub``'s topic to its connection, live from now, or from ``since`` (its
-        replay from the stream first, then live, without gaps or duplicates)."""
-        topic = sub.topic
-        route = self.routes.get(topic)
-        if route is None:
+        """:meth:`attach`, then deliver the catch-up at once."""
+        replay = await self.attach(sub, since)
+        if replay is not None:
+            catch_up([sub], replay.events, self.send_one)
+
+    async def _route(self, topic: str) -> TopicRoute[ServerConnection]:
+        while True:
+            route = self.routes.get(topic)
+            if route is not None:
+                await self._route_ready[topic].wait()
+                if self.routes.get(topic) is route:
+                    return route
+                continue  # its creation failed meanwhile: try again
             route = TopicRoute(topic)
             self.routes[topic] = route
             ready = self._route_ready[topic] = asyncio.Event()
@@ -222,26 +271,11 @@ class Gateway:
                 self._route_ready.pop(topic, None)
                 ready.set()
                 raise
-            _send_all(route.start_at(head))
+            self.send_all(route.start_at(head))
             ready.set()
             if route.needs_resync:
                 self._schedule_resync(route)
-        else:
-            await self._route_ready[topic].wait()
-            if self.routes.get(topic) is not route:  # its creation failed meanwhile
-                return await self.add_subscription(sub, since)
-        if since is None:
-            route.subscriptions[sub.id] = sub
-            return
-        sub.catching_up = True
-        route.subscriptions[sub.id] = sub
-        try:
-            replay = await self.bus.read_since(topic, since)
-        except BaseException:
-            route.subscriptions.pop(sub.id, None)
-            await self._drop_route_if_unused(topic)
-            raise
-        catch_up(sub, replay.events, _send_one)
+            return route
 
     async def remove_subscription(self, sub: Subscription[ServerConnection]) -> None:
         route = self.routes.get(sub.topic)
@@ -259,6 +293,48 @@ class Gateway:
             if topic not in self.routes:  # nobody re-created it while we waited
                 await self.hub.unsubscribe(self.keys.topic_channel(topic))
 
+    # -- sending -------------------------------------------------------------------
+    def send_all(self, deliveries: Deliveries) -> None:
+        """Write each delivery's bytes to its connections, protecting everyone from slow
+        consumers: a connection whose send buffer is over the cap is closed with 1013
+        (it can resume from its cursor); over a quarter of the cap, ``low`` priority
+        events (superseded metrics) are skipped for it."""
+        cap = self.settings.send_buffer_bytes
+        soft = cap // 4
+        for conns, data, low in deliveries:
+            ready = []
+            for ws in conns:
+                transport = ws.transport
+                size = transport.get_write_buffer_size() if transport is not None else 0
+                if size > soft:
+                    if size > cap:
+                        self._too_slow(ws, size)
+                        continue
+                    if low:
+                        continue
+                ready.append(ws)
+            broadcast(ready, data, text=True)
+
+    def send_one(self, ws: ServerConnection, data: bytes) -> None:
+        self.send_all((([ws], data, False),))
+
+    def _too_slow(self, ws: ServerConnection, size: int) -> None:
+        if ws in self._closing:
+            return
+        self._closing.add(ws)
+        log.warning("closing a slow consumer: %d bytes waiting to be sent", size)
+        self.spawn(self._close_slow(ws), "close-slow-consumer")
+
+    async def _close_slow(self, ws: ServerConnection) -> None:
+        # The close frame queues behind what the client has not read yet; if it does not
+        # catch up in time, the connection is dropped to free the memory.
+        try:
+            await asyncio.wait_for(ws.close(1013, "slow consumer: resume from your session"), 5)
+        except TimeoutError:
+            if ws.transport is not None:
+                ws.transport.abort()
+        finally:
+            self._closing.discard(ws)
 
 def _text_response(status: HTTPStatus, body: str) -> Response:
     data = body.encode()

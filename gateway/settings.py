@@ -37,6 +37,10 @@ class GatewaySettings:
     agent_commands_per_second: int
     #: Idle seconds after which a session can no longer be resumed.
     session_ttl_s: int
+    #: Bytes waiting to be sent to one connection before it is closed with 1013.
+    send_buffer_bytes: int
+    #: Seconds between two batched writes of the delivered cursors.
+    cursor_flush_interval_s: float
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewaySettings:
@@ -66,6 +70,8 @@ class GatewaySettings:
             max_subscriptions=env.int("TEAMDASH_MAX_SUBSCRIPTIONS", 100, min=1),
             agent_commands_per_second=env.int("TEAMDASH_AGENT_COMMANDS_PER_SECOND", 10, min=1),
             session_ttl_s=env.int("TEAMDASH_SESSION_TTL_S", 3600, min=1),
+            send_buffer_bytes=env.int("TEAMDASH_SEND_BUFFER_BYTES", 4 * 1024 * 1024, min=64 * 1024),
+            cursor_flush_interval_s=env.float("TEAMDASH_CURSOR_FLUSH_INTERVAL_S", 1.0, min=0.05),
         )
 
 

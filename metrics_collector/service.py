@@ -39,7 +39,7 @@ from metrics_collector.agent_stats import merge_agent_stats
 from metrics_collector.alerts import AlertEngine
 from metrics_collector.sampler import SampleError, Sampler
 from metrics_collector.settings import CollectorSettings
-from shared.bus import EventBus
+from shared.bus import LOW_PRIORITY_TAG, EventBus
 from shared.keys import LOGS_TOPIC, METRICS_TOPIC, Keys
 from shared.protocol import (
     Metadata,
@@ -53,7 +53,7 @@ from shared.protocol import (
 log = logging.getLogger("collector")
 
 #: Filter tags of every ``metrics:update`` (the spec's metrics filters).
-METRICS_TAGS = ("system", "agents")
+METRICS_TAGS = ("system", "agents", LOW_PRIORITY_TAG)
 #: Agent stats older than this many intervals are left out of the update…
 AGENT_STATS_MAX_AGE_INTERVALS = 3
 #: …but never less than this, so runners reporting every second are not dropped by a

@@ -47,6 +47,10 @@ _PUBLISH_LUA = resources.files("shared").joinpath("publish.lua").read_text()
 #: Events replayed at most on a resume (the spec's "up to 1000 messages").
 REPLAY_LIMIT = 1000
 
+#: Tag of events a gateway may skip for a connection under pressure: publish it with
+#: ``metadata.priority = "low"`` (e.g. metrics updates that the next one supersedes).
+LOW_PRIORITY_TAG = "p:low"
+
 
 @dataclass(frozen=True, slots=True)
 class Position:
@@ -262,7 +266,12 @@ class PubSubHub:
                 return
             confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._confirmations.setdefault(channel, []).append(confirmed)
-            await self._pubsub.subscribe(channel)
+            try:
+                await self._pubsub.subscribe(channel)
+            except Exception as e:  # redis-py fails oddly on a dropped pub/sub connection
+                # The reader sees the loss too and resubscribes every channel, this one
+                # included; that confirmation completes this call.
+                log.warning("subscribe %s failed (%r); waiting for the reconnect", channel, e)
         try:
             await asyncio.wait_for(confirmed, timeout_s)
         finally:
@@ -278,7 +287,10 @@ class PubSubHub:
                 return
             self._channels.discard(channel)
             if self.connected.is_set():
-                await self._pubsub.unsubscribe(channel)
+                try:
+                    await self._pubsub.unsubscribe(channel)
+                except Exception as e:  # lost connection: the reconnect leaves it out
+                    log.warning("unsubscribe %s failed (%r)", channel, e)
 
     async def close(self) -> None:
         if self._task is not None:

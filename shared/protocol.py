@@ -91,11 +91,23 @@ class WSMessage(_Strict):
 # ---------------------------------------------------------------------------
 
 
+class StreamPosition(_Strict):
+    """The position of the last event a client received on a topic (from its metadata)."""
+
+    offset: Annotated[int, Field(ge=0)]
+    epoch: Annotated[str, StringConstraints(max_length=64)] | None = None
+
+
 class AuthPayload(_Strict):
     token: Annotated[str, StringConstraints(min_length=1, max_length=16384)]
     clientId: Identifier
     #: Resume this session (reconnection protocol); omit for a new session.
     sessionId: Identifier | None = None
+    #: With ``sessionId``: topic → position of the last event this client received, so the
+    #: replay starts exactly after it (optional; the server's own cursor is used otherwise).
+    positions: dict[Annotated[str, StringConstraints(max_length=200)], StreamPosition] | None = (
+        Field(default=None, max_length=200)
+    )
 
 
 class AuthMessage(WSMessage):
@@ -349,7 +361,9 @@ class AgentMetrics(_Strict):
 
 
 class MetricsUpdatePayload(_Strict):
-    system: SystemMetrics
+    #: Always sent by the collector; left out for a subscription whose ``filters`` are
+    #: ``["agents"]`` (the gateway then delivers only the ``agents`` section).
+    system: SystemMetrics | None = None
     agents: list[AgentMetrics] | None = None
 
 
@@ -487,7 +501,7 @@ def _protocol_error(err: ValidationError, data: bytes | str) -> ProtocolError:
         return ProtocolError(
             ErrorCode.INVALID_MESSAGE, "message has no 'type' field", message_id=message_id
         )
-    if first["type"] == "model_attributes_type" and not first["loc"]:
+    if first["type"] in ("dict_type", "model_attributes_type") and not first["loc"]:
         return ProtocolError(ErrorCode.INVALID_MESSAGE, "a message must be a JSON object")
     return ProtocolError(ErrorCode.INVALID_MESSAGE, _describe(err), message_id=message_id)
 
@@ -533,7 +547,9 @@ def ack(
             payload=AckPayload(messageId=message_id, success=True, result=result),
             metadata=Metadata(correlationId=message_id),
         )
-    code = getattr(error, "code", ErrorCode.INTERNAL_ERROR)
+    code = getattr(error, "code", None)
+    if not isinstance(code, ErrorCode):  # e.g. a library exception with its own ``code``
+        code = ErrorCode.INTERNAL_ERROR
     text = getattr(error, "message", None) or str(error) or code.name
     return AckMessage(
         type="ack",
