@@ -94,10 +94,20 @@ class Connection:
         try:
             await self.ws.send(encode(message), text=True)
         except ConnectionClosed:
-            pass
+            return
+        self.gateway.metrics.count_out(message.type)
 
-    async def send_ack(self, message_id: str, *, error: BaseException | None = None, result: dict[str, Any] | None = None) -> None:
-        await self.send(ack(message_id, error=error, result=result))
+    async def send_ack(
+        self,
+        message_id: str,
+        *,
+        error: BaseException | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        reply = ack(message_id, error=error, result=result)
+        if reply.payload.code is not None:
+            self.gateway.metrics.errors.labels(reply.payload.code.name).inc()
+        await self.send(reply)
 
     # -- lifecycle ----------------------------------------------------------------
     async def run(self) -> None:
@@ -159,8 +169,10 @@ class Connection:
             try:
                 message = decode_client_message(raw)
             except ProtocolError as e:
+                self.gateway.metrics.count_in("invalid")
                 await self.send_ack(e.message_id or new_id(), error=e)
                 continue
+            self.gateway.metrics.count_in(message.type)
             if not isinstance(message, AuthMessage):
                 await self.send_ack(
                     message.id,
@@ -263,6 +275,10 @@ class Connection:
                 metadata=Metadata(correlationId=message.id),
             )
         )
+        self.gateway.metrics.sessions.labels("resumed" if stored is not None else "new").inc()
+        if stored is not None:
+            self.gateway.metrics.replayed.inc(replayed)
+            self.gateway.metrics.missed.inc(missed)
         for subs, events in groups:
             catch_up(subs, events, self.gateway.send_one)
 
@@ -353,12 +369,15 @@ class Connection:
 
     # -- requests ------------------------------------------------------------------
     async def _on_frame(self, raw: str | bytes) -> None:
+        metrics = self.gateway.metrics
         try:
             message = decode_client_message(raw)
         except ProtocolError as e:
+            metrics.count_in("invalid")
             log.debug("connection %s: %s", self.id, e.message)
             await self.send_ack(e.message_id or new_id(), error=e)
             return
+        metrics.count_in(message.type)
         if not self._bucket.take():
             self._limited_in_a_row += 1
             if self._limited_in_a_row > FLOOD_DISCONNECT_AFTER:

@@ -54,6 +54,10 @@ class RunnerClient:
         self._pending: dict[str, list[tuple[str, asyncio.Future[RunnerReply]]]] = {}
 
     @property
+    def pending_count(self) -> int:
+        return sum(len(w) for w in self._pending.values())
+
+    @property
     def reply_channel(self) -> str:
         return self.keys.reply_channel(self.gateway_id)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Iterable
 from http import HTTPStatus
 
@@ -20,6 +21,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from gateway.connection import Connection
+from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from gateway.router import Subscription, TopicRoute, catch_up
 from gateway.runners import RunnerClient
 from gateway.sessions import SessionStore
@@ -55,6 +57,9 @@ class Gateway:
         )
         self.verifier = TokenVerifier(settings.jwt_key, settings.jwt_algorithms)
         self.sessions = SessionStore(self.redis, self.keys, settings.session_ttl_s)
+        self.metrics = GatewayMetrics()
+        self._probe_channel = self.keys.gateway_probe(settings.gateway_id)
+        self._probes: dict[bytes, asyncio.Future[None]] = {}
         self.routes: dict[str, TopicRoute[ServerConnection]] = {}
         self._route_ready: dict[str, asyncio.Event] = {}
         self._route_lock = asyncio.Lock()
@@ -78,6 +83,7 @@ class Gateway:
         await self.redis.ping()
         await self.hub.start()
         await self.hub.subscribe(self.runners.reply_channel)
+        await self.hub.subscribe(self._probe_channel)
         s = self.settings
         self._server = await serve(
             self._handle,
@@ -149,30 +155,74 @@ class Gateway:
         if path == "/readyz":
             ready, why = await self.ready()
             return _text_response(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, why + "\n")
+        if path == "/metrics":
+            await self._update_gauges()
+            return _response(HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE_LATEST)
         return _text_response(HTTPStatus.NOT_FOUND, f"not found; the WebSocket endpoint is {self.settings.path}\n")
 
-    async def ready(self) -> tuple[bool, str]:
+    async def ready(self, timeout_s: float = 2.0) -> tuple[bool, str]:
+        """Ready = Redis answers AND this gateway's pub/sub subscription really delivers: a
+        message published to its probe channel must come back through the hub."""
         if not self.hub.connected.is_set():
             return False, "redis pub/sub not connected"
+        nonce = uuid.uuid4().hex.encode()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._probes[nonce] = fut
         try:
-            await asyncio.wait_for(self.redis.ping(), 2)
+            await asyncio.wait_for(self.redis.publish(self._probe_channel, nonce), timeout_s)
+            await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            return False, "redis pub/sub probe did not come back in time"
         except Exception as e:  # any failure means not ready
             return False, f"redis unreachable: {e}"
+        finally:
+            self._probes.pop(nonce, None)
         return True, "ready"
+
+    async def _update_gauges(self) -> None:
+        m = self.metrics
+        sizes = [
+            c.ws.transport.get_write_buffer_size() for c in self.connections if c.ws.transport is not None
+        ]
+        m.send_buffer_bytes.labels("sum").set(sum(sizes))
+        m.send_buffer_bytes.labels("max").set(max(sizes, default=0))
+        m.pending_requests.set(self.runners.pending_count)
+        m.routed_topics.set(len(self.routes))
+        topics = list(self.routes)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for topic in topics:
+                    pipe.xlen(self.keys.topic_stream(topic))
+                lengths = await asyncio.wait_for(pipe.execute(), 2)
+        except Exception as e:  # metrics must render even when Redis is down
+            log.debug("stream lengths unavailable: %s", e)
+            return
+        by_kind: dict[str, int] = {}
+        for topic, length in zip(topics, lengths, strict=True):
+            kind = "agent" if topic.startswith("agent:") else topic
+            by_kind[kind] = by_kind.get(kind, 0) + int(length)
+        for kind, total in by_kind.items():
+            m.stream_length.labels(kind).set(total)
 
     async def _handle(self, ws: ServerConnection) -> None:
         conn = Connection(self, ws)
         self.connections.add(conn)
+        self.metrics.connections.inc()
         try:
             await conn.run()
         finally:
             self.connections.discard(conn)
+            self.metrics.connections.dec()
 
     # -- live events ---------------------------------------------------------------
     def _on_pubsub(self, channel: str, data: bytes) -> None:
         if not channel.startswith(self._channel_prefix):
             if channel == self.runners.reply_channel:
                 self.runners.on_reply(data)
+            elif channel == self._probe_channel:
+                probe = self._probes.get(data)
+                if probe is not None and not probe.done():
+                    probe.set_result(None)
             return
         topic = channel[len(self._channel_prefix) :]
         route = self.routes.get(topic)
@@ -183,7 +233,7 @@ class Gateway:
             if route.needs_resync:
                 self._schedule_resync(route)
             return
-        self.send_all(deliveries)
+        self.send_all(deliveries, live=True)
 
     def _on_hub_reconnect(self) -> None:
         # Events published while the subscription was down are in the streams.
@@ -197,6 +247,7 @@ class Gateway:
         name = f"resync:{route.topic}"
         if any(t.get_name() == name for t in self._tasks):
             return
+        self.metrics.resyncs.inc()
         self.spawn(self._resync(route), name)
 
     async def _resync(self, route: TopicRoute[ServerConnection]) -> None:
@@ -294,13 +345,14 @@ class Gateway:
                 await self.hub.unsubscribe(self.keys.topic_channel(topic))
 
     # -- sending -------------------------------------------------------------------
-    def send_all(self, deliveries: Deliveries) -> None:
+    def send_all(self, deliveries: Deliveries, *, live: bool = False) -> None:
         """Write each delivery's bytes to its connections, protecting everyone from slow
         consumers: a connection whose send buffer is over the cap is closed with 1013
         (it can resume from its cursor); over a quarter of the cap, ``low`` priority
         events (superseded metrics) are skipped for it."""
         cap = self.settings.send_buffer_bytes
         soft = cap // 4
+        metrics = self.metrics
         for conns, data, low in deliveries:
             ready = []
             for ws in conns:
@@ -311,9 +363,11 @@ class Gateway:
                         self._too_slow(ws, size)
                         continue
                     if low:
+                        metrics.low_priority_skipped.inc()
                         continue
                 ready.append(ws)
             broadcast(ready, data, text=True)
+            metrics.observe_event(data, len(ready), latency=live)
 
     def send_one(self, ws: ServerConnection, data: bytes) -> None:
         self.send_all((([ws], data, False),))
@@ -322,6 +376,7 @@ class Gateway:
         if ws in self._closing:
             return
         self._closing.add(ws)
+        self.metrics.slow_consumers.inc()
         log.warning("closing a slow consumer: %d bytes waiting to be sent", size)
         self.spawn(self._close_slow(ws), "close-slow-consumer")
 
@@ -336,12 +391,13 @@ class Gateway:
         finally:
             self._closing.discard(ws)
 
+def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return Response(status.value, status.phrase, headers, body)
+
+
 def _text_response(status: HTTPStatus, body: str) -> Response:
-    data = body.encode()
-    headers = Headers(
-        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))]
-    )
-    return Response(status.value, status.phrase, headers, data)
+    return _response(status, body.encode(), "text/plain; charset=utf-8")
 
 
 async def main(settings: GatewaySettings, stop: asyncio.Event) -> None:

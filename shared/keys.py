@@ -111,5 +111,9 @@ class Keys:
         """Pub/sub channel on which runners answer one gateway's requests."""
         return f"{self.prefix}:reply:{gateway_id}"
 
+    def gateway_probe(self, gateway_id: str) -> str:
+        """Pub/sub channel a gateway publishes to itself to prove its subscription works."""
+        return f"{self.prefix}:probe:{gateway_id}"
+
     def session(self, session_id: str) -> str:
         return f"{self.prefix}:session:{session_id}"

@@ -1,0 +1,114 @@
+"""The gateway's Prometheus metrics (served at ``/metrics`` on the gateway port).
+
+Counters are bumped where things happen; the queue depths (send buffers, stream lengths,
+pending runner requests) are read when the endpoint is scraped. Each gateway has its own
+registry, so several gateways can live in one process (tests).
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["GatewayMetrics", "CONTENT_TYPE_LATEST"]
+
+#: Publish → socket write, in seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.connections = Gauge("teamdash_gateway_connections", "Open WebSocket connections", registry=r)
+        self.messages_in = Counter(
+            "teamdash_gateway_messages_in_total", "Client messages received, by type", ["type"], registry=r
+        )
+        self.messages_out = Counter(
+            "teamdash_gateway_messages_out_total",
+            "Messages written to clients, by type (one per recipient)",
+            ["type"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "teamdash_gateway_errors_total", "Failed acks and auth refusals, by error code", ["code"], registry=r
+        )
+        self.delivery_latency = Histogram(
+            "teamdash_gateway_delivery_latency_seconds",
+            "From an event's creation by its publisher to its write to the sockets",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sessions = Counter(
+            "teamdash_gateway_sessions_total", "Authenticated sessions, new or resumed", ["kind"], registry=r
+        )
+        self.replayed = Counter(
+            "teamdash_gateway_replayed_events_total", "Events replayed to resumed sessions", registry=r
+        )
+        self.missed = Counter(
+            "teamdash_gateway_missed_events_total",
+            "Events a resumed session missed because they had left the replay buffer",
+            registry=r,
+        )
+        self.resyncs = Counter(
+            "teamdash_gateway_resyncs_total", "Gaps in live delivery repaired from the streams", registry=r
+        )
+        self.slow_consumers = Counter(
+            "teamdash_gateway_slow_consumer_disconnects_total",
+            "Connections closed with 1013 because their send buffer overflowed",
+            registry=r,
+        )
+        self.low_priority_skipped = Counter(
+            "teamdash_gateway_low_priority_skipped_total",
+            "Low-priority events skipped for connections under pressure",
+            registry=r,
+        )
+        self.send_buffer_bytes = Gauge(
+            "teamdash_gateway_send_buffer_bytes", "Bytes waiting in send buffers", ["stat"], registry=r
+        )
+        self.stream_length = Gauge(
+            "teamdash_redis_stream_length", "Entries in the replay streams of routed topics", ["topic_kind"], registry=r
+        )
+        self.pending_requests = Gauge(
+            "teamdash_gateway_pending_runner_requests", "Agent requests waiting for a runner", registry=r
+        )
+        self.routed_topics = Gauge("teamdash_gateway_routed_topics", "Topics with local subscribers", registry=r)
+        self._out_children: dict[str, Counter] = {}
+        self._in_children: dict[str, Counter] = {}
+
+    def count_in(self, type_: str) -> None:
+        child = self._in_children.get(type_)
+        if child is None:
+            child = self._in_children[type_] = self.messages_in.labels(type_)
+        child.inc()
+
+    def count_out(self, type_: str, n: int = 1) -> None:
+        child = self._out_children.get(type_)
+        if child is None:
+            child = self._out_children[type_] = self.messages_out.labels(type_)
+        child.inc(n)
+
+    def observe_event(self, data: bytes, recipients: int, *, latency: bool) -> None:
+        """Count one fan-out of an event, and with ``latency`` its delivery latency (from
+        the ``timestamp`` in its JSON; replays are old by design and not observed)."""
+        start = data.find(b'"type":"', 0, 96)
+        if start < 0:
+            return
+        start += 8
+        end = data.find(b'"', start)
+        self.count_out(data[start:end].decode(), recipients)
+        if not latency:
+            return
+        ts = data.find(b'"timestamp":', end)
+        if ts > 0:
+            ts += 12
+            stop = data.find(b",", ts)
+            try:
+                created_ms = int(data[ts:stop])
+            except ValueError:
+                return
+            self.delivery_latency.observe(max(0.0, time.time() - created_ms / 1000))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
