@@ -1,0 +1,19 @@
+"""The agent runner: owns agent OS processes, streams their output and reports their status.
+
+Map of the package (cores without I/O first):
+
+* :mod:`agent_runner.state`    — the agent status state machine (one transition table);
+* :mod:`agent_runner.policy`   — workspace resolution, environment validation, command
+  sanitizing and CPU selection (pure functions);
+* :mod:`agent_runner.output`   — UTF-8-safe line splitting with flush deadlines, completion
+  detection;
+* :mod:`agent_runner.models`   — the model configuration file (TOML);
+* :mod:`agent_runner.launch`   — the tiny exec wrapper that applies limits and ``execvp``\\ s;
+* :mod:`agent_runner.process`  — the subprocess adapter (spawn, signal the group, verify);
+* :mod:`agent_runner.agent`    — one live agent: its process, pumps, commands and events;
+* :mod:`agent_runner.registry` — the agent registry in Redis (hash, sets, per-user limit);
+* :mod:`agent_runner.outbox`   — batched, ordered publishing of events;
+* :mod:`agent_runner.runner`   — request intake, heartbeat, stats, reconciliation;
+* :mod:`agent_runner.reaper`   — marks agents of dead runners ``crashed``;
+* :mod:`agent_runner.service`  — ``main(settings, stop)``.
+"""

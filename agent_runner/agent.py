@@ -1,0 +1,614 @@
+"""One live agent: its process, output pumps, command queue, timers and events.
+
+How it works
+------------
+An :class:`Agent` is created by the runner once its process really started. It owns four
+tasks (started by :meth:`Agent.announce`, cancelled and awaited by :meth:`Agent.close`):
+
+* ``supervise`` waits for the process to exit, kills and verifies whatever is left of its
+  group, waits for the pumps to drain, decides ``stopped``/``crashed`` (OOM named as such),
+  records the end in the registry and publishes the final events;
+* two pumps read stdout and stderr (never blocking on anything but the outbox's high-water
+  mark), split them with :class:`~agent_runner.output.OutputSplitter` and queue
+  ``agent:output`` events numbered by one per-agent ``sequence`` shared by both streams;
+  stdout also feeds the model's completion detector;
+* ``serve`` handles this agent's requests (command, pause, resume, terminate) one at a time,
+  in arrival order, so a slow stdin never holds up other agents.
+
+Every status change happens under one lock, in this order: state machine → registry → act
+(signal) → reply to the gateway → queue the events; so the reply always precedes the events
+it causes, and a status event can never overtake another. Command timeouts are loop timers
+(not tasks) that queue an ``agent:error`` when they fire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from agent_runner import events
+from agent_runner.errors import AgentNotFound, Busy, CommandTimeout, InvalidRequest
+from agent_runner.models import ModelSpec
+from agent_runner.outbox import Outbox
+from agent_runner.output import (
+    CompletionDetector,
+    LineRegex,
+    NoCompletion,
+    OutputSplitter,
+    Piece,
+    StreamJsonResult,
+)
+from agent_runner.policy import sanitize_command
+from agent_runner.process import AgentProcess, signal_name
+from agent_runner.registry import Registry
+from agent_runner.state import FINAL, AgentState, Event, IllegalTransition, Status
+from shared.errors import ErrorCode, TeamdashError
+from shared.protocol import (
+    MAX_COMMAND_CHARS,
+    AgentCommandPayload,
+    AgentRef,
+    OutputStream,
+    TerminateAgentPayload,
+    now_ms,
+)
+from shared.runner_protocol import RunnerRequest
+
+log = logging.getLogger("runner.agent")
+
+#: Requests queued for one agent before new ones are refused (the gateway allows 10/s).
+INBOX_SIZE = 64
+#: Longest a command may wait for the agent to read its stdin.
+STDIN_TIMEOUT_S = 5.0
+#: Commands remembered for completion matching.
+MAX_PENDING = 1024
+READ_SIZE = 64 * 1024
+STDERR_TAIL_CHARS = 8192
+#: Longest the pumps may take to drain after the process group is gone.
+DRAIN_TIMEOUT_S = 2.0
+MIB = 1024 * 1024
+OOM_MARKERS = (
+    "MemoryError",
+    "Cannot allocate memory",
+    "out of memory",
+    "Out of memory",
+    "std::bad_alloc",
+    "heap out of memory",
+)
+
+
+class Replier(Protocol):
+    def __call__(
+        self,
+        request: RunnerRequest,
+        *,
+        error: TeamdashError | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> Awaitable[None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    agent_id: str
+    name: str
+    owner: str
+    model: ModelSpec
+    workspace: str
+    workspace_path: Path
+    runner_id: str
+    start_time: int
+    request_id: str
+    memory_mb: int | None = None
+    cpu_cores: float | None = None
+    cpus: tuple[int, ...] | None = None
+
+
+@dataclass(eq=False, slots=True)
+class PendingCommand:
+    request_id: str
+    timer: asyncio.TimerHandle | None = None
+    timed_out: bool = False
+
+
+def make_detector(model: ModelSpec) -> CompletionDetector:
+    if model.completion == "stream-json-result":
+        return StreamJsonResult()
+    if model.completion == "line-regex" and model.completion_regex is not None:
+        return LineRegex(model.completion_regex)
+    return NoCompletion()
+
+
+def _payload(model: type[Any], request: RunnerRequest) -> Any:
+    try:
+        return model.model_validate(request.payload)
+    except ValidationError as e:
+        raise InvalidRequest(f"invalid {request.kind} payload: {e.errors()[0]['msg']}") from e
+
+
+class Agent:
+    def __init__(
+        self,
+        info: AgentInfo,
+        process: AgentProcess,
+        *,
+        outbox: Outbox,
+        registry: Registry,
+        reply: Replier,
+        grace_s: float,
+        on_ended: Callable[[Agent], None],
+    ) -> None:
+        self.info = info
+        self.process = process
+        self.state = AgentState()
+        self._outbox = outbox
+        self._registry = registry
+        self._reply = reply
+        self._grace_s = grace_s
+        self._on_ended = on_ended
+        self._seq = 0
+        self._lock = asyncio.Lock()
+        self._inbox: asyncio.Queue[RunnerRequest] = asyncio.Queue(maxsize=INBOX_SIZE)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pumps: list[asyncio.Task[None]] = []
+        self._escalation: asyncio.Task[None] | None = None
+        self._pending: deque[PendingCommand] = deque()
+        self._detector = make_detector(info.model)
+        self._stderr_tail = ""
+        self._stop_reason = "terminated"
+        self._stop_correlation: str | None = None
+        self._abandoned = False
+        self.ended = asyncio.Event()
+        self.peak_memory = 0
+        self.last_activity: int | None = None
+
+    # -- identity -----------------------------------------------------------------
+    @property
+    def agent_id(self) -> str:
+        return self.info.agent_id
+
+    @property
+    def status(self) -> Status:
+        return self.state.status
+
+    @property
+    def sequence(self) -> int:
+        """The last output sequence number used."""
+        return self._seq
+
+    def _task(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=f"{name}:{self.agent_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "agent %s: task %s failed",
+                self.agent_id,
+                task.get_name(),
+                exc_info=task.exception(),
+            )
+
+    async def _set_registry(self, **fields: str | int) -> None:
+        try:
+            await self._registry.update(self.agent_id, fields)
+        except RedisError as e:
+            log.warning("agent %s: registry update failed: %s", self.agent_id, e)
+
+    def _status_items(self, correlation: str | None, **details: Any) -> list[events.Item]:
+        return events.status(
+            self.agent_id,
+            self.info.owner,
+            self.state.status.value,
+            correlation,
+            pid=self.process.pid,
+            runnerId=self.info.runner_id,
+            **details,
+        )
+
+    # -- start ----------------------------------------------------------------------
+    async def announce(self) -> None:
+        """Publish ``agent:created`` and ``starting`` → ``running``, then start the tasks.
+        Call once, after the create reply was sent."""
+        info = self.info
+        async with self._lock:
+            self._task(self._supervise(), "supervise")
+            self._task(self._serve(), "serve")
+            try:
+                items = events.created(
+                    info.agent_id,
+                    info.owner,
+                    info.name,
+                    self.process.pid,
+                    info.start_time,
+                    info.request_id,
+                )
+                items += self._status_items(info.request_id)
+                self.state.handle(Event.STARTED)
+                await self._set_registry(status=self.state.status.value)
+                items += self._status_items(info.request_id)
+                self._outbox.put_many(items)
+            finally:
+                self._pumps = [
+                    self._task(self._pump("stdout", self.process.stdout), "stdout"),
+                    self._task(self._pump("stderr", self.process.stderr), "stderr"),
+                ]
+
+    # -- requests ---------------------------------------------------------------------
+    def submit(self, request: RunnerRequest) -> None:
+        """Queue a request for this agent (handled in order). Raises :class:`Busy`."""
+        if self.ended.is_set():
+            raise AgentNotFound(f"agent {self.agent_id} has ended")
+        try:
+            self._inbox.put_nowait(request)
+        except asyncio.QueueFull:
+            raise Busy(f"too many requests queued for agent {self.agent_id}") from None
+
+    async def _serve(self) -> None:
+        while True:
+            request = await self._inbox.get()
+            try:
+                await self._handle(request)
+            except TeamdashError as e:
+                await self._reply(request, error=e)
+            except Exception as e:  # a bug must not stop the agent's request handling
+                log.exception("agent %s: %s request failed", self.agent_id, request.kind)
+                await self._reply(request, error=TeamdashError(ErrorCode.INTERNAL_ERROR, str(e)))
+
+    async def _handle(self, request: RunnerRequest) -> None:
+        if request.kind == "command":
+            await self._command(request, _payload(AgentCommandPayload, request))
+        elif request.kind == "pause":
+            _payload(AgentRef, request)
+            await self._signal_transition(request, Event.PAUSE, signal.SIGSTOP)
+        elif request.kind == "resume":
+            _payload(AgentRef, request)
+            await self._signal_transition(request, Event.RESUME, signal.SIGCONT)
+        elif request.kind == "terminate":
+            payload: TerminateAgentPayload = _payload(TerminateAgentPayload, request)
+            await self.terminate(force=bool(payload.force), request=request)
+        else:
+            raise InvalidRequest(f"{request.kind!r} is not an agent request")
+
+    async def _signal_transition(self, request: RunnerRequest, event: Event, sig: int) -> None:
+        async with self._lock:
+            if not self.state.can(event):
+                raise self._illegal(event)
+            if not self.process.signal_group(sig):
+                raise AgentNotFound(f"agent {self.agent_id} has exited")
+            self.state.handle(event)
+            await self._set_registry(status=self.state.status.value)
+            await self._reply(request, result={"agentId": self.agent_id})
+            self._outbox.put_many(self._status_items(request.requestId))
+
+    def _illegal(self, event: Event) -> TeamdashError:
+        status = self.state.status
+        if status in FINAL:
+            return AgentNotFound(f"agent {self.agent_id} has {status.value}")
+        if status == Status.STOPPING:
+            return AgentNotFound(f"agent {self.agent_id} is stopping")
+        if event == Event.PAUSE and status == Status.PAUSED:
+            return InvalidRequest(f"agent {self.agent_id} is already paused")
+        if event == Event.RESUME and status == Status.RUNNING:
+            return InvalidRequest(f"agent {self.agent_id} is not paused")
+        return IllegalTransition(status, event)
+
+    async def _command(self, request: RunnerRequest, payload: AgentCommandPayload) -> None:
+        status = self.state.status
+        if status == Status.PAUSED:
+            raise InvalidRequest(
+                f"agent {self.agent_id} is paused: resume it before sending commands"
+            )
+        if status == Status.STARTING:
+            raise InvalidRequest(f"agent {self.agent_id} is still starting")
+        if status != Status.RUNNING:
+            raise self._illegal(Event.TERMINATE)  # stopping or ended: AGENT_NOT_FOUND
+        model = self.info.model
+        text = sanitize_command(
+            payload.command, max_chars=MAX_COMMAND_CHARS, multiline=model.multiline
+        )
+        data = model.frame(text)
+        stdin = self.process.stdin
+        if stdin.is_closing():
+            raise AgentNotFound(f"agent {self.agent_id} no longer reads commands (stdin closed)")
+        tracked = model.completion != "none"
+        pending = PendingCommand(request.requestId) if tracked else None
+        if pending is not None:
+            if len(self._pending) >= MAX_PENDING:
+                old = self._pending.popleft()
+                if old.timer is not None:
+                    old.timer.cancel()
+            self._pending.append(pending)
+        try:
+            stdin.write(data)
+            async with asyncio.timeout(STDIN_TIMEOUT_S):
+                await stdin.drain()
+        except TimeoutError:
+            self._forget(pending)
+            raise CommandTimeout(
+                f"agent {self.agent_id} did not read its input within {STDIN_TIMEOUT_S:g}s"
+            ) from None
+        except (BrokenPipeError, ConnectionResetError) as e:
+            self._forget(pending)
+            raise AgentNotFound(
+                f"agent {self.agent_id} no longer reads commands (stdin closed)"
+            ) from e
+        self.last_activity = now_ms()
+        result: dict[str, Any] = {"agentId": self.agent_id}
+        if payload.timeout is not None:
+            if pending is None:
+                result["timeoutEnforced"] = False
+            elif any(p is pending for p in self._pending):
+                loop = asyncio.get_running_loop()
+                pending.timer = loop.call_later(
+                    payload.timeout / 1000, self._command_timed_out, pending, payload.timeout
+                )
+        await self._reply(request, result=result)
+
+    def _forget(self, pending: PendingCommand | None) -> None:
+        if pending is not None:
+            with contextlib.suppress(ValueError):
+                self._pending.remove(pending)
+
+    def _command_timed_out(self, pending: PendingCommand, timeout_ms: int) -> None:
+        pending.timer = None
+        if self.ended.is_set() or not any(p is pending for p in self._pending):
+            return
+        pending.timed_out = True
+        self._outbox.put_many(
+            events.error(
+                self.agent_id,
+                self.info.owner,
+                ErrorCode.AGENT_COMMAND_TIMEOUT.name,
+                f"the command did not complete within {timeout_ms} ms",
+                pending.request_id,
+                error_code=ErrorCode.AGENT_COMMAND_TIMEOUT,
+            )
+        )
+
+    def _completed(self) -> None:
+        if self._pending:
+            done = self._pending.popleft()
+            if done.timer is not None:
+                done.timer.cancel()
+                done.timer = None
+
+    def _cancel_timers(self) -> None:
+        for pending in self._pending:
+            if pending.timer is not None:
+                pending.timer.cancel()
+                pending.timer = None
+        self._pending.clear()
+
+    # -- terminate --------------------------------------------------------------------
+    async def terminate(
+        self, *, force: bool, request: RunnerRequest | None, reason: str = "terminated"
+    ) -> None:
+        """Stop the agent: SIGTERM to the group (+SIGCONT if paused), SIGKILL after the grace
+        period; ``force`` = SIGKILL at once. Replies once the signal was sent; the final
+        ``stopped`` follows when the process is gone."""
+        async with self._lock:
+            status = self.state.status
+            if not self.state.can(Event.TERMINATE):
+                raise self._illegal(Event.TERMINATE)
+            correlation = request.requestId if request is not None else None
+            self.state.handle(Event.TERMINATE)
+            if status == Status.STOPPING:
+                if force:
+                    self._stop_reason = "killed"
+                    self.process.signal_group(signal.SIGKILL)
+                if request is not None:
+                    await self._reply(request, result={"agentId": self.agent_id})
+                return
+            self._stop_reason = "killed" if force else reason
+            self._stop_correlation = correlation
+            await asyncio.to_thread(self.process.snapshot)
+            await self._set_registry(status=self.state.status.value)
+            if force:
+                self.process.signal_group(signal.SIGKILL)
+            else:
+                self.process.signal_group(signal.SIGTERM)
+                if status == Status.PAUSED:
+                    self.process.signal_group(signal.SIGCONT)
+                self._escalation = self._task(self._escalate(), "escalate")
+            if request is not None:
+                await self._reply(request, result={"agentId": self.agent_id})
+            self._outbox.put_many(self._status_items(correlation))
+
+    async def _escalate(self) -> None:
+        await asyncio.sleep(self._grace_s)
+        if self.process.returncode is None:
+            log.info("agent %s did not stop within %gs: SIGKILL", self.agent_id, self._grace_s)
+        await asyncio.to_thread(self.process.snapshot)
+        self.process.signal_group(signal.SIGKILL)
+
+    async def stop(self, *, reason: str) -> None:
+        """Terminate (unless already ending) and wait until the agent has ended."""
+        with contextlib.suppress(TeamdashError):
+            await self.terminate(force=False, request=None, reason=reason)
+        await self.ended.wait()
+
+    # -- output -------------------------------------------------------------------------
+    async def _pump(self, stream: OutputStream, reader: asyncio.StreamReader) -> None:
+        splitter = OutputSplitter()
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._outbox.wait_room()
+            deadline = splitter.deadline
+            try:
+                if deadline is None:
+                    data = await reader.read(READ_SIZE)
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        data = await reader.read(READ_SIZE)
+            except TimeoutError:
+                self._emit(stream, splitter.flush())
+                continue
+            if not data:
+                self._emit(stream, splitter.finish())
+                return
+            self._emit(stream, splitter.feed(data, loop.time()))
+
+    def _emit(self, stream: OutputStream, pieces: list[Piece]) -> None:
+        if not pieces:
+            return
+        ts = now_ms()
+        self.last_activity = ts
+        agent_id, owner = self.agent_id, self.info.owner
+        detector = self._detector if stream == "stdout" else None
+        items = []
+        for piece in pieces:
+            self._seq += 1
+            items.append(events.output(agent_id, owner, stream, piece.text, self._seq, ts))
+            if detector is not None and detector.feed(piece):
+                self._completed()
+        self._outbox.put_many(items)
+        if stream == "stderr":
+            self._stderr_tail = (self._stderr_tail + "".join(p.text for p in pieces))[
+                -STDERR_TAIL_CHARS:
+            ]
+
+    # -- end ------------------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        returncode = await self.process.wait()
+        try:
+            await self._on_exit(returncode)
+        finally:
+            self.ended.set()
+            self._on_ended(self)
+
+    def _oom(self, returncode: int) -> bool:
+        if any(marker in self._stderr_tail for marker in OOM_MARKERS):
+            return True
+        limit = self.info.memory_mb
+        fatal = (-signal.SIGKILL, -signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS)
+        return limit is not None and returncode in fatal and self.peak_memory >= 0.8 * limit * MIB
+
+    async def _on_exit(self, returncode: int) -> None:
+        async with self._lock:
+            if self._escalation is not None and not self._escalation.done():
+                self._escalation.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._escalation
+            left = await self.process.kill_everything()
+            if left:
+                log.error("agent %s: processes survive SIGKILL: %s", self.agent_id, left)
+            if self._pumps:
+                _, stuck = await asyncio.wait(self._pumps, timeout=DRAIN_TIMEOUT_S)
+                for task in stuck:  # a pipe held open by a process outside our reach
+                    task.cancel()
+                await asyncio.gather(*stuck, return_exceptions=True)
+            self._cancel_timers()
+            exit_code = returncode if returncode >= 0 else None
+            sig = signal_name(-returncode) if returncode < 0 else None
+            status = self.state.status
+            correlation: str | None = None
+            if self._abandoned:
+                # Already reported crashed (runner-lost) by whoever reaped us: stay quiet.
+                self.state.handle(Event.LOST)
+                log.warning("abandoned agent %s is gone", self.agent_id)
+                return
+            if status == Status.STOPPING:
+                event, reason, correlation = Event.REAPED, self._stop_reason, self._stop_correlation
+            elif returncode == 0:
+                event, reason = Event.EXITED, "exited"
+            elif self._oom(returncode):
+                event, reason = Event.FAILED, "oom"
+            else:
+                event, reason = Event.FAILED, "signal" if sig else "error"
+            new = self.state.handle(event)
+            ended = now_ms()
+            record: dict[str, str | int] = {"status": new.value, "reason": reason, "endTime": ended}
+            if exit_code is not None:
+                record["exitCode"] = exit_code
+            if sig is not None:
+                record["signal"] = sig
+            try:
+                await self._registry.finish(
+                    self.agent_id, self.info.owner, self.info.runner_id, record
+                )
+            except RedisError as e:
+                log.warning("agent %s: recording its end failed: %s", self.agent_id, e)
+            details = events.ended_details(
+                pid=self.process.pid,
+                start_time=self.info.start_time,
+                reason=reason,
+                runner_id=self.info.runner_id,
+                exit_code=exit_code,
+                signal=sig,
+                last_activity=self.last_activity,
+            )
+            items = events.status(self.agent_id, self.info.owner, new.value, correlation, **details)
+            if new == Status.CRASHED:
+                items += self._crash_items(reason, exit_code, sig)
+            self._outbox.put_many(items)
+            log.info("agent %s %s (%s, exit %s)", self.agent_id, new.value, reason, returncode)
+
+    def _crash_items(
+        self, reason: str, exit_code: int | None, sig: str | None
+    ) -> list[events.Item]:
+        info = self.info
+        how = f"exited with code {exit_code}" if sig is None else f"was killed by {sig}"
+        if reason == "oom":
+            code, level = events.CODE_OOM, "critical"
+            text = (
+                f"agent {info.name!r} exceeded its memory limit"
+                + (f" of {info.memory_mb} MB" if info.memory_mb else "")
+                + f" and {how}"
+            )
+        else:
+            code, level = events.CODE_EXITED, "error"
+            text = f"agent {info.name!r} {how}"
+        details: dict[str, Any] = {
+            "agentId": info.agent_id,
+            "name": info.name,
+            "reason": reason,
+            "runnerId": info.runner_id,
+            "exitCode": exit_code,
+            "signal": sig,
+            "memoryLimitMb": info.memory_mb,
+        }
+        return [
+            *events.error(info.agent_id, info.owner, code, text, None),
+            events.alert(
+                level,  # type: ignore[arg-type]
+                text,
+                owner=info.owner,
+                agent_id=info.agent_id,
+                details={k: v for k, v in details.items() if v is not None},
+            ),
+        ]
+
+    async def abandon(self) -> None:
+        """The registry says this agent was lost (our runner was taken for dead and reaped):
+        kill it without reporting anything more; its end was already published."""
+        async with self._lock:
+            if self.state.status in FINAL or self._abandoned:
+                return
+            self._abandoned = True
+            await asyncio.to_thread(self.process.snapshot)
+            self.process.signal_group(signal.SIGKILL)
+
+    async def close(self) -> None:
+        """Cancel and await every task of this agent; answer requests still queued. The
+        process is killed if it is still there (normally it has ended already)."""
+        if self.process.returncode is None:
+            self.process.signal_group(signal.SIGKILL)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        while not self._inbox.empty():
+            request = self._inbox.get_nowait()
+            await self._reply(request, error=AgentNotFound(f"agent {self.agent_id} has ended"))

@@ -1,0 +1,189 @@
+"""Turning an agent's output bytes into text pieces, and detecting command completion.
+
+How it works
+------------
+:class:`OutputSplitter` takes raw chunks read from a pipe. A UTF-8 *incremental* decoder
+(``errors="replace"``) keeps the bytes of an unfinished character until the next chunk, so a
+character is never split; invalid bytes become U+FFFD. Text is cut after each ``\\n`` (the
+newline stays in the piece). A line longer than ``max_chars`` is cut into ``max_chars``
+pieces. Text without a newline yet (a prompt, a progress bar) is held back at most
+``flush_delay_s`` from when it started: the reader asks :attr:`OutputSplitter.deadline` and
+calls :meth:`OutputSplitter.flush` when it passes. No I/O here; time is passed in.
+
+Completion detectors look at whole *logical* lines (pieces up to the one that ends the
+line), independently of how they were cut for publishing.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+#: Largest piece of text in one ``agent:output`` event (characters).
+MAX_PIECE_CHARS = 16 * 1024
+#: Longest a partial line is held back (seconds).
+FLUSH_DELAY_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A piece of output text; ``line_end`` when it ends with the line's ``\\n``."""
+
+    text: str
+    line_end: bool
+
+
+class OutputSplitter:
+    """Incremental UTF-8 decoding and line splitting of one stream (see module doc)."""
+
+    __slots__ = ("_decoder", "_partial", "_since", "flush_delay_s", "max_chars")
+
+    def __init__(self, *, max_chars: int = MAX_PIECE_CHARS, flush_delay_s: float = FLUSH_DELAY_S):
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+        self._since = 0.0
+        self.max_chars = max_chars
+        self.flush_delay_s = flush_delay_s
+
+    @property
+    def pending(self) -> bool:
+        """True when text without a newline is held back."""
+        return bool(self._partial)
+
+    @property
+    def deadline(self) -> float | None:
+        """When the held-back text must be flushed (same clock as ``now``), or None."""
+        return self._since + self.flush_delay_s if self._partial else None
+
+    def feed(self, data: bytes, now: float) -> list[Piece]:
+        """Pieces ready after ``data`` arrived at time ``now``."""
+        text = self._decoder.decode(data)
+        if not text:
+            return []
+        had_partial = bool(self._partial)
+        buf = self._partial + text if had_partial else text
+        lines = buf.split("\n")
+        rest = lines.pop()
+        out: list[Piece] = []
+        limit = self.max_chars
+        for line in lines:
+            if len(line) < limit:
+                out.append(Piece(line + "\n", True))
+            else:
+                self._cut(line + "\n", True, out)
+        cut = len(rest) >= limit
+        if cut:
+            keep = len(rest) % limit
+            self._cut(rest[: len(rest) - keep], False, out)
+            rest = rest[len(rest) - keep :]
+        if lines or cut or not had_partial:
+            # What is held back now started arriving now; else the old deadline stands.
+            self._since = now
+        self._partial = rest
+        return out
+
+    def _cut(self, text: str, line_end: bool, out: list[Piece]) -> None:
+        limit = self.max_chars
+        for start in range(0, len(text), limit):
+            chunk = text[start : start + limit]
+            out.append(Piece(chunk, line_end and start + limit >= len(text)))
+
+    def flush(self) -> list[Piece]:
+        """Emit the held-back partial line (its deadline passed)."""
+        if not self._partial:
+            return []
+        piece = Piece(self._partial, False)
+        self._partial = ""
+        return [piece]
+
+    def finish(self) -> list[Piece]:
+        """End of stream: everything left, an unfinished character as U+FFFD."""
+        tail = self._decoder.decode(b"", final=True)
+        text = self._partial + tail
+        self._partial = ""
+        if not text:
+            return []
+        out: list[Piece] = []
+        self._cut(text, text.endswith("\n"), out)
+        return out
+
+
+# ---------------------------------------------------------------------------
+# Completion detection
+# ---------------------------------------------------------------------------
+
+#: Logical lines longer than this are judged on their first part only.
+MAX_LINE_CHARS = 1024 * 1024
+_RESULT_HEAD = re.compile(r'^\s*\{\s*"type"\s*:\s*"result"')
+
+
+class CompletionDetector(Protocol):
+    def feed(self, piece: Piece) -> bool:
+        """Feed a stdout piece; True when a completion line just ended."""
+        ...
+
+
+class _LineAccumulator:
+    __slots__ = ("_overflow", "_parts", "_size")
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._size = 0
+        self._overflow = False
+
+    def add(self, piece: Piece) -> str | None:
+        """Returns the whole line (maybe only its head, if huge) when ``piece`` ends it."""
+        if self._size < MAX_LINE_CHARS:
+            self._parts.append(piece.text)
+            self._size += len(piece.text)
+        else:
+            self._overflow = True
+        if not piece.line_end:
+            return None
+        line = "".join(self._parts)
+        self._parts.clear()
+        self._size = 0
+        self._overflow = False
+        return line
+
+
+class StreamJsonResult:
+    """Completion = a stdout line that is a JSON object with ``"type": "result"``."""
+
+    def __init__(self) -> None:
+        self._acc = _LineAccumulator()
+
+    def feed(self, piece: Piece) -> bool:
+        line = self._acc.add(piece)
+        if line is None or '"result"' not in line:
+            return False
+        if len(line) >= MAX_LINE_CHARS:
+            return bool(_RESULT_HEAD.match(line))
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return False
+        return isinstance(doc, dict) and doc.get("type") == "result"
+
+
+class LineRegex:
+    """Completion = a stdout line (without its newline) matching a regex."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self._pattern = pattern
+        self._acc = _LineAccumulator()
+
+    def feed(self, piece: Piece) -> bool:
+        line = self._acc.add(piece)
+        return line is not None and self._pattern.search(line.rstrip("\r\n")) is not None
+
+
+class NoCompletion:
+    """Completion cannot be detected."""
+
+    def feed(self, piece: Piece) -> bool:
+        return False

@@ -1,0 +1,23 @@
+"""The agent runner service: ``main(settings, stop)``.
+
+Started by the CLI as ``shared.service.run("runner", settings.common, lambda stop:
+main(settings, stop))`` (or ``python -m agent_runner``). Runs until ``stop`` is set, then
+terminates its agents, removes its heartbeat and closes Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from agent_runner.runner import Runner
+from agent_runner.settings import RunnerSettings
+
+
+async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
+    redis = aioredis.Redis.from_url(settings.common.redis_url, health_check_interval=30)
+    try:
+        await Runner(settings, redis).run(stop)
+    finally:
+        await redis.aclose()

@@ -1,0 +1,113 @@
+"""Settings of the agent runner, read once from the environment.
+
+| variable | default | meaning |
+|---|---|---|
+| `TEAMDASH_RUNNER_ID` | `<hostname>-<pid>-<random>` | Id of this runner (heartbeat, command stream, registry `runnerId`). Set a stable id to have a restarted runner reconcile the agents its previous run left behind. |
+| `TEAMDASH_RUNNER_MAX_AGENTS` | `8` | Agents this runner runs at once; it takes `agent:create` requests only while it has a free slot. |
+| `TEAMDASH_MAX_AGENTS_PER_USER` | `4` | Live agents one user may have across all runners (checked atomically in Redis). |
+| `TEAMDASH_WORKSPACE_ROOT` | `<state dir>/workspaces` | Folder inside which every agent workspace is resolved (created if missing). |
+| `TEAMDASH_MODELS_FILE` | packaged `agent_runner/models.toml` | Model configuration (TOML): model name → program, env, framing, completion. |
+| `TEAMDASH_RUNNER_HEARTBEAT_S` | `2` | Seconds between heartbeats (and dead-runner checks). |
+| `TEAMDASH_RUNNER_TTL_S` | `6` | Seconds after the last heartbeat at which a runner counts as dead and its agents are marked `crashed` (`runner-lost`). |
+| `TEAMDASH_TERMINATE_GRACE_S` | `5` | Seconds between SIGTERM and SIGKILL when an agent is terminated without `force`. |
+| `TEAMDASH_AGENT_DEFAULT_MEMORY_MB` | none | Memory limit (MB) for agents created without `resourceLimits`; none = unlimited. |
+| `TEAMDASH_STATS_INTERVAL_S` | `1` | Seconds between per-agent resource samples (`{prefix}:agent-stats`). |
+
+Besides these, the runner reads the common settings (`REDIS_URL`, `TEAMDASH_REDIS_PREFIX`,
+`TEAMDASH_STATE_DIR`, …, see :mod:`shared.settings`), and captures once, for the agents'
+environment: `PATH`, `LANG` and the variables the model configuration lists in `pass_env`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent_runner.models import ModelConfigError, ModelRegistry, load_models
+from shared.settings import CommonSettings, ConfigError, Env
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def default_runner_id() -> str:
+    host = socket.gethostname().split(".")[0] or "runner"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSettings:
+    common: CommonSettings
+    runner_id: str
+    max_agents: int
+    max_agents_per_user: int
+    workspace_root: Path
+    models: ModelRegistry
+    heartbeat_s: float
+    ttl_s: float
+    terminate_grace_s: float
+    default_memory_mb: int | None
+    stats_interval_s: float
+    #: ``PATH`` and ``LANG`` given to agents.
+    agent_path: str = DEFAULT_PATH
+    agent_lang: str = "C.UTF-8"
+    #: Values of the models' ``pass_env`` variables, captured at start-up.
+    passthrough_env: Mapping[str, str] = field(default_factory=dict)
+    host: str = field(default_factory=socket.gethostname)
+
+    @property
+    def ttl_ms(self) -> int:
+        return int(self.ttl_s * 1000)
+
+    @classmethod
+    def from_env(cls, env: Env) -> RunnerSettings:
+        common = CommonSettings.from_env(env)
+        runner_id = env.str("TEAMDASH_RUNNER_ID", "") or default_runner_id()
+        if not all(c.isalnum() or c in "-_." for c in runner_id):
+            raise ConfigError(
+                f"TEAMDASH_RUNNER_ID may hold letters, digits, '-', '_' and '.', not {runner_id!r}"
+            )
+        root_text = env.opt_str("TEAMDASH_WORKSPACE_ROOT")
+        root = Path(root_text).expanduser() if root_text else common.state_dir / "workspaces"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"TEAMDASH_WORKSPACE_ROOT {root} cannot be created: {e}") from e
+        models_file = env.opt_str("TEAMDASH_MODELS_FILE")
+        try:
+            models = load_models(Path(models_file).expanduser() if models_file else None)
+        except ModelConfigError as e:
+            raise ConfigError(f"TEAMDASH_MODELS_FILE: {e}") from e
+        memory = env.opt_str("TEAMDASH_AGENT_DEFAULT_MEMORY_MB")
+        heartbeat_s = env.float("TEAMDASH_RUNNER_HEARTBEAT_S", 2.0, min=0.05)
+        ttl_s = env.float("TEAMDASH_RUNNER_TTL_S", 6.0, min=0.1)
+        if ttl_s <= heartbeat_s:
+            raise ConfigError(
+                "TEAMDASH_RUNNER_TTL_S must be longer than TEAMDASH_RUNNER_HEARTBEAT_S"
+            )
+        passthrough: dict[str, str] = {}
+        for name in sorted(models.pass_env_names):
+            value = env.opt_str(name)
+            if value is not None:
+                passthrough[name] = value
+        return cls(
+            common=common,
+            runner_id=runner_id,
+            max_agents=env.int("TEAMDASH_RUNNER_MAX_AGENTS", 8, min=1),
+            max_agents_per_user=env.int("TEAMDASH_MAX_AGENTS_PER_USER", 4, min=1),
+            workspace_root=root.resolve(),
+            models=models,
+            heartbeat_s=heartbeat_s,
+            ttl_s=ttl_s,
+            terminate_grace_s=env.float("TEAMDASH_TERMINATE_GRACE_S", 5.0, min=0.0),
+            default_memory_mb=(
+                env.int("TEAMDASH_AGENT_DEFAULT_MEMORY_MB", 0, min=1) if memory else None
+            ),
+            stats_interval_s=env.float("TEAMDASH_STATS_INTERVAL_S", 1.0, min=0.05),
+            agent_path=env.str("PATH", DEFAULT_PATH),
+            agent_lang=env.str("LANG", "C.UTF-8"),
+            passthrough_env=passthrough,
+        )

@@ -1,0 +1,84 @@
+"""The exec wrapper and the process adapter, without Redis: limits applied, exec failures
+reported distinctly (never as a started agent), the whole group killed and verified."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent_runner.errors import SpawnFailed
+from agent_runner.process import AgentProcess, LaunchSpec, kill_orphaned, live_group_members
+from shared.errors import ErrorCode
+
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+
+
+async def test_started_agent_has_limits_and_own_group(tmp_path: Path) -> None:
+    script = "ulimit -d; grep Cpus_allowed_list /proc/self/status; echo $HOME"
+    spec = LaunchSpec(
+        ["sh", "-c", script], {**ENV, "HOME": str(tmp_path)}, tmp_path, memory_mb=64, cpus=[0]
+    )
+    proc = await AgentProcess.start(spec)
+    assert proc.pgid == proc.pid
+    out = (await proc.stdout.read()).decode().split("\n")
+    assert await proc.wait() == 0
+    assert out[0] == str(64 * 1024)  # RLIMIT_DATA in KiB
+    assert out[1].split()[-1] == "0"
+    assert out[2] == str(tmp_path)
+
+
+async def test_exec_failure_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(SpawnFailed) as info:
+        await AgentProcess.start(LaunchSpec(["teamdash-no-such-program"], ENV, tmp_path))
+    assert info.value.code == ErrorCode.AGENT_SPAWN_FAILED
+    assert info.value.message == (
+        "cannot run 'teamdash-no-such-program': No such file or directory"
+    )
+    not_executable = tmp_path / "agent.sh"
+    not_executable.write_text("#!/bin/sh\necho hi\n")
+    not_executable.chmod(0o644)
+    with pytest.raises(SpawnFailed, match="agent.sh': Permission denied"):
+        await AgentProcess.start(LaunchSpec([str(not_executable)], ENV, tmp_path))
+
+
+async def test_bad_cwd_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(SpawnFailed, match="cannot start the agent in"):
+        await AgentProcess.start(LaunchSpec(["true"], ENV, tmp_path / "missing"))
+
+
+async def test_kill_everything_reaches_children_that_left_the_group(tmp_path: Path) -> None:
+    code = (
+        "import os, subprocess, sys, time\n"
+        "a = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+        "b = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'],"
+        " start_new_session=True)\n"
+        "print(a.pid, b.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    proc = await AgentProcess.start(LaunchSpec([sys.executable, "-c", code], ENV, tmp_path))
+    in_group, escaped = map(int, (await proc.stdout.readline()).split())
+    assert os.getpgid(escaped) != proc.pgid
+    proc.snapshot()
+    assert {p.pid for p in proc.descendants} == {in_group, escaped}
+    assert await proc.kill_everything() == []
+    assert await proc.wait() == -signal.SIGKILL
+    for pid in (in_group, escaped):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert live_group_members(proc.pgid) == []
+
+
+async def test_kill_orphaned_checks_the_create_time(tmp_path: Path) -> None:
+    proc = await AgentProcess.start(LaunchSpec(["sleep", "300"], ENV, tmp_path))
+    try:
+        assert not kill_orphaned(proc.pid, proc.create_time + 100)  # another process: untouched
+        assert psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE
+        assert kill_orphaned(proc.pid, proc.create_time)
+        assert await proc.wait() == -signal.SIGKILL
+    finally:
+        proc.signal_group(signal.SIGKILL)
+        await proc.wait()
