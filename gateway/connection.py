@@ -536,13 +536,19 @@ class Connection:
         runners = self.gateway.runners
         await runners.check_capacity()
         agent_id = str(uuid.uuid4())
-        reply = await runners.request(
-            "create",
-            request_id=message.id,
-            identity=self.identity,
-            agent_id=agent_id,
-            payload=message.payload.model_dump(mode="json", exclude_none=True),
-        )
+        try:
+            reply = await runners.request(
+                "create",
+                request_id=message.id,
+                identity=self.identity,
+                agent_id=agent_id,
+                payload=message.payload.model_dump(mode="json", exclude_none=True),
+            )
+        except TeamdashError as e:
+            if e.code is ErrorCode.SERVICE_UNAVAILABLE:
+                # Nobody took it: if that is because every runner is full, say so.
+                await runners.check_capacity()
+            raise
         if not reply.success:
             raise _reply_error(reply.code, reply.error)
         self.agents.add(agent_id)

@@ -87,7 +87,7 @@ async def test_publishes_metrics_agents_and_alerts(
     replay = await bus.read_since(METRICS_TOPIC, Position(0, None))
     assert len(replay.events) >= 2
     for event in replay.events:
-        assert event.tags == ("system", "agents")
+        assert event.tags == ("system", "agents", "p:low")
         message = decode_server_message(event.data)
         assert isinstance(message, MetricsUpdateMessage)
         assert message.metadata is not None
