@@ -87,10 +87,18 @@ class RunnerClient:
         return [orjson.loads(r) for r in raw if r is not None]
 
     async def check_capacity(self) -> None:
+        """SERVICE_UNAVAILABLE when no runner is alive, AGENT_LIMIT_EXCEEDED when every
+        alive runner is full. A runner's load is the size of its registry set, which it
+        updates before announcing an agent's start or end (its heartbeat's ``free`` may be
+        a beat late)."""
         runners = await self.alive_runners()
         if not runners:
             raise TeamdashError(ErrorCode.SERVICE_UNAVAILABLE, "no agent runner is available")
-        if not any(int(r.get("free", 0)) > 0 for r in runners):  # type: ignore[call-overload]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for r in runners:
+                pipe.scard(self.keys.runner_agents(str(r["runnerId"])))
+            loads = await pipe.execute()
+        if not any(int(r.get("capacity", 0)) > load for r, load in zip(runners, loads, strict=True)):  # type: ignore[call-overload]
             raise TeamdashError(
                 ErrorCode.AGENT_LIMIT_EXCEEDED, "every agent runner is at its agent limit"
             )

@@ -1,15 +1,26 @@
 """``teamdash``: the one command line of the project.
 
-``teamdash up`` starts the whole stack; ``teamdash gateway|runner|collector`` runs one
-service (what ``up`` and the compose stack start); ``teamdash token`` mints a dev JWT.
+``teamdash up`` starts the whole stack (``--lb``: behind HAProxy, as compose does);
+``teamdash gateway|runner|collector`` runs one service (what ``up`` and the compose stack
+start); ``teamdash health`` checks one (compose health checks); ``teamdash token`` mints a
+dev JWT.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from shared.settings import ConfigError, Env
+
+if TYPE_CHECKING:
+    from shared.client import DashboardClient, DashboardEvent, StateChange
+    from shared.protocol import MetricsUpdatePayload, SystemAlertMessage
 
 
 def _gateway(args: argparse.Namespace) -> int:
@@ -45,19 +56,20 @@ def _collector(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from shared.stack import up
+    from shared.stack import up, up_lb
 
-    return up(gateways=args.gateways, port=args.port)
+    if args.lb:
+        return up_lb(gateways=3 if args.gateways is None else args.gateways, port=args.port)
+    return up(gateways=1 if args.gateways is None else args.gateways, port=args.port)
 
 
 def _token(args: argparse.Namespace) -> int:
+    from gateway.settings import jwt_secret
     from shared.settings import CommonSettings
-    from shared.tokens import ROLES, load_or_create_dev_secret, mint_token
+    from shared.tokens import ROLES, mint_token
 
     env = Env()
-    secret = env.opt_str("TEAMDASH_JWT_SECRET") or load_or_create_dev_secret(
-        CommonSettings.from_env(env).state_dir
-    )
+    secret = jwt_secret(env, CommonSettings.from_env(env).state_dir)
     for role in args.role:
         if role not in ROLES:
             raise ConfigError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
@@ -67,10 +79,497 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace) -> int:
+    """Exit 0 when the service is healthy, 1 otherwise, with one line saying why (compose
+    health checks). A gateway is asked for ``/readyz``; a runner or a collector is healthy
+    when its heartbeat key in Redis is fresh (those keys expire after a few missed beats)."""
+    import socket
+
+    env = Env()
+    if args.service == "gateway":
+        return _gateway_health(env, args.port)
+
+    import orjson
+    import redis
+    from redis.exceptions import RedisError
+
+    from shared.keys import Keys
+    from shared.settings import CommonSettings
+
+    common = CommonSettings.from_env(env)
+    keys = Keys(common.redis_prefix)
+    host = socket.gethostname()
+    client = redis.Redis.from_url(common.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    runner_id = env.opt_str("TEAMDASH_RUNNER_ID") if args.service == "runner" else None
+    # With a runner id the key itself is this runner's; otherwise a heartbeat is this
+    # host's when it names the host (in a container: the container's own hostname).
+    same_host_only = not args.any and runner_id is None
+    try:
+        if args.service == "runner":
+            if runner_id is not None and not args.any:
+                ids = [runner_id]
+            else:
+                ids = [m.decode() for m in client.zrange(keys.runners, 0, -1) if isinstance(m, bytes)]
+            beats = client.mget([keys.runner(i) for i in ids]) if ids else []
+        else:
+            names = list(client.scan_iter(match=keys.collector("*"), count=100))
+            beats = client.mget(names) if names else []
+    except RedisError as e:
+        print(f"unhealthy: redis unreachable: {e}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    mine = []
+    for raw in beats:
+        if raw is None:  # expired between the listing and the read: not fresh
+            continue
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if not same_host_only or doc.get("host") == host:
+            mine.append(doc)
+    if not mine:
+        where = f"of runner {runner_id}" if runner_id and not args.any else "from any host"
+        if same_host_only:
+            where = f"from host {host}"
+        print(f"unhealthy: no fresh {args.service} heartbeat {where} in Redis", file=sys.stderr)
+        return 1
+    found = ", ".join(str(d.get("runnerId") or d.get("id") or "?") for d in mine)
+    print(f"ok: {args.service} heartbeat fresh ({found})")
+    return 0
+
+
+def _gateway_health(env: Env, port: int | None) -> int:
+    import http.client
+
+    host = env.str("TEAMDASH_GATEWAY_HOST", "127.0.0.1")
+    if host in ("0.0.0.0", "::", "*"):
+        host = "127.0.0.1"
+    port = port if port is not None else env.int("TEAMDASH_GATEWAY_PORT", 3001, min=1)
+    conn = http.client.HTTPConnection(host, port, timeout=4)
+    try:
+        conn.request("GET", "/readyz")
+        response = conn.getresponse()
+        body = response.read().decode(errors="replace").strip()
+    except (OSError, http.client.HTTPException) as e:
+        print(f"unhealthy: gateway at {host}:{port} unreachable: {e}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    if response.status != 200:
+        print(f"unhealthy: gateway /readyz answered {response.status}: {body}", file=sys.stderr)
+        return 1
+    print(f"ok: gateway {host}:{port} {body}")
+    return 0
+
+
 def _replace(settings, **changes):  # type: ignore[no-untyped-def]
     import dataclasses
 
     return dataclasses.replace(settings, **changes)
+
+
+# ---------------------------------------------------------------------------
+# Client commands: operators' views on a running stack, over the WebSocket protocol only
+# (shared.client.DashboardClient; no Redis access). Progress and reconnection notices go to
+# stderr, results to stdout. Exit codes: 0 ok, 1 error (the spec's code name is in the
+# message), 2 usage.
+# ---------------------------------------------------------------------------
+
+DEFAULT_URL = "ws://127.0.0.1:3001/ws"
+ALERT_LEVELS = ("info", "warning", "error", "critical")
+ALERT_CATEGORIES = ("resource", "performance", "security", "agent")
+
+
+#: What a client command runs: ``await body(client, args, progress)`` → exit code.
+ClientBody = Callable[["DashboardClient", argparse.Namespace, "_Progress"], Awaitable[int]]
+
+
+class _Progress:
+    """Status lines on stderr (silenced by ``--quiet``), and the client's state changes."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"teamdash: {text}", file=sys.stderr, flush=True)
+
+    def on_state(self, change: StateChange) -> None:
+        state = change.state
+        if state == "disconnected":
+            self.say(
+                f"connection lost ({change.code or 'no close code'} {change.reason or ''})".rstrip()
+            )
+        elif state == "reconnecting":
+            self.say(f"reconnecting in {change.delay or 0:.1f}s (attempt {change.attempt})…")
+        elif state == "reconnected" and change.status is not None:
+            status = change.status
+            if status.resumed:
+                lost = (
+                    "" if status.recovered else f", {status.missed} events were too old to replay"
+                )
+                self.say(
+                    f"reconnected to gateway {status.gatewayId}: session resumed, "
+                    f"{status.replayed} missed events replayed{lost}"
+                )
+            else:
+                self.say(
+                    f"reconnected to gateway {status.gatewayId}: the session could not be resumed; "
+                    "subscribing again (events in between are lost)"
+                )
+        elif state == "failed":
+            self.say(f"giving up: {change.error}")
+
+
+def _client_token(args: argparse.Namespace) -> str | Callable[[], str]:
+    """``--token``, else ``$TEAMDASH_TOKEN``, else a provider minting a fresh dev token (user
+    ``--user``, role admin) from the local secret for every connection, like ``teamdash token``."""
+    token = args.token or os.environ.get("TEAMDASH_TOKEN")
+    if token:
+        return token
+    from gateway.settings import jwt_secret
+    from shared.settings import CommonSettings
+    from shared.tokens import mint_token
+
+    env = Env()
+    secret = jwt_secret(env, CommonSettings.from_env(env).state_dir)
+    user = args.user
+    return lambda: mint_token(secret, user, roles=("admin",), ttl_s=3600)
+
+
+def _client_command(body: ClientBody) -> Callable[[argparse.Namespace], int]:
+    """An argparse ``func`` running ``await body(client, args, progress)`` on a connected client."""
+
+    def run(args: argparse.Namespace) -> int:
+        return asyncio.run(_with_client(args, body))
+
+    return run
+
+
+async def _with_client(args: argparse.Namespace, body: ClientBody) -> int:
+    from shared.client import ClientError, DashboardClient
+
+    progress = _Progress(args.quiet)
+    token = _client_token(args)
+    progress.say(f"connecting to {args.url}…")
+    client = DashboardClient(
+        args.url, token, client_id=f"cli-{os.getpid()}", on_state=progress.on_state
+    )
+    try:
+        async with client:
+            progress.say(f"connected to gateway {client.gateway_id} as {client.user_id}")
+            return int(await body(client, args, progress))
+    except ClientError as e:
+        print(f"teamdash: error: {e.code.name} ({int(e.code)}): {e.message}", file=sys.stderr)
+        return 1
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
+    return key, value
+
+
+def _clock(ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ms / 1000))
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def format_metrics(payload: MetricsUpdatePayload) -> str:
+    """One line for a ``metrics:update`` payload (``teamdash metrics watch``)."""
+    parts = []
+    system = payload.system
+    if system is not None:
+        cpu, mem, disk, net = system.cpu, system.memory, system.disk, system.network
+        parts.append(f"CPU {cpu.usage:5.1f}% of {cpu.cores} cores")
+        parts.append(f"MEM {_bytes(mem.used)} / {_bytes(mem.total)} ({mem.percent:.1f}%)")
+        parts.append(f"DISK {disk.percent:.1f}% of {_bytes(disk.total)}")
+        if net.bytesInPerSec is not None and net.bytesOutPerSec is not None:
+            parts.append(f"NET in {_bytes(net.bytesInPerSec)}/s out {_bytes(net.bytesOutPerSec)}/s")
+        else:
+            parts.append(f"NET in {_bytes(net.bytesIn)} out {_bytes(net.bytesOut)} total")
+    if payload.agents is not None:
+        agents = payload.agents
+        cpu_sum = sum(a.cpu for a in agents)
+        mem_sum = sum(a.memory for a in agents)
+        parts.append(f"AGENTS {len(agents)} (cpu {cpu_sum:.1f}%, mem {_bytes(mem_sum)})")
+    return " | ".join(parts)
+
+
+def format_agent_event(event: DashboardEvent) -> str:
+    """One line for an agent lifecycle event (``teamdash agents watch``)."""
+    from shared.protocol import AgentCreatedMessage, AgentErrorMessage, AgentStatusMessage
+
+    when = _clock(event.timestamp)
+    if isinstance(event, AgentCreatedMessage):
+        p = event.payload
+        return f"{when}  {p.agentId}  created  name={p.name} pid={p.pid}"
+    if isinstance(event, AgentStatusMessage):
+        extra = ""
+        d = event.payload.details
+        if d is not None:
+            fields = (
+                ("pid", d.pid),
+                ("exitCode", d.exitCode),
+                ("signal", d.signal),
+                ("reason", d.reason),
+            )
+            bits = [f"{k}={v}" for k, v in fields if v is not None]
+            extra = "  " + " ".join(bits) if bits else ""
+        return f"{when}  {event.payload.agentId}  {event.payload.status}{extra}"
+    if isinstance(event, AgentErrorMessage):
+        e = event.payload.error
+        return f"{when}  {event.payload.agentId}  error  {e.code}: {e.message}"
+    return f"{when}  {event.type}"
+
+
+def format_alert(event: SystemAlertMessage) -> str:
+    """One line for a ``system:alert`` (``teamdash logs watch``)."""
+    p = event.payload
+    return f"{_clock(event.timestamp)}  {p.level.upper():8} {p.category:11} {p.message}"
+
+
+async def _agents_watch(
+    client: DashboardClient, args: argparse.Namespace, progress: _Progress
+) -> int:
+    sub = await client.subscribe_agent()
+    progress.say("watching agent lifecycle events (Ctrl-C to stop)…")
+    seen = 0
+    async for event in sub:
+        print(format_agent_event(event), flush=True)
+        seen += 1
+        if args.count and seen >= args.count:
+            break
+    return 0
+
+
+async def _agent_create(
+    client: DashboardClient, args: argparse.Namespace, progress: _Progress
+) -> int:
+    if (args.memory is None) != (args.cpu is None):
+        print(
+            "teamdash: error: --memory and --cpu go together (the protocol needs both)",
+            file=sys.stderr,
+        )
+        return 2
+    progress.say(f"creating agent {args.name} (model {args.model}): waiting for a runner…")
+    created = await client.create_agent(
+        args.name,
+        args.model,
+        args.workspace,
+        environment=dict(args.env) or None,
+        memory_mb=args.memory,
+        cpu=args.cpu,
+    )
+    progress.say(f"agent {args.name} started (pid {created.pid})")
+    print(created.agent_id, flush=True)
+    return 0
+
+
+async def _agent_command(
+    client: DashboardClient, args: argparse.Namespace, progress: _Progress
+) -> int:
+    progress.say(f"sending the command to agent {args.agent_id}…")
+    await client.send_command(
+        args.agent_id, args.text, timeout_ms=args.timeout_ms, interactive=args.interactive or None
+    )
+    progress.say("command delivered (follow its output with `teamdash agent tail`)")
+    return 0
+
+
+async def _agent_control(
+    client: DashboardClient, args: argparse.Namespace, progress: _Progress
+) -> int:
+    action = args.action
+    progress.say(f"asking the runner to {action} agent {args.agent_id}…")
+    if action == "pause":
+        await client.pause(args.agent_id)
+    elif action == "resume":
+        await client.resume(args.agent_id)
+    else:
+        await client.terminate(args.agent_id, force=args.force)
+    done = {"pause": "paused", "resume": "resumed", "terminate": "terminated"}[action]
+    progress.say(f"agent {args.agent_id} {done}")
+    return 0
+
+
+async def _agent_tail(
+    client: DashboardClient, args: argparse.Namespace, progress: _Progress
+) -> int:
+    from shared.protocol import AgentErrorMessage, AgentOutputMessage, AgentStatusMessage
+
+    sub = await client.subscribe_agent(args.agent_id)
+    progress.say(f"tailing agent {args.agent_id} (Ctrl-C to stop)…")
+    chunks = 0
+    async for event in sub:
+        if isinstance(event, AgentOutputMessage):
+            out = sys.stderr if event.payload.stream == "stderr" else sys.stdout
+            out.write(event.payload.data)
+            out.flush()
+            chunks += 1
+            if args.count and chunks >= args.count:
+                return 0
+        elif isinstance(event, AgentStatusMessage):
+            state = event.payload.status
+            progress.say(f"agent {state}")
+            if state == "crashed":
+                d = event.payload.details
+                why = f" ({d.reason or ''} exit code {d.exitCode} signal {d.signal})" if d else ""
+                print(f"teamdash: agent {args.agent_id} crashed{why}", file=sys.stderr)
+                return 1
+            if state == "stopped":
+                return 0
+        elif isinstance(event, AgentErrorMessage):
+            e = event.payload.error
+            print(f"teamdash: agent error {e.code}: {e.message}", file=sys.stderr, flush=True)
+    return 0
+
+
+async def _metrics_watch(
+    client: DashboardClient, args: argparse.Namespace, progress: _Progress
+) -> int:
+    from shared.protocol import MetricsUpdateMessage
+
+    count = 1 if args.once else args.count
+    sub = await client.subscribe_metrics()
+    progress.say("watching metrics (Ctrl-C to stop)…")
+    refresh = sys.stdout.isatty() and count != 1
+    seen = 0
+    async for event in sub:
+        if not isinstance(event, MetricsUpdateMessage):
+            continue
+        line = format_metrics(event.payload)
+        if refresh:
+            sys.stdout.write("\r\x1b[K" + line)
+            sys.stdout.flush()
+        else:
+            print(line, flush=True)
+        seen += 1
+        if count and seen >= count:
+            break
+    if refresh:
+        print()
+    return 0
+
+
+async def _logs_watch(
+    client: DashboardClient, args: argparse.Namespace, progress: _Progress
+) -> int:
+    from shared import protocol
+
+    levels = ALERT_LEVELS[ALERT_LEVELS.index(args.level) :]
+    filters = list(levels) if args.level != "info" else []
+    filters += args.category
+    sub = await client.subscribe_logs(filters or None)
+    progress.say("watching alerts (Ctrl-C to stop)…")
+    seen = 0
+    async for event in sub:
+        if not isinstance(event, protocol.SystemAlertMessage):
+            continue
+        print(format_alert(event), flush=True)
+        seen += 1
+        if args.count and seen >= args.count:
+            break
+    return 0
+
+
+def _add_client_commands(sub: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=os.environ.get("TEAMDASH_URL") or DEFAULT_URL,
+        help=f"gateway WebSocket URL (default $TEAMDASH_URL or {DEFAULT_URL})",
+    )
+    common.add_argument(
+        "--token",
+        default=None,
+        help="JWT (default $TEAMDASH_TOKEN, else one minted from the local dev secret)",
+    )
+    common.add_argument("--user", default="dev", help="user of a minted token (default 'dev')")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    counted = argparse.ArgumentParser(add_help=False)
+    counted.add_argument(
+        "--count", type=int, default=0, help="stop after N events (default: never)"
+    )
+
+    p = sub.add_parser("agents", help="watch the lifecycle of every agent you may see")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    w = verbs.add_parser("watch", parents=[common, counted], help="live agent lifecycle events")
+    w.set_defaults(func=_client_command(_agents_watch))
+
+    p = sub.add_parser("agent", help="create and control one agent")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    c = verbs.add_parser(
+        "create", parents=[common], help="create an agent; prints its id alone on the last line"
+    )
+    c.add_argument("name")
+    c.add_argument("--model", required=True, help="a model of the runners' model configuration")
+    c.add_argument("--workspace", required=True, help="workspace folder (inside the runner's root)")
+    c.add_argument(
+        "--env",
+        type=_env_pair,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable for the agent (repeatable)",
+    )
+    c.add_argument(
+        "--memory", type=float, default=None, metavar="MB", help="memory limit (with --cpu)"
+    )
+    c.add_argument("--cpu", type=float, default=None, metavar="N", help="CPU cores (with --memory)")
+    c.set_defaults(func=_client_command(_agent_create))
+    c = verbs.add_parser("command", parents=[common], help="send a command to an agent's stdin")
+    c.add_argument("agent_id", metavar="ID")
+    c.add_argument("text")
+    c.add_argument("--timeout-ms", type=int, default=None, help="AGENT_COMMAND_TIMEOUT after this")
+    c.add_argument("--interactive", action="store_true")
+    c.set_defaults(func=_client_command(_agent_command))
+    for action in ("pause", "resume", "terminate"):
+        c = verbs.add_parser(action, parents=[common], help=f"{action} an agent")
+        c.add_argument("agent_id", metavar="ID")
+        if action == "terminate":
+            c.add_argument("--force", action="store_true", help="SIGKILL at once, no grace period")
+        c.set_defaults(func=_client_command(_agent_control), action=action, force=False)
+    c = verbs.add_parser(
+        "tail",
+        parents=[common, counted],
+        help="stream an agent's output live (stderr to stderr) until it stops",
+    )
+    c.add_argument("agent_id", metavar="ID")
+    c.set_defaults(func=_client_command(_agent_tail))
+
+    p = sub.add_parser("metrics", help="watch system metrics")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    w = verbs.add_parser(
+        "watch", parents=[common, counted], help="a live line of CPU, memory, disk, network, agents"
+    )
+    w.add_argument("--once", action="store_true", help="print one update and exit")
+    w.set_defaults(func=_client_command(_metrics_watch))
+
+    p = sub.add_parser("logs", help="watch system alerts")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    w = verbs.add_parser("watch", parents=[common, counted], help="live system alerts")
+    w.add_argument(
+        "--level", choices=ALERT_LEVELS, default="info", help="minimum level (default info)"
+    )
+    w.add_argument(
+        "--category",
+        choices=ALERT_CATEGORIES,
+        action="append",
+        default=[],
+        help="only these categories (repeatable)",
+    )
+    w.set_defaults(func=_client_command(_logs_watch))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,8 +577,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("up", help="start Redis, gateway, agent runner and metrics collector")
-    p.add_argument("--port", type=int, default=None, help="gateway port (default 3001)")
-    p.add_argument("--gateways", type=int, default=1, help="gateway processes (default 1)")
+    p.add_argument(
+        "--port", type=int, default=None, help="gateway port, or with --lb HAProxy's port (default 3001)"
+    )
+    p.add_argument(
+        "--gateways", type=int, default=None, help="gateway processes (default 1; with --lb 3)"
+    )
+    p.add_argument(
+        "--lb",
+        action="store_true",
+        help="the load-balanced topology: HAProxy (deploy/haproxy.cfg) in front of gateways "
+        "on their own ports, as in compose.yaml; needs the haproxy binary",
+    )
     p.set_defaults(func=_up)
 
     p = sub.add_parser("gateway", help="run one WebSocket gateway")
@@ -92,6 +601,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collector", help="run the metrics collector")
     p.set_defaults(func=_collector)
 
+    p = sub.add_parser("health", help="exit 0 if a service is healthy, 1 if not (health checks)")
+    p.add_argument("service", choices=("gateway", "runner", "collector"))
+    p.add_argument("--port", type=int, default=None, help="gateway port (default TEAMDASH_GATEWAY_PORT)")
+    p.add_argument(
+        "--any",
+        action="store_true",
+        help="runner/collector: any fresh heartbeat, not only one of this host (or TEAMDASH_RUNNER_ID)",
+    )
+    p.set_defaults(func=_health)
+
     p = sub.add_parser("token", help="mint a dev JWT (printed alone on the last line)")
     p.add_argument("--user", default="dev", help="user id (sub claim), default 'dev'")
     p.add_argument(
@@ -99,6 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (max 3600)")
     p.set_defaults(func=_token)
+
+    _add_client_commands(sub)
     return parser
 
 

@@ -5,6 +5,11 @@ gateway(s), an agent runner and the metrics collector, each as its own ``teamdas
 <service>`` process in its own session (so a terminal's Ctrl-C reaches only this
 supervisor, which then stops them in order: gateways, runner — which stops its agents —,
 collector, Redis). If a service dies, the others are stopped too and ``up`` exits 1.
+
+``teamdash up --lb`` (:func:`up_lb`) starts the load-balanced topology of compose.yaml
+instead — HAProxy with ``deploy/haproxy.cfg`` in front of gateways on ports of their own —
+through :class:`shared.topology.LocalTopology`. There a gateway may die (kill one to watch
+clients move to another); any other service dying stops the stack.
 """
 
 from __future__ import annotations
@@ -16,10 +21,15 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from gateway.settings import jwt_secret
 from shared.redis_server import EmbeddedRedis
 from shared.settings import CommonSettings, Env
-from shared.tokens import load_or_create_dev_secret, mint_token
+from shared.tokens import mint_token
+
+if TYPE_CHECKING:
+    from shared.topology import LocalTopology
 
 
 @dataclass
@@ -80,7 +90,7 @@ def up(*, gateways: int = 1, port: int | None = None) -> int:
     common = CommonSettings.from_env(env)
     state_dir = common.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
-    secret = env.opt_str("TEAMDASH_JWT_SECRET") or load_or_create_dev_secret(state_dir)
+    secret = jwt_secret(env, state_dir)
     host = env.str("TEAMDASH_GATEWAY_HOST", "127.0.0.1")
     gw_port = port if port is not None else env.int("TEAMDASH_GATEWAY_PORT", 3001, min=1)
     path = env.str("TEAMDASH_GATEWAY_PATH", "/ws")
@@ -101,8 +111,9 @@ def up(*, gateways: int = 1, port: int | None = None) -> int:
         redis_url = redis.start()
         print(f"teamdash: embedded redis-server on {redis_url} (pid {redis.process.pid})", file=sys.stderr)  # type: ignore[union-attr]
 
+    # The children get the secret itself (TEAMDASH_JWT_SECRET), not the file it came from.
     child_env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "TEAMDASH_JWT_SECRET_FILE"},
         "REDIS_URL": redis_url,
         "TEAMDASH_JWT_SECRET": secret,
         "TEAMDASH_STATE_DIR": str(state_dir),
@@ -181,3 +192,90 @@ def _banner(host: str, port: int, path: str, children: list[Child], redis_url: s
     ]
     print("\n".join(lines), flush=True)
 
+
+def up_lb(*, gateways: int = 3, port: int | None = None) -> int:
+    """``teamdash up --lb``: HAProxy on ``port`` (default 3001) in front of ``gateways``
+    gateway processes, plus Redis, a runner and a collector, until Ctrl-C."""
+    from shared.topology import LocalTopology, TopologyError, find_haproxy
+
+    env = Env()
+    lb_port = port if port is not None else env.int("TEAMDASH_GATEWAY_PORT", 3001, min=1)
+    if gateways < 1:
+        print("teamdash: --lb needs at least one gateway", file=sys.stderr)
+        return 2
+    try:
+        find_haproxy()
+    except TopologyError as e:
+        print(f"teamdash: {e}", file=sys.stderr)
+        return 1
+    if _port_open("127.0.0.1", lb_port):
+        print(f"teamdash: port {lb_port} is already in use; choose another with --port", file=sys.stderr)
+        return 1
+    topology = LocalTopology(gateways, lb_port)
+    try:
+        # Ctrl-C during start-up raises KeyboardInterrupt here; the finally stops what started.
+        topology.start()
+        stopping = False
+
+        def request_stop(signum: int, frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        token = mint_token(topology.jwt_secret, "dev", roles=("admin",), ttl_s=3600)
+        _banner_lb(topology, token)
+        reported: set[int] = set()
+        while not stopping:
+            dead = topology.dead()
+            for p in dead:
+                if p in topology.gateway_processes and id(p) not in reported:
+                    reported.add(id(p))
+                    print(
+                        f"teamdash: {p.name} (pid {p.pid}) exited with code {p.returncode}; "
+                        "HAProxy routes around it",
+                        file=sys.stderr,
+                    )
+            others = [p for p in dead if p not in topology.gateway_processes]
+            if others or len([p for p in dead if p in topology.gateway_processes]) == gateways:
+                for p in others or dead:
+                    print(
+                        f"teamdash: {p.name} (pid {p.pid}) exited with code {p.returncode}; stopping",
+                        file=sys.stderr,
+                    )
+                return 1
+            time.sleep(0.3)
+        return 0
+    except TopologyError as e:
+        print(f"teamdash: {e}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("teamdash: stopping...", file=sys.stderr)
+        topology.stop()
+        print("teamdash: stopped", file=sys.stderr)
+
+
+def _banner_lb(topology: LocalTopology, token: str) -> None:
+    assert topology.haproxy is not None
+    lines = [
+        "",
+        "Team Dashboard backend is up, behind HAProxy.",
+        f"  WebSocket:  {topology.lb_url}   (HAProxy, leastconn over {topology.gateways} gateways)",
+        f"  Redis:      {topology.redis_url}",
+        f"  HAProxy runtime API: {topology.stats_socket}",
+        "  Processes:",
+        f"    {'haproxy':<18} pid {topology.haproxy.pid:<8} port {topology.lb_port}",
+    ]
+    for p, gw_port in zip(topology.gateway_processes, topology.gateway_ports, strict=True):
+        lines.append(f"    {p.name:<18} pid {p.pid:<8} port {gw_port}")
+    for service in (topology.runner, topology.collector):
+        if service is not None:
+            lines.append(f"    {service.name:<18} pid {service.pid}")
+    lines += [
+        "  Dev token (user 'dev', role admin, valid 1 h; more with `teamdash token`):",
+        f"    {token}",
+        "Kill a gateway (kill -9 <pid>) to watch clients resume on another. Press Ctrl-C to stop.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)

@@ -2,8 +2,8 @@
 
 A token is accepted when its signature verifies with the configured algorithm and key,
 ``exp`` is present and in the future, ``exp`` is at most ``max_lifetime_s`` after ``iat``
-(when ``iat`` is given), and ``sub`` names the user. ``roles`` (a list, or one string) gives
-the user's roles; a token without it gets ``viewer`` (read-only).
+(after now when ``iat`` is absent), and ``sub`` names the user. ``roles`` (a list, or one
+string) gives the user's roles; a token without it gets ``viewer`` (read-only).
 """
 
 from __future__ import annotations
@@ -68,6 +68,13 @@ class TokenVerifier:
             raise TeamdashError(
                 ErrorCode.AUTH_FAILED,
                 f"token lifetime exceeds {self.max_lifetime_s}s (exp - iat)",
+            )
+        # Without ``iat`` the lifetime is measured from now, so leaving ``iat`` out cannot
+        # buy a token that lives longer than the limit.
+        if iat is None and exp - time.time() > self.max_lifetime_s + self.leeway_s:
+            raise TeamdashError(
+                ErrorCode.AUTH_FAILED,
+                f"token lifetime exceeds {self.max_lifetime_s}s (exp - now, no iat)",
             )
         sub = claims["sub"]
         if not isinstance(sub, str) or not sub or len(sub) > 128:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,6 +45,25 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {t(timeout):.1f}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+def ensure_tool(binary: str, package: str) -> str:
+    """Path of a Debian tool a test needs, installed with apt-get when it is missing (as
+    root, where apt-get exists); otherwise the test fails saying what to install."""
+    found = shutil.which(binary)
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+            env=env,
+            check=False,
+            capture_output=True,
+        )
+        found = shutil.which(binary)
+    if found is None:
+        raise AssertionError(f"`{binary}` is not installed and could not be: apt-get install {package}")
+    return found
 
 
 def free_port() -> int:

@@ -234,13 +234,20 @@ async def test_spawn_failures_are_agent_spawn_failed_with_a_clear_message(gatewa
     await client.close()
 
 
-async def test_agent_limits(make_gateway, start_runner):
-    gateway = await make_gateway(TEAMDASH_RUNNER_REPLY_TIMEOUT_S="3")
-    await start_runner(TEAMDASH_RUNNER_MAX_AGENTS="1")
+async def test_agent_limits(gateway, start_runner):
+    await start_runner(
+        TEAMDASH_RUNNER_MAX_AGENTS="1", TEAMDASH_RUNNER_HEARTBEAT_S="10", TEAMDASH_RUNNER_TTL_S="30"
+    )
     client = await WSClient.authed(ws_url(gateway), token())
-    await create(client)
-    ack = await client.request("agent:create", CREATE, timeout=20)
+    agent_id, _ = await create(client)
+    # The runner announced its full capacity at once, not at its next (10 s) heartbeat.
+    ack = await client.request("agent:create", CREATE, timeout=5)
     assert ack["code"] == ErrorCode.AGENT_LIMIT_EXCEEDED
+    # A slot that frees up is announced at once too.
+    assert (await client.request("agent:terminate", {"agentId": agent_id, "force": True}))["success"]
+    await status(client, agent_id, "stopped")
+    ack = await client.request("agent:create", CREATE, timeout=5)
+    assert ack["success"], ack
     await client.close()
 
 

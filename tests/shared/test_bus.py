@@ -1,0 +1,560 @@
+"""The Redis event bus (shared/bus.py) against the real Redis of tests/conftest.py: positions,
+the stored and published bytes, replay after gaps and epoch changes, and live delivery
+through :class:`PubSubHub`, including a killed pub/sub connection."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import cast
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from shared import protocol as p
+from shared.bus import REPLAY_LIMIT, Event, EventBus, Position, PubSubHub, parse_channel_message
+from shared.keys import AGENTS_TOPIC, LOGS_TOPIC, METRICS_TOPIC, Keys, agent_topic
+from tests.helpers import t, wait_for
+
+AGENT_ID = "a-1"
+
+
+def alert(n: int, **metadata: object) -> p.SystemAlertMessage:
+    return p.SystemAlertMessage(
+        type="system:alert",
+        payload=p.SystemAlertPayload(level="warning", category="resource", message=f"alert {n}"),
+        metadata=p.Metadata(**metadata) if metadata else None,  # type: ignore[arg-type]
+    )
+
+
+def output(seq: int) -> p.AgentOutputMessage:
+    return p.AgentOutputMessage(
+        type="agent:output",
+        payload=p.AgentOutputPayload(
+            agentId=AGENT_ID,
+            stream="stdout",
+            data=f"line {seq}\n",
+            timestamp=p.now_ms(),
+            sequence=seq,
+        ),
+    )
+
+
+async def stream_entries(redis: aioredis.Redis, key: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The raw entries of a topic stream: ``(entry id, {b"d": data, b"t": tags})``."""
+    return cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(key))
+
+
+async def publish_n(bus: EventBus, topic: str, n: int) -> list[Position]:
+    return [await bus.publish(topic, alert(i), ("warning", "resource")) for i in range(n)]
+
+
+# ---------------------------------------------------------------------------
+# Positions
+# ---------------------------------------------------------------------------
+
+
+def test_position_text_round_trip() -> None:
+    for pos in (Position(0, None), Position(5, "abc123"), Position(12, None)):
+        assert Position.from_str(pos.to_str()) == pos
+    assert Position(5, "e").to_str() == "5:e"
+    assert Position(0, None).to_str() == "0:"
+
+
+async def test_publish_returns_increasing_offsets_with_one_epoch(bus: EventBus) -> None:
+    positions = await publish_n(bus, LOGS_TOPIC, 5)
+    assert [pos.offset for pos in positions] == [1, 2, 3, 4, 5]
+    epochs = {pos.epoch for pos in positions}
+    assert len(epochs) == 1 and None not in epochs
+    assert await bus.head(LOGS_TOPIC) == positions[-1]
+
+
+async def test_topics_count_independently(bus: EventBus) -> None:
+    a = await bus.publish(LOGS_TOPIC, alert(1))
+    b = await bus.publish(METRICS_TOPIC, alert(2))
+    c = await bus.publish(LOGS_TOPIC, alert(3))
+    assert (a.offset, b.offset, c.offset) == (1, 1, 2)
+    assert a.epoch == c.epoch
+
+
+async def test_head_of_an_empty_topic(bus: EventBus) -> None:
+    assert await bus.head("nothing-here") == Position(0, None)
+
+
+# ---------------------------------------------------------------------------
+# The bytes: stored == published == what a client receives
+# ---------------------------------------------------------------------------
+
+
+async def test_stored_bytes_are_the_full_message_with_its_position(
+    bus: EventBus, redis: aioredis.Redis, keys: Keys
+) -> None:
+    topic = agent_topic(AGENT_ID)
+    msg = p.AgentStatusMessage(
+        type="agent:status",
+        payload=p.AgentStatusPayload(
+            agentId=AGENT_ID, status="running", details=p.AgentStatusDetails(pid=42)
+        ),
+        # A stale position on the message is replaced by the real one.
+        metadata=p.Metadata(
+            correlationId="req-1", agentId=AGENT_ID, topic="old", offset=99, epoch="stale"
+        ),
+    )
+    pos = await bus.publish(topic, msg, ("status", "user:alice"))
+    entries = await stream_entries(redis, keys.topic_stream(topic))
+    assert len(entries) == 1
+    entry_id, fields = entries[0]
+    assert entry_id == f"{pos.offset}-0".encode()
+    assert fields[b"t"] == b"status,user:alice"
+    data = fields[b"d"]
+    doc = orjson.loads(data)
+    assert doc["metadata"] == {
+        "correlationId": "req-1",
+        "agentId": AGENT_ID,
+        "topic": topic,
+        "offset": pos.offset,
+        "epoch": pos.epoch,
+    }
+    assert list(doc["metadata"])[-3:] == ["topic", "offset", "epoch"]
+    back = p.decode_server_message(data)
+    assert isinstance(back, p.AgentStatusMessage)
+    assert back.id == msg.id and back.timestamp == msg.timestamp
+    assert back.payload == msg.payload
+    assert back.metadata == p.Metadata(
+        correlationId="req-1", agentId=AGENT_ID, topic=topic, offset=pos.offset, epoch=pos.epoch
+    )
+
+
+async def test_message_without_metadata_gets_one(
+    bus: EventBus, redis: aioredis.Redis, keys: Keys
+) -> None:
+    msg = output(0)
+    pos = await bus.publish(agent_topic(AGENT_ID), msg, ("stdout",))
+    [(_, fields)] = await stream_entries(redis, keys.topic_stream(agent_topic(AGENT_ID)))
+    back = p.decode_server_message(fields[b"d"])
+    assert isinstance(back, p.AgentOutputMessage)
+    assert back.payload == msg.payload
+    assert back.metadata == p.Metadata(
+        topic=f"agent:{AGENT_ID}", offset=pos.offset, epoch=pos.epoch
+    )
+
+
+async def test_published_bytes_equal_the_stored_ones(
+    bus: EventBus, redis: aioredis.Redis, keys: Keys
+) -> None:
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.topic_channel(METRICS_TOPIC))
+    try:
+        msg = p.MetricsUpdateMessage(
+            type="metrics:update",
+            payload=p.MetricsUpdatePayload(
+                agents=[p.AgentMetrics(agentId=AGENT_ID, cpu=1.0, memory=1, threads=1)]
+            ),
+        )
+        pos = await bus.publish(METRICS_TOPIC, msg, ("system", "agents"))
+        raw = None
+        deadline = asyncio.get_running_loop().time() + t(5)
+        while raw is None and asyncio.get_running_loop().time() < deadline:
+            got = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            raw = got["data"] if got else None
+        assert raw is not None, "no live event"
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    event = parse_channel_message(METRICS_TOPIC, raw)
+    assert (event.topic, event.offset, event.epoch) == (METRICS_TOPIC, pos.offset, pos.epoch)
+    assert event.position == pos
+    assert event.tags == ("system", "agents")
+    [(_, fields)] = await stream_entries(redis, keys.topic_stream(METRICS_TOPIC))
+    assert event.data == fields[b"d"]
+    assert isinstance(p.decode_server_message(event.data), p.MetricsUpdateMessage)
+
+
+def test_parse_channel_message_without_tags() -> None:
+    event = parse_channel_message("logs", b'3 ep1 \n{"x":1}')
+    assert event == Event("logs", 3, "ep1", (), b'{"x":1}')
+
+
+async def test_tags_with_spaces_or_newlines_are_refused(bus: EventBus) -> None:
+    for bad in (("a b",), ("a\nb",)):
+        with pytest.raises(ValueError):
+            await bus.publish(LOGS_TOPIC, alert(0), bad)
+    assert await bus.head(LOGS_TOPIC) == Position(0, None)
+
+
+async def test_publish_sets_the_ttl(redis: aioredis.Redis, keys: Keys) -> None:
+    bus = EventBus(redis, keys, ttl_s=120)
+    await bus.publish(LOGS_TOPIC, alert(0))
+    for key in (keys.topic_stream(LOGS_TOPIC), keys.topic_meta(LOGS_TOPIC)):
+        assert 0 < await redis.ttl(key) <= 120
+
+
+# ---------------------------------------------------------------------------
+# read_since
+# ---------------------------------------------------------------------------
+
+
+async def test_read_since_in_the_same_epoch_gives_exactly_the_newer_events(bus: EventBus) -> None:
+    positions = await publish_n(bus, LOGS_TOPIC, 10)
+    replay = await bus.read_since(LOGS_TOPIC, positions[3])
+    assert [e.offset for e in replay.events] == [5, 6, 7, 8, 9, 10]
+    assert all(e.epoch == positions[0].epoch and e.topic == LOGS_TOPIC for e in replay.events)
+    assert all(e.tags == ("warning", "resource") for e in replay.events)
+    assert replay.head == positions[-1]
+    assert (replay.missed, replay.recovered) == (0, True)
+    messages = [p.decode_server_message(e.data) for e in replay.events]
+    assert all(isinstance(m, p.SystemAlertMessage) for m in messages)
+    alerts = cast(list[p.SystemAlertMessage], messages)
+    assert [m.payload.message for m in alerts] == [f"alert {i}" for i in range(4, 10)]
+    assert [m.metadata.offset if m.metadata else None for m in alerts] == [5, 6, 7, 8, 9, 10]
+
+
+async def test_read_since_at_the_head_is_empty_and_recovered(bus: EventBus) -> None:
+    positions = await publish_n(bus, LOGS_TOPIC, 3)
+    replay = await bus.read_since(LOGS_TOPIC, positions[-1])
+    assert (replay.events, replay.head, replay.missed, replay.recovered) == (
+        [],
+        positions[-1],
+        0,
+        True,
+    )
+
+
+async def test_read_since_without_epoch_reads_the_topic_from_its_start(bus: EventBus) -> None:
+    await publish_n(bus, LOGS_TOPIC, 4)
+    replay = await bus.read_since(LOGS_TOPIC, Position(0, None))
+    assert [e.offset for e in replay.events] == [1, 2, 3, 4]
+    assert (replay.missed, replay.recovered) == (0, True)
+
+
+async def test_read_since_after_trimming_counts_the_missed_events(
+    bus: EventBus, redis: aioredis.Redis, keys: Keys
+) -> None:
+    positions = await publish_n(bus, LOGS_TOPIC, 20)
+    await redis.xtrim(keys.topic_stream(LOGS_TOPIC), maxlen=5, approximate=False)
+    replay = await bus.read_since(LOGS_TOPIC, positions[1])  # reader saw offsets 1-2
+    assert [e.offset for e in replay.events] == [16, 17, 18, 19, 20]
+    assert replay.missed == 13  # offsets 3..15 are gone
+    assert replay.recovered is False
+    assert replay.head == positions[-1]
+
+
+async def test_read_since_returns_only_the_newest_limit_events(bus: EventBus) -> None:
+    positions = await publish_n(bus, LOGS_TOPIC, 20)
+    replay = await bus.read_since(LOGS_TOPIC, positions[2], limit=5)
+    assert [e.offset for e in replay.events] == [16, 17, 18, 19, 20]
+    assert replay.missed == 12  # 4..15: retained, but beyond the limit
+    assert replay.recovered is False
+
+
+async def test_replay_limit_is_the_specs_1000() -> None:
+    assert REPLAY_LIMIT == 1000
+
+
+async def test_approximate_maxlen_keeps_a_contiguous_tail(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    bus = EventBus(redis, keys, maxlen=10)
+    items = [(LOGS_TOPIC, alert(i), ()) for i in range(300)]
+    positions = await bus.publish_many(items)
+    replay = await bus.read_since(LOGS_TOPIC, Position(0, positions[0].epoch))
+    offsets = [e.offset for e in replay.events]
+    assert offsets == list(range(offsets[0], 301))
+    assert 10 <= len(offsets) < 300  # trimmed, approximately
+    assert replay.missed == 300 - len(offsets)
+    assert replay.recovered is False
+
+
+async def test_read_since_with_an_unknown_epoch_is_not_recovered(bus: EventBus) -> None:
+    positions = await publish_n(bus, LOGS_TOPIC, 3)
+    replay = await bus.read_since(LOGS_TOPIC, Position(2, "some-other-epoch"))
+    # Offsets of another epoch mean nothing here: everything retained is replayed.
+    assert [e.offset for e in replay.events] == [1, 2, 3]
+    assert replay.recovered is False
+    assert replay.head == positions[-1]
+    # Even with a "future" offset of the old epoch.
+    replay = await bus.read_since(LOGS_TOPIC, Position(50, "some-other-epoch"))
+    assert [e.offset for e in replay.events] == [1, 2, 3]
+    assert replay.recovered is False
+
+
+async def test_read_since_on_an_empty_topic(bus: EventBus) -> None:
+    for since in (Position(0, None), Position(7, "gone")):
+        replay = await bus.read_since("never-published", since)
+        assert (replay.events, replay.head, replay.missed, replay.recovered) == ([], None, 0, True)
+
+
+async def test_losing_the_meta_hash_starts_a_new_epoch_and_wipes_the_stream(
+    bus: EventBus, redis: aioredis.Redis, keys: Keys
+) -> None:
+    old = await publish_n(bus, LOGS_TOPIC, 5)
+    await redis.delete(keys.topic_meta(LOGS_TOPIC))  # eviction, expiry, a flush…
+    assert await bus.head(LOGS_TOPIC) == Position(0, None)
+    new = await bus.publish(LOGS_TOPIC, alert(99))
+    assert new.offset == 1
+    assert new.epoch is not None and new.epoch != old[-1].epoch
+    entries = await stream_entries(redis, keys.topic_stream(LOGS_TOPIC))
+    assert [eid for eid, _ in entries] == [b"1-0"]  # nothing of the old epoch is left
+    replay = await bus.read_since(LOGS_TOPIC, old[-1])
+    assert [e.offset for e in replay.events] == [1]
+    assert replay.events[0].epoch == new.epoch
+    assert replay.recovered is False
+    msg = p.decode_server_message(replay.events[0].data)
+    assert msg.metadata is not None and msg.metadata.epoch == new.epoch
+
+
+# ---------------------------------------------------------------------------
+# publish_many
+# ---------------------------------------------------------------------------
+
+
+async def test_publish_many_keeps_order(bus: EventBus) -> None:
+    topic = agent_topic(AGENT_ID)
+    items = [(topic if i % 3 else AGENTS_TOPIC, output(i), ("stdout",)) for i in range(30)]
+    positions = await bus.publish_many(items)
+    assert len(positions) == 30
+    agent_offsets = [pos.offset for (tp, _, _), pos in zip(items, positions) if tp == topic]
+    lifecycle_offsets = [
+        pos.offset for (tp, _, _), pos in zip(items, positions) if tp == AGENTS_TOPIC
+    ]
+    assert agent_offsets == list(range(1, 21))
+    assert lifecycle_offsets == list(range(1, 11))
+    replay = await bus.read_since(topic, Position(0, None))
+    outputs = [p.decode_server_message(e.data) for e in replay.events]
+    sequences = [m.payload.sequence for m in outputs if isinstance(m, p.AgentOutputMessage)]
+    assert sequences == [i for i in range(30) if i % 3]
+
+
+async def test_publish_many_of_nothing(bus: EventBus) -> None:
+    assert await bus.publish_many([]) == []
+
+
+# ---------------------------------------------------------------------------
+# PubSubHub
+# ---------------------------------------------------------------------------
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.received: list[tuple[str, bytes]] = []
+        self.reconnects = 0
+
+    def handler(self, channel: str, data: bytes) -> None:
+        self.received.append((channel, data))
+
+    def on_reconnect(self) -> None:
+        self.reconnects += 1
+
+    def events(self, topic: str, keys: Keys) -> list[Event]:
+        channel = keys.topic_channel(topic)
+        return [parse_channel_message(topic, d) for c, d in self.received if c == channel]
+
+
+@pytest.fixture
+async def hub_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """The hub's own client, named so a test can kill exactly its pub/sub connection (and
+    no other client's, should the tests share a Redis through REDIS_URL)."""
+    client = aioredis.Redis.from_url(redis_url, client_name=f"hub-{uuid.uuid4().hex[:12]}")
+    yield client
+    await client.aclose()
+
+
+async def kill_pubsub(redis: aioredis.Redis, hub_redis: aioredis.Redis) -> int:
+    """``CLIENT KILL`` the hub's pub/sub connection, as a network failure or a Redis restart
+    would; returns how many connections were killed."""
+    name = hub_redis.get_connection_kwargs()["client_name"]  # type: ignore[no-untyped-call]
+    killed = 0
+    for client in await redis.client_list(_type="pubsub"):
+        if client["name"] == name:
+            killed += await redis.execute_command(  # type: ignore[no-untyped-call]
+                "CLIENT", "KILL", "ID", client["id"]
+            )
+    return killed
+
+
+@pytest.fixture
+async def hub_and_collector(
+    hub_redis: aioredis.Redis,
+) -> AsyncIterator[tuple[PubSubHub, Collector]]:
+    got = Collector()
+    hub = PubSubHub(hub_redis, got.handler, on_reconnect=got.on_reconnect)
+    await hub.start()
+    yield hub, got
+    await hub.close()
+
+
+async def test_hub_delivers_live_events(
+    hub_and_collector: tuple[PubSubHub, Collector], bus: EventBus, keys: Keys
+) -> None:
+    hub, got = hub_and_collector
+    assert hub.connected.is_set()
+    await hub.subscribe(keys.topic_channel(LOGS_TOPIC))
+    await hub.subscribe(keys.topic_channel(LOGS_TOPIC))  # idempotent
+    assert hub.channels == {keys.topic_channel(LOGS_TOPIC)}
+    pos = await bus.publish(LOGS_TOPIC, alert(1, correlationId="c"), ("warning", "resource"))
+    await bus.publish(METRICS_TOPIC, alert(2))  # not subscribed
+    await wait_for(lambda: got.received, what="a live event")
+    [event] = got.events(LOGS_TOPIC, keys)
+    assert (event.topic, event.offset, event.epoch, event.tags) == (
+        LOGS_TOPIC,
+        pos.offset,
+        pos.epoch,
+        ("warning", "resource"),
+    )
+    msg = p.decode_server_message(event.data)
+    assert isinstance(msg, p.SystemAlertMessage)
+    assert msg.metadata == p.Metadata(
+        correlationId="c", topic=LOGS_TOPIC, offset=pos.offset, epoch=pos.epoch
+    )
+    [replayed] = (await bus.read_since(LOGS_TOPIC, Position(0, None))).events
+    assert replayed == event  # live and replayed events are identical
+    await asyncio.sleep(0.1)
+    assert len(got.received) == 1
+
+
+async def test_hub_unsubscribe_stops_delivery(
+    hub_and_collector: tuple[PubSubHub, Collector], bus: EventBus, keys: Keys
+) -> None:
+    hub, got = hub_and_collector
+    channel = keys.topic_channel(LOGS_TOPIC)
+    await hub.subscribe(channel)
+    await bus.publish(LOGS_TOPIC, alert(1))
+    await wait_for(lambda: len(got.received) == 1, what="the first event")
+    await hub.unsubscribe(channel)
+    await hub.unsubscribe(channel)  # idempotent
+    assert hub.channels == frozenset()
+    await bus.publish(LOGS_TOPIC, alert(2))
+    await asyncio.sleep(0.2)
+    assert len(got.received) == 1
+
+
+async def test_hub_handler_errors_do_not_stop_delivery(
+    redis: aioredis.Redis, bus: EventBus, keys: Keys
+) -> None:
+    got: list[bytes] = []
+
+    def handler(channel: str, data: bytes) -> None:
+        got.append(data)
+        if len(got) == 1:
+            raise RuntimeError("a bug in a handler")
+
+    hub = PubSubHub(redis, handler)
+    await hub.start()
+    try:
+        await hub.subscribe(keys.topic_channel(LOGS_TOPIC))
+        await bus.publish(LOGS_TOPIC, alert(1))
+        await wait_for(lambda: len(got) == 1, what="the first event")
+        await wait_for(lambda: hub.connected.is_set(), what="the hub to recover")
+
+        async def delivered_again() -> bool:
+            await bus.publish(LOGS_TOPIC, alert(2))
+            await asyncio.sleep(0.1)
+            return len(got) >= 2
+
+        await wait_for(delivered_again, what="delivery after a handler error")
+    finally:
+        await hub.close()
+
+
+async def test_hub_survives_a_killed_connection(
+    hub_and_collector: tuple[PubSubHub, Collector],
+    bus: EventBus,
+    redis: aioredis.Redis,
+    hub_redis: aioredis.Redis,
+    keys: Keys,
+) -> None:
+    hub, got = hub_and_collector
+    channels = [keys.topic_channel(LOGS_TOPIC), keys.topic_channel(METRICS_TOPIC)]
+    for channel in channels:
+        await hub.subscribe(channel)
+    first = await bus.publish(LOGS_TOPIC, alert(1))
+    await wait_for(lambda: len(got.received) == 1, what="the first event")
+
+    assert await kill_pubsub(redis, hub_redis) == 1
+    # Published while the subscription may be down: it must not be lost silently.
+    during = await bus.publish(LOGS_TOPIC, alert(2))
+
+    await wait_for(lambda: got.reconnects >= 1, what="on_reconnect", timeout=15)
+    assert hub.connected.is_set()
+    assert hub.channels == frozenset(channels)
+    numsub = dict(await redis.pubsub_numsub(*channels))
+    assert all(numsub[c.encode()] >= 1 for c in channels)
+
+    # The owner resyncs from its last position: the event from the outage is there.
+    replay = await bus.read_since(LOGS_TOPIC, first)
+    assert [e.position for e in replay.events] == [during]
+    assert replay.recovered is True
+
+    # And live delivery goes on, on every channel that was subscribed.
+    logs_pos = await bus.publish(LOGS_TOPIC, alert(3))
+    metrics_pos = await bus.publish(METRICS_TOPIC, alert(4))
+    await wait_for(
+        lambda: (
+            logs_pos in [e.position for e in got.events(LOGS_TOPIC, keys)]
+            and metrics_pos in [e.position for e in got.events(METRICS_TOPIC, keys)]
+        ),
+        what="live events after the reconnect",
+    )
+
+
+async def test_hub_subscriptions_made_while_disconnected_are_restored(
+    hub_and_collector: tuple[PubSubHub, Collector],
+    bus: EventBus,
+    redis: aioredis.Redis,
+    hub_redis: aioredis.Redis,
+    keys: Keys,
+) -> None:
+    hub, got = hub_and_collector
+    assert await kill_pubsub(redis, hub_redis) == 1
+    channel = keys.topic_channel(LOGS_TOPIC)
+    # Races with the lost connection; returns once the reconnect has confirmed it.
+    await asyncio.wait_for(hub.subscribe(channel), t(15))
+    assert channel in hub.channels
+    await wait_for(lambda: got.reconnects >= 1, what="on_reconnect", timeout=15)
+    await asyncio.wait_for(hub.unsubscribe(keys.topic_channel("other")), t(5))  # a no-op
+
+    async def delivered() -> bool:
+        await bus.publish(LOGS_TOPIC, alert(1))
+        await asyncio.sleep(0.1)
+        return bool(got.events(LOGS_TOPIC, keys))
+
+    await wait_for(delivered, what="delivery on a channel subscribed during the outage")
+
+
+async def test_hub_close_stops_the_reader(redis: aioredis.Redis) -> None:
+    hub = PubSubHub(redis, lambda c, d: None)
+    await hub.start()
+    task = hub._task
+    assert task is not None and not task.done()
+    await hub.close()
+    assert task.done()
+    assert not hub.connected.is_set()
+    await hub.close()  # idempotent
+
+
+async def test_hub_unsubscribe_during_an_outage_is_not_restored(
+    hub_and_collector: tuple[PubSubHub, Collector],
+    bus: EventBus,
+    redis: aioredis.Redis,
+    hub_redis: aioredis.Redis,
+    keys: Keys,
+) -> None:
+    hub, got = hub_and_collector
+    keep, drop = keys.topic_channel(METRICS_TOPIC), keys.topic_channel(LOGS_TOPIC)
+    await hub.subscribe(keep)
+    await hub.subscribe(drop)
+    assert await kill_pubsub(redis, hub_redis) == 1
+    await asyncio.wait_for(hub.unsubscribe(drop), t(15))
+    assert hub.channels == {keep}
+    await wait_for(lambda: got.reconnects >= 1, what="on_reconnect", timeout=15)
+
+    async def kept_delivered() -> bool:
+        await bus.publish(METRICS_TOPIC, alert(1))
+        await asyncio.sleep(0.1)
+        return bool(got.events(METRICS_TOPIC, keys))
+
+    await wait_for(kept_delivered, what="delivery on the kept channel")
+    await bus.publish(LOGS_TOPIC, alert(2))
+    await asyncio.sleep(0.2)
+    assert got.events(LOGS_TOPIC, keys) == []

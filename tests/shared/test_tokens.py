@@ -1,0 +1,194 @@
+"""JWT minting and verification (shared/tokens.py): every way a token is refused, and the
+error code the client sees for it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+
+from shared.errors import ErrorCode, TeamdashError
+from shared.tokens import (
+    ROLES,
+    Identity,
+    TokenVerifier,
+    load_or_create_dev_secret,
+    mint_token,
+)
+
+SECRET = "unit-test-secret-" + "0123456789abcdef" * 4  # 64+ bytes: no HMAC key warnings
+verifier = TokenVerifier(SECRET)
+
+
+def refused(token: str, v: TokenVerifier = verifier) -> TeamdashError:
+    with pytest.raises(TeamdashError) as info:
+        v.verify(token)
+    return info.value
+
+
+def raw(claims: dict[str, object], key: str = SECRET, algorithm: str = "HS256") -> str:
+    return jwt.encode(claims, key, algorithm=algorithm)
+
+
+def test_good_token() -> None:
+    before = time.time()
+    identity = verifier.verify(mint_token(SECRET, "alice", roles=("operator",)))
+    assert identity.user_id == "alice"
+    assert identity.roles == frozenset({"operator"})
+    assert before + 3600 - 2 <= identity.expires_at <= time.time() + 3600
+    assert identity.can_control_agents() and not identity.is_admin
+
+
+def test_mint_defaults_to_an_operator_for_one_hour() -> None:
+    claims = jwt.decode(
+        mint_token(SECRET, "bob", now=1000.0),
+        SECRET,
+        algorithms=["HS256"],
+        options={"verify_exp": False},
+    )
+    assert claims == {"sub": "bob", "roles": ["operator"], "iat": 1000, "exp": 4600}
+
+
+def test_mint_extra_claims() -> None:
+    token = mint_token(SECRET, "bob", extra={"aud": "dash"})
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"], audience="dash")
+    assert claims["aud"] == "dash"
+
+
+def test_wrong_secret_is_auth_failed() -> None:
+    err = refused(mint_token("another-secret-" + "0123456789abcdef" * 4, "alice"))
+    assert err.code == ErrorCode.AUTH_FAILED
+    assert int(err.code) == 1001
+
+
+def test_tampered_token_is_auth_failed() -> None:
+    head, _, sig = mint_token(SECRET, "alice").split(".")
+    forged = raw({"sub": "mallory", "exp": int(time.time()) + 60}).split(".")[1]
+    assert refused(f"{head}.{forged}.{sig}").code == ErrorCode.AUTH_FAILED
+
+
+@pytest.mark.parametrize("token", ["", "not-a-jwt", "a.b.c", "x" * 100])
+def test_garbage_is_auth_failed(token: str) -> None:
+    assert refused(token).code == ErrorCode.AUTH_FAILED
+
+
+def test_expired_is_token_expired() -> None:
+    token = mint_token(SECRET, "alice", ttl_s=60, now=time.time() - 3600)
+    err = refused(token)
+    assert err.code == ErrorCode.TOKEN_EXPIRED
+    assert int(err.code) == 1002
+
+
+def test_leeway_accepts_a_just_expired_token() -> None:
+    token = mint_token(SECRET, "alice", ttl_s=60, now=time.time() - 70)
+    assert refused(token).code == ErrorCode.TOKEN_EXPIRED
+    assert TokenVerifier(SECRET, leeway_s=30).verify(token).user_id == "alice"
+
+
+def test_missing_exp_is_refused() -> None:
+    err = refused(raw({"sub": "alice", "iat": int(time.time())}))
+    assert err.code == ErrorCode.AUTH_FAILED
+    assert "exp" in err.message
+
+
+def test_missing_sub_is_refused() -> None:
+    now = int(time.time())
+    err = refused(raw({"iat": now, "exp": now + 60}))
+    assert err.code == ErrorCode.AUTH_FAILED
+    assert "sub" in err.message
+
+
+@pytest.mark.parametrize("sub", ["", "x" * 129, 42])
+def test_bad_sub_is_refused(sub: object) -> None:
+    now = int(time.time())
+    assert refused(raw({"sub": sub, "iat": now, "exp": now + 60})).code == ErrorCode.AUTH_FAILED
+
+
+def test_alg_none_is_refused() -> None:
+    now = int(time.time())
+    token = jwt.encode({"sub": "alice", "iat": now, "exp": now + 60}, None, algorithm="none")
+    assert refused(token).code == ErrorCode.AUTH_FAILED
+    # Also when the header says "none" but the token still carries a signature.
+    head = token.split(".")[0]
+    _, body, sig = mint_token(SECRET, "alice").split(".")
+    assert refused(f"{head}.{body}.{sig}").code == ErrorCode.AUTH_FAILED
+
+
+def test_other_algorithm_than_configured_is_refused() -> None:
+    now = int(time.time())
+    token = raw({"sub": "alice", "iat": now, "exp": now + 60}, algorithm="HS512")
+    assert refused(token).code == ErrorCode.AUTH_FAILED
+    assert TokenVerifier(SECRET, algorithms=("HS512",)).verify(token).user_id == "alice"
+
+
+def test_lifetime_over_one_hour_is_refused() -> None:
+    err = refused(mint_token(SECRET, "alice", ttl_s=3601))
+    assert err.code == ErrorCode.AUTH_FAILED
+    assert "lifetime" in err.message
+    assert verifier.verify(mint_token(SECRET, "alice", ttl_s=3600)).user_id == "alice"
+
+
+def test_lifetime_without_iat_is_measured_from_now() -> None:
+    now = int(time.time())
+    assert verifier.verify(raw({"sub": "alice", "exp": now + 600})).user_id == "alice"
+    err = refused(raw({"sub": "alice", "exp": now + 30 * 24 * 3600}))
+    assert err.code == ErrorCode.AUTH_FAILED
+    assert "lifetime" in err.message
+
+
+def test_iat_in_the_future_is_refused() -> None:
+    now = int(time.time())
+    token = raw({"sub": "alice", "iat": now + 600, "exp": now + 1200})
+    assert refused(token).code == ErrorCode.AUTH_FAILED
+
+
+def test_roles_default_to_viewer() -> None:
+    now = int(time.time())
+    identity = verifier.verify(raw({"sub": "alice", "iat": now, "exp": now + 60}))
+    assert identity.roles == frozenset({"viewer"})
+    assert not identity.can_control_agents() and not identity.is_admin
+
+
+def test_roles_as_one_string_and_unknown_roles_dropped() -> None:
+    now = int(time.time())
+    one = verifier.verify(raw({"sub": "a", "iat": now, "exp": now + 60, "roles": "admin"}))
+    assert one.roles == frozenset({"admin"}) and one.is_admin and one.can_control_agents()
+    mixed = verifier.verify(
+        raw({"sub": "a", "iat": now, "exp": now + 60, "roles": ["operator", "root"]})
+    )
+    assert mixed.roles == frozenset({"operator"})
+    assert set(ROLES) == {"viewer", "operator", "admin"}
+
+
+@pytest.mark.parametrize("roles", [42, [1, 2], {"admin": True}])
+def test_bad_roles_claim_is_refused(roles: object) -> None:
+    now = int(time.time())
+    token = raw({"sub": "a", "iat": now, "exp": now + 60, "roles": roles})
+    assert refused(token).code == ErrorCode.AUTH_FAILED
+
+
+def test_issuer_and_audience_when_configured() -> None:
+    strict = TokenVerifier(SECRET, issuer="teamdash", audience="dashboard")
+    good = mint_token(SECRET, "a", extra={"iss": "teamdash", "aud": "dashboard"})
+    assert strict.verify(good).user_id == "a"
+    assert refused(mint_token(SECRET, "a"), strict).code == ErrorCode.AUTH_FAILED
+    wrong = mint_token(SECRET, "a", extra={"iss": "teamdash", "aud": "other"})
+    assert refused(wrong, strict).code == ErrorCode.AUTH_FAILED
+
+
+def test_identity_is_frozen() -> None:
+    identity = Identity("a", frozenset({"viewer"}), 0.0)
+    with pytest.raises(AttributeError):
+        identity.user_id = "b"  # type: ignore[misc]
+
+
+def test_dev_secret_is_created_once_and_private(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = load_or_create_dev_secret(state)
+    assert len(first) >= 32
+    assert load_or_create_dev_secret(state) == first
+    path = state / "jwt-secret"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in state.iterdir()] == ["jwt-secret"]  # no temp files left
