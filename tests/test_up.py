@@ -54,6 +54,24 @@ async def test_up_serves_metrics_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> 
         await client.subscribe("metrics")
         first = await client.recv_type("metrics:update", timeout=10)
         assert first["payload"]["system"]["cpu"]["cores"] >= 1
+
+        # The configured demo model: create an agent, command it, stream its output.
+        ack = await client.request(
+            "agent:create", {"name": "demo", "model": "demo", "workspace": "demo"}, timeout=20
+        )
+        assert ack["success"], ack
+        agent_id = ack["result"]["agentId"]
+        await client.subscribe("agent", agentId=agent_id, filters=["stdout"])
+        ack = await client.request("agent:command", {"agentId": agent_id, "command": "hello up"})
+        assert ack["success"], ack
+        answer = await client.recv_where(
+            lambda m: m["type"] == "agent:output" and "you said: hello up" in m["payload"]["data"],
+            timeout=15,
+            what="the demo agent's answer",
+        )
+        assert answer["payload"]["stream"] == "stdout"
+        demo_pid = psutil.Process(up.pid).children(recursive=True)
+        descendants += [p for p in demo_pid if p not in descendants]
         await client.close()
     finally:
         up.send_signal(signal.SIGINT)
