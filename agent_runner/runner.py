@@ -44,6 +44,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from agent_runner.agent import Agent, AgentInfo
 from agent_runner.errors import AgentNotFound, InvalidRequest, LimitExceeded, SpawnFailed
+from agent_runner.metrics import RunnerMetrics
 from agent_runner.outbox import Outbox
 from agent_runner.policy import (
     agent_environment,
@@ -98,6 +99,9 @@ class Runner:
         )
         self.outbox = Outbox(self.bus)
         self.registry = Registry(redis, self.keys, history_ttl_s=common.history_ttl_s)
+        self.metrics = RunnerMetrics(
+            lambda: [a.state.status.value for a in list(self.agents.values())]
+        )
         self.agents: dict[str, Agent] = {}
         self._ended: asyncio.Queue[Agent] = asyncio.Queue()
         self._closing: set[Agent] = set()
@@ -283,6 +287,7 @@ class Runner:
         replied = False
         try:
             agent = await self._start_agent(request)
+            self.metrics.agents_started.inc()
             await self.reply(request, result={"agentId": agent.agent_id, "pid": agent.process.pid})
             replied = True
             await agent.announce()
@@ -290,10 +295,12 @@ class Runner:
             if replied:
                 raise
             log.info("create %s refused: %s", request.agentId, e.message)
+            self.metrics.spawn_failures.labels(e.code.name).inc()
             await self.reply(request, error=e)
         except Exception as e:
             log.exception("create %s failed", request.agentId)
             if not replied:
+                self.metrics.spawn_failures.labels(ErrorCode.INTERNAL_ERROR.name).inc()
                 await self.reply(request, error=TeamdashError(ErrorCode.INTERNAL_ERROR, str(e)))
 
     async def _start_agent(self, request: RunnerRequest) -> Agent:
@@ -413,6 +420,7 @@ class Runner:
         return agent
 
     def _agent_ended(self, agent: Agent) -> None:
+        self.metrics.agents_ended.labels(agent.state.status.value).inc()
         if self.agents.get(agent.agent_id) is agent:
             del self.agents[agent.agent_id]
             self._cpu_use.subtract(agent.info.cpus or ())

@@ -13,11 +13,16 @@ import redis.asyncio as aioredis
 
 from agent_runner.runner import Runner
 from agent_runner.settings import RunnerSettings
+from shared.metrics_http import serve_metrics
 
 
 async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
     redis = aioredis.Redis.from_url(settings.common.redis_url, health_check_interval=30)
+    runner = Runner(settings, redis)
     try:
-        await Runner(settings, redis).run(stop)
+        with serve_metrics(
+            runner.metrics.registry, settings.common.metrics_host, settings.metrics_port
+        ):
+            await runner.run(stop)
     finally:
         await redis.aclose()

@@ -12,6 +12,7 @@
 | `TEAMDASH_TERMINATE_GRACE_S` | `5` | Seconds between SIGTERM and SIGKILL when an agent is terminated without `force`. |
 | `TEAMDASH_AGENT_DEFAULT_MEMORY_MB` | none | Memory limit (MB) for agents created without `resourceLimits`; none = unlimited. |
 | `TEAMDASH_STATS_INTERVAL_S` | `1` | Seconds between per-agent resource samples (`{prefix}:agent-stats`). |
+| `TEAMDASH_RUNNER_METRICS_PORT` | not served | Port of the runner's Prometheus `/metrics` (on `TEAMDASH_METRICS_HOST`). |
 
 Besides these, the runner reads the common settings (`REDIS_URL`, `TEAMDASH_REDIS_PREFIX`,
 `TEAMDASH_STATE_DIR`, …, see :mod:`shared.settings`), and captures once, for the agents'
@@ -51,6 +52,8 @@ class RunnerSettings:
     terminate_grace_s: float
     default_memory_mb: int | None
     stats_interval_s: float
+    #: Port of the runner's Prometheus ``/metrics`` (None = not served).
+    metrics_port: int | None
     #: ``PATH`` and ``LANG`` given to agents.
     agent_path: str = DEFAULT_PATH
     agent_lang: str = "C.UTF-8"
@@ -107,6 +110,11 @@ class RunnerSettings:
                 env.int("TEAMDASH_AGENT_DEFAULT_MEMORY_MB", 0, min=1) if memory else None
             ),
             stats_interval_s=env.float("TEAMDASH_STATS_INTERVAL_S", 1.0, min=0.05),
+            metrics_port=(
+                env.int("TEAMDASH_RUNNER_METRICS_PORT", 0, min=0)
+                if env.raw("TEAMDASH_RUNNER_METRICS_PORT") is not None
+                else None
+            ),
             agent_path=env.str("PATH", DEFAULT_PATH),
             agent_lang=env.str("LANG", "C.UTF-8"),
             passthrough_env=passthrough,

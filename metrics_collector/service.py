@@ -37,10 +37,12 @@ from redis.exceptions import RedisError
 
 from metrics_collector.agent_stats import merge_agent_stats
 from metrics_collector.alerts import AlertEngine
+from metrics_collector.metrics import CollectorMetrics
 from metrics_collector.sampler import SampleError, Sampler
 from metrics_collector.settings import CollectorSettings
 from shared.bus import LOW_PRIORITY_TAG, EventBus
 from shared.keys import LOGS_TOPIC, METRICS_TOPIC, Keys
+from shared.metrics_http import serve_metrics
 from shared.protocol import (
     Metadata,
     MetricsUpdateMessage,
@@ -133,6 +135,7 @@ class Collector:
             settings.disk_path, slow_read_timeout_s=max(0.8 * interval, 0.5)
         )
         self.engine = AlertEngine(settings.alert_rules())
+        self.metrics = CollectorMetrics()
         self.pending_alerts: deque[SystemAlertMessage] = deque()
         self.started_ms = now_ms()
         self._agent_max_age_ms = int(
@@ -192,9 +195,11 @@ class Collector:
             self._sample_failures.failed(e, traceback=True)
             return
         sample_ms = (time.perf_counter() - started) * 1000
+        self.metrics.sample_duration.observe(sample_ms / 1000)
         self._sample_failures.succeeded()
         for alert in self.engine.observe(metrics, sample_ms):
             log.info("alert (%s, %s): %s", alert.level, alert.category, alert.message)
+            self.metrics.alerts.labels(alert.level, alert.category).inc()
             self._queue_alert(alert.to_message())
 
         loop = asyncio.get_running_loop()
@@ -294,6 +299,9 @@ async def main(settings: CollectorSettings, stop: asyncio.Event) -> None:
         settings.common.redis_prefix,
     )
     try:
-        await collector.run(stop)
+        with serve_metrics(
+            collector.metrics.registry, settings.common.metrics_host, settings.metrics_port
+        ):
+            await collector.run(stop)
     finally:
         await redis.aclose()

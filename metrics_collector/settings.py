@@ -76,6 +76,8 @@ class CollectorSettings:
     alert_clear_margin: float
     #: A sample slower than this raises a ``performance`` warning.
     alert_sample_slow_ms: float
+    #: Port of the collector's Prometheus ``/metrics`` (None = not served).
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Env) -> CollectorSettings:
@@ -112,6 +114,11 @@ class CollectorSettings:
             disk=disk,
             alert_clear_margin=margin,
             alert_sample_slow_ms=slow_ms,
+            metrics_port=(
+                env.int("TEAMDASH_COLLECTOR_METRICS_PORT", 0, min=0)
+                if env.raw("TEAMDASH_COLLECTOR_METRICS_PORT") is not None
+                else None
+            ),
         )
 
     @property

@@ -101,6 +101,8 @@ class CommonSettings:
     #: ``text`` (default) or ``json``.
     log_format: str
     state_dir: Path
+    #: Interface of the runner's and collector's ``/metrics`` endpoints.
+    metrics_host: str
 
     @classmethod
     def from_env(cls, env: Env) -> CommonSettings:
@@ -115,4 +117,5 @@ class CommonSettings:
             debug=env.opt_str("DEBUG"),
             log_format=log_format,
             state_dir=default_state_dir(env),
+            metrics_host=env.str("TEAMDASH_METRICS_HOST", "127.0.0.1"),
         )
