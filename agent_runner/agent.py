@@ -53,6 +53,7 @@ from agent_runner.process import AgentProcess, signal_name
 from agent_runner.registry import Registry
 from agent_runner.state import FINAL, AgentState, Event, IllegalTransition, Status
 from shared.errors import ErrorCode, TeamdashError
+from shared.logs import context_with
 from shared.protocol import (
     MAX_COMMAND_CHARS,
     AgentCommandPayload,
@@ -185,7 +186,9 @@ class Agent:
         return self._seq
 
     def _task(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=f"{name}:{self.agent_id}")
+        task = asyncio.create_task(
+            coro, name=f"{name}:{self.agent_id}", context=context_with(agent_id=self.agent_id)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task

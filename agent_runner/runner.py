@@ -61,6 +61,7 @@ from agent_runner.stats import TreeSampler
 from shared.bus import EventBus
 from shared.errors import ErrorCode, TeamdashError
 from shared.keys import RUNNERS_GROUP, Keys
+from shared.logs import bind
 from shared.protocol import CreateAgentPayload, now_ms
 from shared.runner_protocol import REQUEST_FIELD, RunnerReply, RunnerRequest
 
@@ -121,6 +122,7 @@ class Runner:
     # -- lifecycle --------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set (or this task is cancelled), then shut down cleanly."""
+        bind(runner_id=self.runner_id)
         become_subreaper()
         await self.reconcile()
         await self._heartbeat()

@@ -268,7 +268,7 @@ class PubSubHub:
             self._confirmations.setdefault(channel, []).append(confirmed)
             try:
                 await self._pubsub.subscribe(channel)
-            except Exception as e:  # redis-py fails oddly on a dropped pub/sub connection
+            except Exception as e:  # noqa: BLE001 - redis-py fails oddly on a dropped pub/sub connection
                 # The reader sees the loss too and resubscribes every channel, this one
                 # included; that confirmation completes this call.
                 log.warning("subscribe %s failed (%r); waiting for the reconnect", channel, e)
@@ -289,7 +289,7 @@ class PubSubHub:
             if self.connected.is_set():
                 try:
                     await self._pubsub.unsubscribe(channel)
-                except Exception as e:  # lost connection: the reconnect leaves it out
+                except Exception as e:  # noqa: BLE001 - lost connection: the reconnect leaves it out
                     log.warning("unsubscribe %s failed (%r)", channel, e)
 
     async def close(self) -> None:
@@ -324,7 +324,7 @@ class PubSubHub:
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - keep retrying whatever went wrong
                 log.warning("pub/sub reconnect failed: %s", e)
 
     async def _receive(self) -> None:
@@ -348,8 +348,8 @@ class PubSubHub:
             if old is not None:
                 try:
                     await old.aclose()
-                except Exception:  # the old connection is already broken
-                    pass
+                except Exception as e:  # noqa: BLE001 - the old connection is already broken
+                    log.debug("closing the broken pub/sub connection: %r", e)
             self._pubsub = self._redis.pubsub()
             await self._pubsub.subscribe(f"__hub__:{id(self)}", *self._channels)
             self.connected.set()

@@ -8,15 +8,68 @@ Loggers are named by namespace with dots (``ws.auth``, ``ws.conn``, ``runner.age
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 
 #: Record attributes copied into JSON logs when a call passes them in ``extra``.
-CONTEXT_FIELDS = ("connection_id", "session_id", "user_id", "agent_id", "gateway_id", "runner_id")
+CONTEXT_FIELDS = (
+    "connection_id",
+    "session_id",
+    "user_id",
+    "agent_id",
+    "gateway_id",
+    "runner_id",
+    "ip",
+)
+
+
+_NO_IDS: Mapping[str, str] = MappingProxyType({})
+_context: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "log_context", default=_NO_IDS
+)
+
+
+def bind(**fields: str | None) -> None:
+    """Attach ids (``connection_id``, ``user_id``, ``agent_id``…) to every log record of the
+    current task and of the tasks it starts from now on (they copy the context)."""
+    current = dict(_context.get())
+    current.update({k: v for k, v in fields.items() if v is not None})
+    _context.set(current)
+
+
+def context_with(**fields: str | None) -> contextvars.Context:
+    """A copy of the current context with these ids bound, for ``create_task(context=…)``."""
+    ctx = contextvars.copy_context()
+    ctx.run(bind, **fields)
+    return ctx
+
+
+def context_of(record: logging.LogRecord) -> dict[str, str]:
+    """The ids of a record: those bound to its task, overridden by its ``extra``."""
+    out = dict(_context.get())
+    for key in CONTEXT_FIELDS:
+        value = getattr(record, key, None)
+        if value is not None:
+            out[key] = str(value)
+    return out
+
+
+class TextFormatter(logging.Formatter):
+    """Readable lines; the bound ids, if any, at the end in brackets."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = context_of(record)
+        if ids:
+            line += " [" + " ".join(f"{k.removesuffix('_id')}={v}" for k, v in ids.items()) + "]"
+        return line
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,10 +86,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key in CONTEXT_FIELDS:
-            value = getattr(record, key, None)
-            if value is not None:
-                doc[key] = value
+        doc.update(context_of(record))
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()
@@ -62,7 +112,7 @@ def configure_logging(service: str, *, debug: str | None, log_format: str = "tex
         handler.setFormatter(JsonFormatter(service))
     else:
         handler.setFormatter(
-            logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
+            TextFormatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -45,7 +45,7 @@ async def test_metrics_parse_and_move_with_traffic(gateway, bus):
     client = await WSClient.authed(ws_url(gateway), token())
     await client.subscribe("logs")
     await client.request("agent:teleport", {})
-    for i in range(3):
+    for _ in range(3):
         await bus.publish(LOGS_TOPIC, alert("warning"), ("warning", "resource"))
     for _ in range(3):
         await client.recv_type("system:alert")

@@ -173,7 +173,7 @@ async def test_a_client_that_never_reads_does_not_delay_the_others(make_gateway,
     big = alert("info").payload.model_copy(update={"message": "x" * 20000})
     msg = alert("info").model_copy(update={"payload": big})
     n = 600
-    for i in range(0, n, 100):
+    for _ in range(0, n, 100):
         await bus.publish_many([(LOGS_TOPIC, msg, ("info", "resource"))] * 100)
         for _ in range(100):
             await fast.recv_type("system:alert", timeout=5)

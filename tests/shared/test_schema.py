@@ -151,7 +151,7 @@ def test_error_codes_with_names_and_numbers(doc: dict[str, Any]) -> None:
     assert codes["type"] == "integer"
     assert codes["enum"] == [int(c) for c in ErrorCode]
     assert codes["x-enum-varnames"] == [c.name for c in ErrorCode]
-    assert dict(zip(codes["x-enum-varnames"], codes["enum"])) == {
+    assert dict(zip(codes["x-enum-varnames"], codes["enum"], strict=True)) == {
         "AUTH_FAILED": 1001,
         "TOKEN_EXPIRED": 1002,
         "INSUFFICIENT_PERMISSIONS": 1003,
