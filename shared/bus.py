@@ -124,7 +124,8 @@ def parse_channel_message(topic: str, raw: bytes) -> Event:
     return Event(topic, int(offset), epoch, tuple(tags.split(",")) if tags else (), data)
 
 
-def _parse_entry(topic: str, epoch: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
+def _parse_entry(topic: str, epoch: str, entry_id: Any, fields: Any) -> Event:
+    """A stream entry (``{offset}-0``, fields ``d`` and ``t``) as an :class:`Event`."""
     offset = int(entry_id.split(b"-", 1)[0])
     tags = fields.get(b"t", b"").decode("ascii")
     return Event(topic, offset, epoch, tuple(tags.split(",")) if tags else (), fields[b"d"])
@@ -148,7 +149,9 @@ class EventBus:
         self.ttl_s = ttl_s
         self._script = redis.register_script(_PUBLISH_LUA)
 
-    def _args(self, topic: str, message: WSMessage, tags: Iterable[str]) -> tuple[list[str], list[Any]]:
+    def _args(
+        self, topic: str, message: WSMessage, tags: Iterable[str]
+    ) -> tuple[list[str], list[Any]]:
         keys = [self.keys.topic_stream(topic), self.keys.topic_meta(topic)]
         argv: list[Any] = [
             self.keys.topic_channel(topic),
@@ -186,9 +189,7 @@ class EventBus:
             return Position(0, None)
         return Position(int(offset or 0), _text(epoch))
 
-    async def read_since(
-        self, topic: str, since: Position, *, limit: int = REPLAY_LIMIT
-    ) -> Replay:
+    async def read_since(self, topic: str, since: Position, *, limit: int = REPLAY_LIMIT) -> Replay:
         """Events after ``since``, oldest first, at most the ``limit`` newest.
 
         A ``since`` with no epoch (the reader subscribed before the topic had any event)
@@ -204,7 +205,7 @@ class EventBus:
         entries = await self.redis.xrange(
             self.keys.topic_stream(topic), min=f"{start + 1}-0", max="+", count=limit
         )
-        events = [_parse_entry(topic, head.epoch, eid, fields) for eid, fields in entries]
+        events = [_parse_entry(topic, head.epoch, eid, fields) for eid, fields in entries or ()]
         first = events[0].offset if events else head.offset + 1
         missed = max(0, first - 1 - after)
         return Replay(events, head, missed, missed == 0 and not epoch_changed)

@@ -9,6 +9,7 @@ dev JWT.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import os
 import sys
@@ -30,7 +31,7 @@ def _gateway(args: argparse.Namespace) -> int:
 
     settings = GatewaySettings.from_env(Env())
     if args.port is not None:
-        settings = _replace(settings, port=args.port)
+        settings = dataclasses.replace(settings, port=args.port)
     run("gateway", settings.common, lambda stop: main(settings, stop))
     return 0
 
@@ -74,7 +75,10 @@ def _token(args: argparse.Namespace) -> int:
         if role not in ROLES:
             raise ConfigError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
     token = mint_token(secret, args.user, roles=tuple(args.role or ["admin"]), ttl_s=args.ttl)
-    print(f"# user {args.user}, roles {','.join(args.role or ['admin'])}, valid {args.ttl}s", file=sys.stderr)
+    print(
+        f"# user {args.user}, roles {','.join(args.role or ['admin'])}, valid {args.ttl}s",
+        file=sys.stderr,
+    )
     print(token)
     return 0
 
@@ -109,7 +113,9 @@ def _health(args: argparse.Namespace) -> int:
             if runner_id is not None and not args.any:
                 ids = [runner_id]
             else:
-                ids = [m.decode() for m in client.zrange(keys.runners, 0, -1) if isinstance(m, bytes)]
+                ids = [
+                    m.decode() for m in client.zrange(keys.runners, 0, -1) if isinstance(m, bytes)
+                ]
             beats = client.mget([keys.runner(i) for i in ids]) if ids else []
         else:
             names = list(client.scan_iter(match=keys.collector("*"), count=100))
@@ -162,12 +168,6 @@ def _gateway_health(env: Env, port: int | None) -> int:
         return 1
     print(f"ok: gateway {host}:{port} {body}")
     return 0
-
-
-def _replace(settings, **changes):  # type: ignore[no-untyped-def]
-    import dataclasses
-
-    return dataclasses.replace(settings, **changes)
 
 
 # ---------------------------------------------------------------------------
@@ -578,7 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="start Redis, gateway, agent runner and metrics collector")
     p.add_argument(
-        "--port", type=int, default=None, help="gateway port, or with --lb HAProxy's port (default 3001)"
+        "--port",
+        type=int,
+        default=None,
+        help="gateway port, or with --lb HAProxy's port (default 3001)",
     )
     p.add_argument(
         "--gateways", type=int, default=None, help="gateway processes (default 1; with --lb 3)"
@@ -603,7 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("health", help="exit 0 if a service is healthy, 1 if not (health checks)")
     p.add_argument("service", choices=("gateway", "runner", "collector"))
-    p.add_argument("--port", type=int, default=None, help="gateway port (default TEAMDASH_GATEWAY_PORT)")
+    p.add_argument(
+        "--port", type=int, default=None, help="gateway port (default TEAMDASH_GATEWAY_PORT)"
+    )
     p.add_argument(
         "--any",
         action="store_true",
@@ -614,7 +619,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("token", help="mint a dev JWT (printed alone on the last line)")
     p.add_argument("--user", default="dev", help="user id (sub claim), default 'dev'")
     p.add_argument(
-        "--role", action="append", default=[], help="viewer, operator or admin (repeatable; default admin)"
+        "--role",
+        action="append",
+        default=[],
+        help="viewer, operator or admin (repeatable; default admin)",
     )
     p.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (max 3600)")
     p.set_defaults(func=_token)

