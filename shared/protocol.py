@@ -399,6 +399,15 @@ class AckMessage(WSMessage):
     payload: AckPayload
 
 
+class RestoredSubscription(_Strict):
+    """A subscription a resumed session got back (same id as before the disconnect)."""
+
+    subscriptionId: str
+    kind: Literal["agent", "metrics", "logs"]
+    topic: str
+    filters: list[str] | None = None
+
+
 class ConnectionStatusPayload(_Strict):
     status: Literal["authenticated"]
     sessionId: str
@@ -413,6 +422,9 @@ class ConnectionStatusPayload(_Strict):
     missed: int = 0
     heartbeatIntervalMs: int
     gatewayId: str
+    #: On a resume: the subscriptions restored (any other from before is gone; subscribe
+    #: again). Absent on a new session.
+    subscriptions: list[RestoredSubscription] | None = None
     roles: list[str] | None = None
     protocolVersion: str = PROTOCOL_VERSION
 
