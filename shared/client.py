@@ -78,6 +78,7 @@ from shared.protocol import (
     SystemAlertMessage,
     TerminateAgentMessage,
     TerminateAgentPayload,
+    TopicEvent,
     UnsubscribeMessage,
     UnsubscribePayload,
     WSMessage,
@@ -105,14 +106,7 @@ AUTH_CODES = frozenset(
 )
 
 #: What a subscription or ``events()`` yields: the typed topic events of the protocol.
-DashboardEvent: TypeAlias = (
-    AgentStatusMessage
-    | AgentOutputMessage
-    | AgentCreatedMessage
-    | AgentErrorMessage
-    | MetricsUpdateMessage
-    | SystemAlertMessage
-)
+DashboardEvent: TypeAlias = TopicEvent
 SubscriptionKind = Literal["agent", "metrics", "logs"]
 TokenProvider: TypeAlias = Callable[[], "str | Awaitable[str]"]
 Sleep: TypeAlias = Callable[[float], Awaitable[Any]]

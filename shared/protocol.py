@@ -434,13 +434,18 @@ class ConnectionStatusMessage(WSMessage):
     payload: ConnectionStatusPayload
 
 
-ServerMessage: TypeAlias = Annotated[
+#: The events delivered from topics (everything but acks, heartbeats and connection:status).
+TopicEvent: TypeAlias = (
     AgentStatusMessage
     | AgentOutputMessage
     | AgentCreatedMessage
     | AgentErrorMessage
     | MetricsUpdateMessage
     | SystemAlertMessage
+)
+
+ServerMessage: TypeAlias = Annotated[
+    TopicEvent
     | AckMessage
     | HeartbeatMessage
     | ConnectionStatusMessage,

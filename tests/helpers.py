@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
@@ -64,6 +66,15 @@ def ensure_tool(binary: str, package: str) -> str:
     if found is None:
         raise AssertionError(f"`{binary}` is not installed and could not be: apt-get install {package}")
     return found
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """``GET url`` → (status, body), for health and metrics endpoints (error statuses too)."""
+    try:
+        with urllib.request.urlopen(url, timeout=t(5)) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
 
 import jwt
 import pytest
@@ -15,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from shared.errors import ErrorCode
 from tests.conftest import JWT_SECRET
 from tests.gateway.conftest import token, ws_url
-from tests.helpers import t
+from tests.helpers import http_get, t
 from tests.wsclient import WSClient
 
 
@@ -248,18 +247,10 @@ async def test_command_to_unknown_agent_is_not_found(gateway):
     await client.close()
 
 
-def _http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=t(5)) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 async def test_health_endpoints_and_unknown_paths(gateway):
     base = f"http://127.0.0.1:{gateway.port}"
-    assert await asyncio.to_thread(_http_get, base + "/healthz") == (200, "ok\n")
-    status, body = await asyncio.to_thread(_http_get, base + "/readyz")
+    assert await asyncio.to_thread(http_get, base + "/healthz") == (200, "ok\n")
+    status, body = await asyncio.to_thread(http_get, base + "/readyz")
     assert status == 200, body
-    status, body = await asyncio.to_thread(_http_get, base + "/nope")
+    status, body = await asyncio.to_thread(http_get, base + "/nope")
     assert status == 404 and "/ws" in body

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -12,16 +10,8 @@ from shared.keys import LOGS_TOPIC
 from shared.redis_server import EmbeddedRedis
 from tests.gateway.conftest import token, ws_url
 from tests.gateway.test_fanout import alert
-from tests.helpers import t, wait_for
+from tests.helpers import http_get, wait_for
 from tests.wsclient import WSClient
-
-
-def http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=t(5)) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 async def get(gw, path: str) -> tuple[int, str]:
