@@ -7,6 +7,18 @@ reason. After ``connection:status``, every request gets exactly one ``ack``; mal
 input is answered, never fatal (only a frame over the size limit closes, with 1009, done by
 websockets). Agent requests wait for the runner's real outcome in their own task, so a
 slow runner never blocks this connection's pings or other requests.
+
+Every frame, before and after auth, passes the same gate (:meth:`Connection._accept`): a
+cheap complexity check (:func:`gateway.guard.check_frame`), the parser, then the rate limits
+— this connection's token bucket, and the limits per user and per client IP that all
+gateways share (:class:`gateway.redis_limits.SharedLimits`, decided locally). A client that
+keeps going over a limit is closed with 1008 ``RATE_LIMIT_EXCEEDED``.
+
+The token's expiry is enforced by a timer the connection owns: ``token_expiry_warning_s``
+before ``exp`` the client gets a connection-only ``system:alert`` (warning, security); at
+``exp`` it gets another (error, TOKEN_EXPIRED) and the connection is closed with 1008
+``TOKEN_EXPIRED`` — unless a fresh ``auth`` refreshed the token in time, which restarts the
+timer. Refusals that matter for security are reported to :class:`gateway.audit.SecurityAudit`.
 """
 
 from __future__ import annotations
@@ -15,11 +27,13 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from gateway.audit import Kind
+from gateway.guard import check_frame, limit_key
 from gateway.limits import TokenBucket
 from gateway.router import (
     LIFECYCLE_KINDS,
@@ -46,6 +60,8 @@ from shared.protocol import (
     HeartbeatPayload,
     Metadata,
     SubscribeMessage,
+    SystemAlertMessage,
+    SystemAlertPayload,
     TerminateAgentMessage,
     UnsubscribeMessage,
     WSMessage,
@@ -67,6 +83,18 @@ auth_log = logging.getLogger("ws.auth")
 CLOSE_POLICY = 1008
 #: Consecutive rate-limited messages after which a flooding client is disconnected.
 FLOOD_DISCONNECT_AFTER = 200
+#: A rate-limit trip is audited once; a new one only after this long without refusals.
+TRIP_QUIET_S = 1.0
+#: Longest error text echoed in an ack (errors may quote the client's input).
+MAX_ERROR_CHARS = 1000
+
+#: Which error codes in an ack are security events, and of which kind.
+_AUDITED: dict[ErrorCode, Kind] = {
+    ErrorCode.AUTH_FAILED: "auth_failed",
+    ErrorCode.TOKEN_EXPIRED: "token_expired",
+    ErrorCode.INSUFFICIENT_PERMISSIONS: "permission_denied",
+    ErrorCode.RATE_LIMIT_EXCEEDED: "rate_limited",
+}
 
 
 class Connection:
@@ -81,8 +109,15 @@ class Connection:
         #: Agents this session created (their lifecycle events are delivered to it).
         self.agents: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The client's address (behind trusted proxies: from X-Forwarded-For).
+        self.ip = gateway.client_ip(ws)
+        self._ip_key = limit_key(self.ip)
         self._bucket = TokenBucket(self.settings.messages_per_second)
         self._limited_in_a_row = 0
+        self._last_limited = float("-inf")
+        self._expiry_timer: asyncio.Task[None] | None = None
+        #: Set once the connection is being closed for abuse: frames still queued are dropped.
+        self._closing = False
         self._last_seen = time.monotonic()
         #: Cursors as last written to the session (to write only what changed).
         self._flushed: dict[str, Position] = {}
@@ -103,11 +138,43 @@ class Connection:
         *,
         error: BaseException | None = None,
         result: dict[str, Any] | None = None,
+        audit: bool = True,
     ) -> None:
+        """One ``ack``; with ``audit``, a failure that is a security event is recorded."""
+        if isinstance(error, TeamdashError) and len(error.message) > MAX_ERROR_CHARS:
+            error = TeamdashError(error.code, error.message[:MAX_ERROR_CHARS] + "…")
         reply = ack(message_id, error=error, result=result)
-        if reply.payload.code is not None:
-            self.gateway.metrics.errors.labels(reply.payload.code.name).inc()
+        code = reply.payload.code
+        if code is not None:
+            self.gateway.metrics.errors.labels(code.name).inc()
+            kind = _AUDITED.get(code)
+            if audit and kind is not None:
+                self.audit(kind, reply.payload.error or code.name)
         await self.send(reply)
+
+    def audit(self, kind: Kind, reason: str) -> None:
+        """Record a security event of this connection (see :mod:`gateway.audit`)."""
+        self.gateway.audit.record(
+            kind,
+            reason,
+            ip=self.ip,
+            user_id=self.identity.user_id if self.identity is not None else None,
+            connection_id=self.id,
+        )
+
+    async def send_notice(
+        self, level: Literal["warning", "error"], message: str, details: dict[str, Any]
+    ) -> None:
+        """A ``system:alert`` (category security) for this connection only."""
+        await self.send(
+            SystemAlertMessage(
+                type="system:alert",
+                payload=SystemAlertPayload(
+                    level=level, category="security", message=message, details=details
+                ),
+                metadata=Metadata(priority="high"),
+            )
+        )
 
     # -- lifecycle ----------------------------------------------------------------
     async def run(self) -> None:
@@ -148,10 +215,11 @@ class Connection:
                 log.warning("could not update session %s on close: %s", self.session_id, e)
         self.subscriptions.clear()
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- authentication ------------------------------------------------------------
     async def _authenticate(self) -> bool:
@@ -162,27 +230,26 @@ class Connection:
                 raw = await asyncio.wait_for(self.ws.recv(), max(remaining, 0))
             except TimeoutError:
                 auth_log.info("connection %s: no auth within %.1fs", self.id, self.settings.auth_timeout_s)
+                self.audit("auth_failed", f"no auth message within {self.settings.auth_timeout_s:g}s")
                 await self.ws.close(
                     CLOSE_POLICY, f"AUTH_FAILED: no auth message within {self.settings.auth_timeout_s:g}s"
                 )
                 return False
-            try:
-                message = decode_client_message(raw)
-            except ProtocolError as e:
-                self.gateway.metrics.count_in("invalid")
-                await self.send_ack(e.message_id or new_id(), error=e)
+            message = await self._accept(raw)
+            if message is None:
                 continue
-            self.gateway.metrics.count_in(message.type)
             if not isinstance(message, AuthMessage):
-                await self.send_ack(
-                    message.id,
-                    error=TeamdashError(ErrorCode.AUTH_FAILED, "authenticate first: send an auth message"),
-                )
+                if not isinstance(message, HeartbeatMessage):
+                    await self.send_ack(
+                        message.id,
+                        error=TeamdashError(ErrorCode.AUTH_FAILED, "authenticate first: send an auth message"),
+                        audit=False,
+                    )
                 continue
             try:
                 identity = self.gateway.verifier.verify(message.credentials.token)
             except TeamdashError as e:
-                auth_log.info("connection %s from %s: %s", self.id, self.ws.remote_address, e.message)
+                auth_log.info("connection %s from %s: %s", self.id, self.ip, e.message)
                 await self.send_ack(message.id, error=e)
                 await self.ws.close(CLOSE_POLICY, e.code.name)
                 return False
@@ -194,6 +261,7 @@ class Connection:
                 await self.send_ack(message.id, error=e)
                 await self.ws.close(CLOSE_POLICY, e.code.name)
                 return False
+            self._start_expiry_timer()
             return True
 
     async def _start_session(self, message: AuthMessage) -> None:
@@ -367,32 +435,123 @@ class Connection:
                 return
             await self.send(HeartbeatMessage(type="ping"))
 
+    # -- token expiry ----------------------------------------------------------------
+    def _start_expiry_timer(self) -> None:
+        """(Re)start the timer that warns before, and closes at, the token's expiry."""
+        assert self.identity is not None
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        self._expiry_timer = self._spawn(self._expiry_watch(self.identity), f"expiry:{self.id}")
+
+    def _token_expired(self) -> bool:
+        assert self.identity is not None
+        return time.time() >= self.identity.expires_at + self.gateway.verifier.leeway_s
+
+    async def _expiry_watch(self, identity: Identity) -> None:
+        warning_s = self.settings.token_expiry_warning_s
+        if warning_s > 0:
+            await _sleep_until(identity.expires_at - warning_s)
+            left = max(0, round(identity.expires_at - time.time()))
+            await self.send_notice(
+                "warning",
+                f"your token expires in {left}s: send an auth message with a fresh token "
+                "to stay connected",
+                {"expiresAt": int(identity.expires_at * 1000)},
+            )
+        await _sleep_until(identity.expires_at + self.gateway.verifier.leeway_s)
+        await self._expire(None)
+
+    async def _expire(self, message_id: str | None) -> None:
+        """TOKEN_EXPIRED: to the request ``message_id`` if given, then a notice and close 1008."""
+        assert self.identity is not None
+        expires_ms = int(self.identity.expires_at * 1000)
+        error = TeamdashError(ErrorCode.TOKEN_EXPIRED, "token expired")
+        if message_id is not None:
+            await self.send_ack(message_id, error=error, audit=False)
+        self.audit("token_expired", "token expired on a live connection")
+        await self.send_notice(
+            "error",
+            "your token expired: the connection is closed; reconnect with a fresh token",
+            {"code": int(ErrorCode.TOKEN_EXPIRED), "error": "TOKEN_EXPIRED", "expiresAt": expires_ms},
+        )
+        await self.ws.close(CLOSE_POLICY, ErrorCode.TOKEN_EXPIRED.name)
+
     # -- requests ------------------------------------------------------------------
-    async def _on_frame(self, raw: str | bytes) -> None:
+    async def _accept(self, raw: str | bytes) -> ClientMessage | None:
+        """Check, parse and rate-limit one frame. Returns the message to serve, or None
+        when the frame was answered here (an error ack) or dropped."""
+        if self._closing:
+            return None
         metrics = self.gateway.metrics
+        message: ClientMessage | None = None
+        error: ProtocolError | None = None
         try:
-            message = decode_client_message(raw)
+            check_frame(raw)
         except ProtocolError as e:
-            metrics.count_in("invalid")
-            log.debug("connection %s: %s", self.id, e.message)
-            await self.send_ack(e.message_id or new_id(), error=e)
-            return
-        metrics.count_in(message.type)
+            error = e
+            self.audit("frame_refused", e.message)
+        else:
+            try:
+                message = decode_client_message(raw)
+            except ProtocolError as e:
+                error = e
+        metrics.count_in(message.type if message is not None else "invalid")
+        refused_by = self._over_limit()
+        if refused_by is not None:
+            await self._refuse(message, error, refused_by)
+            return None
+        if error is not None:
+            log.debug("connection %s: %s", self.id, error.message)
+            await self.send_ack(error.message_id or new_id(), error=error)
+            return None
+        return message
+
+    def _over_limit(self) -> str | None:
+        """Count one message against every limit; which limit refused it, or None."""
         if not self._bucket.take():
-            self._limited_in_a_row += 1
-            if self._limited_in_a_row > FLOOD_DISCONNECT_AFTER:
-                await self.ws.close(CLOSE_POLICY, "RATE_LIMIT_EXCEEDED")
-                return
-            if not isinstance(message, HeartbeatMessage):
-                await self.send_ack(
-                    message.id,
-                    error=TeamdashError(
-                        ErrorCode.RATE_LIMIT_EXCEEDED,
-                        f"more than {self.settings.messages_per_second} messages/s",
-                    ),
-                )
-            return
+            return f"more than {self.settings.messages_per_second} messages/s on this connection"
+        user_id = self.identity.user_id if self.identity is not None else None
+        refused = self.gateway.limits.admit(user_id, self._ip_key)
+        if refused == "user":
+            return f"more than {self.settings.user_messages_per_second} messages/s for user {user_id}"
+        if refused == "ip":
+            return f"more than {self.settings.ip_messages_per_second} messages/s from {self.ip}"
         self._limited_in_a_row = 0
+        return None
+
+    async def _refuse(
+        self, message: ClientMessage | None, error: ProtocolError | None, why: str
+    ) -> None:
+        self._limited_in_a_row += 1
+        now = time.monotonic()
+        if now - self._last_limited > TRIP_QUIET_S:
+            self.audit("rate_limited", why)
+        self._last_limited = now
+        if self._limited_in_a_row > FLOOD_DISCONNECT_AFTER:
+            self.audit("flood_disconnect", f"{self._limited_in_a_row} messages in a row over the limit: {why}")
+            # Closed from a task while the reader keeps draining (and dropping) the frames
+            # queued behind: the client's close frame is behind them, and awaiting the
+            # close here would hold the connection for the whole close timeout.
+            self._closing = True
+            self._spawn(self.ws.close(CLOSE_POLICY, "RATE_LIMIT_EXCEEDED"), f"close:{self.id}")
+            return
+        if isinstance(message, HeartbeatMessage):
+            return
+        if message is not None:
+            message_id = message.id
+        else:
+            message_id = error.message_id if error is not None and error.message_id else new_id()
+        await self.send_ack(
+            message_id, error=TeamdashError(ErrorCode.RATE_LIMIT_EXCEEDED, why), audit=False
+        )
+
+    async def _on_frame(self, raw: str | bytes) -> None:
+        message = await self._accept(raw)
+        if message is None:
+            return
+        if not isinstance(message, AuthMessage) and self._token_expired():
+            await self._expire(None if isinstance(message, HeartbeatMessage) else message.id)
+            return
         try:
             await self._dispatch(message)
         except TeamdashError as e:
@@ -428,9 +587,7 @@ class Connection:
             self._flushed.pop(sub.id, None)
             await self.gateway.remove_subscription(sub)
             await self.send_ack(message.id, result={"subscriptionId": sub.id})
-            await self._save_subscriptions()
-            assert self.session_id is not None
-            await self.gateway.redis.hdel(self.gateway.keys.session(self.session_id), f"cur:{sub.id}")
+            await self._save_after_ack(forget=sub.id)
         elif isinstance(message, AuthMessage):
             await self._refresh_token(message)
         elif isinstance(message, CreateAgentMessage):
@@ -455,12 +612,48 @@ class Connection:
             )
 
     async def _refresh_token(self, message: AuthMessage) -> None:
+        """A new token on a live connection: same user; restarts the expiry timer. When the
+        new token's roles see fewer agents, subscriptions are narrowed or ended (their ids
+        are in the ack's ``result.endedSubscriptions``)."""
         assert self.identity is not None
         identity = self.gateway.verifier.verify(message.credentials.token)
         if identity.user_id != self.identity.user_id:
             raise TeamdashError(ErrorCode.AUTH_FAILED, "a connection cannot change its user")
+        roles_changed = identity.roles != self.identity.roles
         self.identity = identity
-        await self.send_ack(message.id, result={"expiresAt": int(identity.expires_at * 1000)})
+        self._start_expiry_timer()
+        result: dict[str, Any] = {"expiresAt": int(identity.expires_at * 1000)}
+        if roles_changed:
+            ended = await self._reapply_permissions()
+            if ended:
+                result["endedSubscriptions"] = ended
+        await self.send_ack(message.id, result=result)
+
+    async def _reapply_permissions(self) -> list[str]:
+        """Apply the current roles to the open subscriptions; the ids of those ended."""
+        assert self.identity is not None
+        ended = []
+        for sub in list(self.subscriptions.values()):
+            if sub.hidden or sub.kind != "agent":
+                continue
+            if sub.topic == AGENTS_TOPIC:
+                dims = parse_filters("agent", sub.requested_filters).dimensions
+                owner = None if self._sees_all_agents() else self.identity.user_id
+                sub.filter = Filter(dims, owner=owner)
+                continue
+            try:
+                record = await self.gateway.runners.agent(sub.topic.removeprefix("agent:"))
+            except TeamdashError:
+                continue  # the agent is gone: nothing more to see
+            if not self._may_see(record.owner):
+                del self.subscriptions[sub.id]
+                self._flushed.pop(sub.id, None)
+                await self.gateway.remove_subscription(sub)
+                ended.append(sub.id)
+        if ended:
+            self.audit("permission_denied", f"refreshed roles end subscriptions {ended}")
+            await self._save_subscriptions()
+        return ended
 
     # -- subscriptions -------------------------------------------------------------
     async def _subscribe(self, message: SubscribeMessage) -> None:
@@ -501,14 +694,31 @@ class Connection:
             requested_filters=tuple(message.payload.filters or ()),
         )
         self.subscriptions[sub.id] = sub
-        # The ack goes first, so the client knows the subscription id before its events.
-        await self.send_ack(message.id, result={"subscriptionId": sub.id, "topic": topic})
         try:
-            await self.gateway.subscribe(sub, since)
+            # Routed first, so every event published after the ack reaches the client...
+            replay = await self.gateway.attach(sub, since)
         except BaseException:
             self.subscriptions.pop(sub.id, None)
             raise
-        await self._save_subscriptions()
+        # ...and the ack is written before any of them (no await in between): the client
+        # knows the subscription id before its first event.
+        await self.send_ack(message.id, result={"subscriptionId": sub.id, "topic": topic})
+        if replay is not None:
+            catch_up([sub], replay.events, self.gateway.send_one)
+        await self._save_after_ack()
+
+    async def _save_after_ack(self, *, forget: str | None = None) -> None:
+        """Persist the session after a request was acked (dropping the cursor of the
+        subscription ``forget``): a failure here is logged, never answered with a second
+        ack (the next change or flush writes the session again)."""
+        try:
+            await self._save_subscriptions()
+            if forget is not None and self.session_id is not None:
+                await self.gateway.redis.hdel(
+                    self.gateway.keys.session(self.session_id), f"cur:{forget}"
+                )
+        except Exception as e:  # noqa: BLE001 - Redis trouble must not turn into a second ack
+            log.warning("connection %s: could not save the session: %s", self.id, e)
 
     def _sees_all_agents(self) -> bool:
         """Admins and read-only viewers see every agent; operators their own, unless
@@ -564,8 +774,13 @@ class Connection:
             hidden=True,
         )
         self.subscriptions[sub.id] = sub
-        await self.gateway.subscribe(sub, Position(0, None))
-        await self._save_subscriptions()
+        try:
+            await self.gateway.subscribe(sub, Position(0, None))
+        except Exception as e:  # noqa: BLE001 - already acked: report it in the log, not twice
+            self.subscriptions.pop(sub.id, None)
+            log.error("connection %s: agent %s's events cannot be followed: %s", self.id, agent_id, e)
+            return
+        await self._save_after_ack()
 
     async def _control_agent(
         self, message: AgentCommandMessage | AgentControlMessage | TerminateAgentMessage
@@ -597,6 +812,12 @@ class Connection:
         if not reply.success:
             raise _reply_error(reply.code, reply.error)
         await self.send_ack(message.id, result={"agentId": agent_id, **(reply.result or {})})
+
+
+async def _sleep_until(wall_time: float) -> None:
+    """Sleep until the wall clock reads ``wall_time`` (re-checked, as it may be adjusted)."""
+    while (left := wall_time - time.time()) > 0:  # noqa: ASYNC110 - a timer, not a poll
+        await asyncio.sleep(min(left, 60.0))
 
 
 def _reply_error(code: int | None, error: str | None) -> TeamdashError:

@@ -14,6 +14,18 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["GatewayMetrics", "CONTENT_TYPE_LATEST"]
 
+#: The ``kind`` label values of ``teamdash_gateway_security_events_total`` (see gateway.audit).
+SECURITY_EVENT_KINDS = (
+    "auth_failed",
+    "token_expired",
+    "permission_denied",
+    "rate_limited",
+    "flood_disconnect",
+    "connection_rate_limited",
+    "origin_refused",
+    "frame_refused",
+)
+
 #: Publish → socket write, in seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -74,6 +86,15 @@ class GatewayMetrics:
             "teamdash_gateway_pending_runner_requests", "Agent requests waiting for a runner", registry=r
         )
         self.routed_topics = Gauge("teamdash_gateway_routed_topics", "Topics with local subscribers", registry=r)
+        self.security_events = Counter(
+            "teamdash_gateway_security_events_total",
+            "Security events (auth failures, permission denials, rate-limit trips, refused "
+            "origins and handshakes, refused frames, flood disconnects), by kind",
+            ["kind"],
+            registry=r,
+        )
+        for kind in SECURITY_EVENT_KINDS:  # present at 0, so rate() works from the start
+            self.security_events.labels(kind)
         self._out_children: dict[str, Counter] = {}
         self._in_children: dict[str, Counter] = {}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import uuid
 from collections.abc import Iterable
 from http import HTTPStatus
@@ -20,14 +21,18 @@ from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from gateway.audit import SecurityAudit
 from gateway.connection import Connection
+from gateway.guard import client_ip, limit_key, origin_allowed
 from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
+from gateway.redis_limits import SharedLimits
 from gateway.router import Subscription, TopicRoute, catch_up
 from gateway.runners import RunnerClient
 from gateway.sessions import SessionStore
 from gateway.settings import GatewaySettings
 from shared.bus import EventBus, Position, PubSubHub, Replay, parse_channel_message
-from shared.keys import Keys
+from shared.keys import LOGS_TOPIC, Keys
+from shared.protocol import SystemAlertMessage
 from shared.tokens import TokenVerifier
 
 log = logging.getLogger("ws.gateway")
@@ -55,9 +60,30 @@ class Gateway:
             runner_ttl_s=settings.runner_ttl_s,
             commands_per_second=settings.agent_commands_per_second,
         )
-        self.verifier = TokenVerifier(settings.jwt_key, settings.jwt_algorithms)
+        self.verifier = TokenVerifier(
+            settings.jwt_key,
+            settings.jwt_algorithms,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
         self.sessions = SessionStore(self.redis, self.keys, settings.session_ttl_s)
         self.metrics = GatewayMetrics()
+        self.limits = SharedLimits(
+            self.redis,
+            settings.common.redis_prefix,
+            user_messages_per_second=settings.user_messages_per_second,
+            ip_messages_per_second=settings.ip_messages_per_second,
+            ip_connections_per_minute=settings.ip_connections_per_minute,
+            sync_interval_s=settings.rate_limit_sync_interval_s,
+        )
+        self.audit = SecurityAudit(
+            self.metrics,
+            gateway_id=settings.gateway_id,
+            threshold=settings.security_alert_threshold,
+            window_s=settings.security_alert_window_s,
+            cooldown_s=settings.security_alert_cooldown_s,
+            publish=self._publish_alert,
+        )
         self._probe_channel = self.keys.gateway_probe(settings.gateway_id)
         self._probes: dict[bytes, asyncio.Future[None]] = {}
         self.routes: dict[str, TopicRoute[ServerConnection]] = {}
@@ -97,9 +123,17 @@ class Gateway:
             close_timeout=5,
             server_header=None,
             reuse_port=s.reuse_port,
+            ssl=tls_context(s),
         )
         self.spawn(self._flush_sessions_forever(), "flush-sessions")
-        log.info("gateway %s listening on ws://%s:%d%s", self.id, s.host, self.port, s.path)
+        self.spawn(self.limits.run(), "sync-rate-limits")
+        self.spawn(self._audit_ticks(), "security-audit")
+        log.info("gateway %s listening on %s://%s:%d%s", self.id, s.scheme, s.host, self.port, s.path)
+        if s.allowed_origins is None and s.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning(
+                "TEAMDASH_ALLOWED_ORIGINS is not set: web pages from any origin may open "
+                "WebSockets to this gateway (set it to your dashboard's origin in production)"
+            )
 
     async def close(self) -> None:
         if self._server is not None:
@@ -134,6 +168,30 @@ class Gateway:
             except Exception as e:  # Redis hiccup: the next round writes the newer state
                 log.warning("could not flush session cursors: %s", e)
 
+    async def _audit_ticks(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.audit.tick()
+
+    def _publish_alert(self, alert: SystemAlertMessage) -> None:
+        tags = (alert.payload.level, alert.payload.category)
+        self.spawn(self._publish_alert_now(alert, tags), "security-alert")
+
+    async def _publish_alert_now(self, alert: SystemAlertMessage, tags: tuple[str, str]) -> None:
+        try:
+            await self.bus.publish(LOGS_TOPIC, alert, tags)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Redis down: the audit log still has it
+            log.warning("could not publish a security alert: %s", e)
+
+    def client_ip(self, ws: ServerConnection, request: Request | None = None) -> str:
+        """The client's address (see :func:`gateway.guard.client_ip`)."""
+        request = request if request is not None else ws.request
+        peer = ws.remote_address[0] if ws.remote_address else None
+        forwarded = request.headers.get_all("X-Forwarded-For") if request is not None else []
+        return client_ip(peer, forwarded, self.settings.trusted_proxies)
+
     async def flush_sessions(self) -> None:
         """Write every connection's changed cursors and activity in one round trip."""
         batch = []
@@ -149,7 +207,7 @@ class Gateway:
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == self.settings.path:
-            return None
+            return await self._check_handshake(ws, request)
         if path == "/healthz":
             return _text_response(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
@@ -159,6 +217,27 @@ class Gateway:
             await self._update_gauges()
             return _response(HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE_LATEST)
         return _text_response(HTTPStatus.NOT_FOUND, f"not found; the WebSocket endpoint is {self.settings.path}\n")
+
+    async def _check_handshake(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Refuse a WebSocket handshake from a browser origin not on the allow-list (403:
+        cross-site WebSocket hijacking) or from an address over its connection rate (429)."""
+        origins = request.headers.get_all("Origin")
+        if not origin_allowed(origins, self.settings.allowed_origins):
+            ip = self.client_ip(ws, request)
+            self.audit.record("origin_refused", f"origin {', '.join(origins)!r} is not allowed", ip=ip)
+            return _text_response(HTTPStatus.FORBIDDEN, "origin not allowed\n")
+        if self.settings.ip_connections_per_minute > 0:
+            ip = self.client_ip(ws, request)
+            if not await self.limits.admit_connection(limit_key(ip)):
+                self.audit.record(
+                    "connection_rate_limited",
+                    f"more than {self.settings.ip_connections_per_minute} new connections/min",
+                    ip=ip,
+                )
+                response = _text_response(HTTPStatus.TOO_MANY_REQUESTS, "too many connections\n")
+                response.headers["Retry-After"] = "60"
+                return response
+        return None
 
     async def ready(self, timeout_s: float = 2.0) -> tuple[bool, str]:
         """Ready = Redis answers AND this gateway's pub/sub subscription really delivers: a
@@ -398,6 +477,16 @@ def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
 
 def _text_response(status: HTTPStatus, body: str) -> Response:
     return _response(status, body.encode(), "text/plain; charset=utf-8")
+
+
+def tls_context(settings: GatewaySettings) -> ssl.SSLContext | None:
+    """The server-side TLS context for wss:// (TLS 1.3 at least), or None for ws://."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
 
 
 async def main(settings: GatewaySettings, stop: asyncio.Event) -> None:

@@ -9,8 +9,8 @@ dev JWT.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
+import dataclasses
 import os
 import sys
 import time
@@ -65,18 +65,58 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
+    """Mint a token the way the gateway checks them: HS256 with the shared secret, or with
+    ``--private-key`` RS256/ES256 (from the key type, or ``TEAMDASH_JWT_ALGORITHM``), with
+    the ``iss``/``aud`` claims of ``TEAMDASH_JWT_ISSUER``/``TEAMDASH_JWT_AUDIENCE``."""
+    from pathlib import Path
+
     from gateway.settings import jwt_secret
     from shared.settings import CommonSettings
-    from shared.tokens import ROLES, mint_token
+    from shared.tokens import (
+        ASYMMETRIC_ALGORITHMS,
+        ROLES,
+        KeyConfigError,
+        load_private_key,
+        mint_token,
+    )
 
     env = Env()
-    secret = jwt_secret(env, CommonSettings.from_env(env).state_dir)
     for role in args.role:
         if role not in ROLES:
             raise ConfigError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
-    token = mint_token(secret, args.user, roles=tuple(args.role or ["admin"]), ttl_s=args.ttl)
+    if not 1 <= args.ttl <= 3600:
+        raise ConfigError("--ttl must be 1 to 3600 seconds (the gateway refuses longer tokens)")
+    configured = (env.opt_str("TEAMDASH_JWT_ALGORITHM") or "HS256").upper()
+    key: Any
+    if args.private_key is not None:
+        try:
+            pem = Path(args.private_key).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"--private-key {args.private_key!r} cannot be read: {e}") from e
+        wanted = configured if configured in ASYMMETRIC_ALGORITHMS else None
+        try:
+            key, algorithm = load_private_key(pem, wanted)
+        except KeyConfigError as e:
+            raise ConfigError(f"--private-key {args.private_key!r}: {e}") from e
+    elif configured in ASYMMETRIC_ALGORITHMS:
+        raise ConfigError(
+            f"TEAMDASH_JWT_ALGORITHM={configured}: tokens are signed with the private key; "
+            "pass --private-key FILE"
+        )
+    else:
+        key, algorithm = jwt_secret(env, CommonSettings.from_env(env).state_dir), "HS256"
+    roles = tuple(args.role or ["admin"])
+    token = mint_token(
+        key,
+        args.user,
+        roles=roles,
+        ttl_s=args.ttl,
+        algorithm=algorithm,
+        issuer=env.opt_str("TEAMDASH_JWT_ISSUER"),
+        audience=env.opt_str("TEAMDASH_JWT_AUDIENCE"),
+    )
     print(
-        f"# user {args.user}, roles {','.join(args.role or ['admin'])}, valid {args.ttl}s",
+        f"# user {args.user}, roles {','.join(roles)}, {algorithm}, valid {args.ttl}s",
         file=sys.stderr,
     )
     print(token)
@@ -625,6 +665,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="viewer, operator or admin (repeatable; default admin)",
     )
     p.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (max 3600)")
+    p.add_argument(
+        "--private-key",
+        metavar="FILE",
+        default=None,
+        help="sign with this PEM private key (RS256 for RSA, ES256 for EC P-256), for gateways "
+        "with TEAMDASH_JWT_ALGORITHM=RS256/ES256 and the public key",
+    )
     p.set_defaults(func=_token)
 
     _add_client_commands(sub)

@@ -2,8 +2,15 @@
 
 A token is accepted when its signature verifies with the configured algorithm and key,
 ``exp`` is present and in the future, ``exp`` is at most ``max_lifetime_s`` after ``iat``
-(after now when ``iat`` is absent), and ``sub`` names the user. ``roles`` (a list, or one
-string) gives the user's roles; a token without it gets ``viewer`` (read-only).
+(after now when ``iat`` is absent; an ``iat`` in the future is refused), ``iss`` / ``aud``
+match when the verifier is configured with them, and ``sub`` names the user. ``roles`` (a
+list, or one string) gives the user's roles; a token without it gets ``viewer`` (read-only).
+
+Algorithms: HS256 with a shared secret, or RS256 / ES256 with a public key (PEM). A verifier
+accepts exactly the algorithms it is configured with, never ``none``, and never mixes an
+HMAC algorithm with a public key: the classic *algorithm confusion* (an HS256 token signed
+with the RSA public key used as the HMAC secret) is refused twice over, by the algorithm
+allow-list and because the key is a loaded key object, not text PyJWT could use as a secret.
 """
 
 from __future__ import annotations
@@ -11,15 +18,87 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared.errors import ErrorCode, TeamdashError
 
+if TYPE_CHECKING:
+    from jwt.types import Options
+
 ROLES = ("viewer", "operator", "admin")
+
+#: Algorithms a deployment can choose (``TEAMDASH_JWT_ALGORITHM``).
+SYMMETRIC_ALGORITHMS = ("HS256",)
+ASYMMETRIC_ALGORITHMS = ("RS256", "ES256")
+ALGORITHMS = SYMMETRIC_ALGORITHMS + ASYMMETRIC_ALGORITHMS
+
+#: Smallest RSA modulus accepted for RS256 keys (bits).
+MIN_RSA_BITS = 2048
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+class KeyConfigError(ValueError):
+    """A key that cannot be used for the configured algorithm (bad PEM, wrong type, too weak)."""
+
+
+def _check_key_type(key: object, algorithm: str, what: str) -> None:
+    if algorithm.startswith("RS"):
+        if not isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)):
+            raise KeyConfigError(f"{algorithm} needs an RSA {what}, not {type(key).__name__}")
+        if key.key_size < MIN_RSA_BITS:
+            raise KeyConfigError(f"the RSA {what} has {key.key_size} bits; at least {MIN_RSA_BITS} are needed")
+    elif algorithm.startswith("ES"):
+        if not isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)):
+            raise KeyConfigError(f"{algorithm} needs an EC {what}, not {type(key).__name__}")
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise KeyConfigError(f"ES256 needs a P-256 (secp256r1) {what}, not {key.curve.name}")
+    else:
+        raise KeyConfigError(f"{algorithm} is not an asymmetric algorithm")
+
+
+def load_public_key(pem: str | bytes, algorithm: str) -> PublicKey:
+    """The public key in ``pem`` (SubjectPublicKeyInfo, or an X.509 certificate), checked
+    against ``algorithm`` (RS256: RSA of at least 2048 bits; ES256: EC P-256)."""
+    data = pem.encode() if isinstance(pem, str) else pem
+    key: Any
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            from cryptography import x509
+
+            key = x509.load_pem_x509_certificate(data).public_key()
+        else:
+            key = serialization.load_pem_public_key(data)
+    except ValueError as e:
+        raise KeyConfigError(f"not a PEM public key or certificate: {e}") from e
+    _check_key_type(key, algorithm, "public key")
+    return key  # type: ignore[no-any-return]
+
+
+def load_private_key(pem: str | bytes, algorithm: str | None = None) -> tuple[PrivateKey, str]:
+    """The private key in ``pem`` (unencrypted PEM) and the algorithm it signs with: the
+    given one (checked against the key), or RS256 for RSA and ES256 for EC P-256 keys."""
+    data = pem.encode() if isinstance(pem, str) else pem
+    try:
+        key: Any = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        raise KeyConfigError(f"not an unencrypted PEM private key: {e}") from e
+    if algorithm is None:
+        if isinstance(key, rsa.RSAPrivateKey):
+            algorithm = "RS256"
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
+            algorithm = "ES256"
+        else:
+            raise KeyConfigError(f"unsupported private key type {type(key).__name__}: use RSA or EC P-256")
+    _check_key_type(key, algorithm, "private key")
+    return key, algorithm
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,20 +117,53 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class TokenVerifier:
-    key: str
+    """Verifies tokens with one kind of key. ``key`` is the HS* secret, or for RS*/ES* the
+    public key (PEM text or a loaded key object); a mismatch is a :class:`KeyConfigError` here,
+    at start-up, never a token that slips through later."""
+
+    key: str | bytes | PublicKey
     algorithms: tuple[str, ...] = ("HS256",)
     max_lifetime_s: int = 3600
     issuer: str | None = None
     audience: str | None = None
     leeway_s: float = 0.0
+    _key: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.algorithms or "none" in (a.lower() for a in self.algorithms):
+            raise KeyConfigError("a verifier needs at least one algorithm, and never 'none'")
+        families = {a[:2] for a in self.algorithms}
+        if len(families) != 1 or not families <= {"HS", "RS", "ES", "PS"}:
+            raise KeyConfigError(
+                f"algorithms {self.algorithms} mix key types (or are unknown): one family only"
+            )
+        family = families.pop()
+        key: Any = self.key
+        if family == "HS":
+            if not isinstance(key, (str, bytes)):
+                raise KeyConfigError("HS* algorithms need a shared secret, not a public key")
+            text = key.encode() if isinstance(key, str) else key
+            if b"-----BEGIN" in text or text.startswith(b"ssh-"):
+                raise KeyConfigError("a PEM key is not an HMAC secret (algorithm confusion)")
+        elif isinstance(key, (str, bytes)):
+            key = load_public_key(key, self.algorithms[0])
+        else:
+            for algorithm in self.algorithms:
+                _check_key_type(key, algorithm, "public key")
+        object.__setattr__(self, "_key", key)
 
     def verify(self, token: str) -> Identity:
         """The identity in ``token``, or TeamdashError AUTH_FAILED / TOKEN_EXPIRED."""
-        options: dict[str, Any] = {"require": ["exp", "sub"], "verify_aud": self.audience is not None}
+        require = ["exp", "sub"]
+        if self.issuer is not None:
+            require.append("iss")
+        if self.audience is not None:
+            require.append("aud")
+        options: Options = {"require": require, "verify_aud": self.audience is not None}
         try:
             claims = jwt.decode(
                 token,
-                self.key,
+                self._key,
                 algorithms=list(self.algorithms),
                 options=options,
                 issuer=self.issuer,
@@ -88,18 +200,25 @@ class TokenVerifier:
 
 
 def mint_token(
-    secret: str,
+    secret: str | bytes | PrivateKey,
     user_id: str,
     *,
     roles: tuple[str, ...] = ("operator",),
     ttl_s: int = 3600,
     algorithm: str = "HS256",
     now: float | None = None,
+    issuer: str | None = None,
+    audience: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> str:
-    """A signed token for ``user_id`` valid ``ttl_s`` seconds (dev and tests)."""
+    """A signed token for ``user_id`` valid ``ttl_s`` seconds (dev and tests). ``secret``
+    is the HS256 secret, or for RS256/ES256 the private key (PEM or a loaded key)."""
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {"sub": user_id, "roles": list(roles), "iat": issued, "exp": issued + ttl_s}
+    if issuer is not None:
+        claims["iss"] = issuer
+    if audience is not None:
+        claims["aud"] = audience
     if extra:
         claims.update(extra)
     return jwt.encode(claims, secret, algorithm=algorithm)

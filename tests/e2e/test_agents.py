@@ -7,11 +7,10 @@ import json
 import os
 
 import psutil
-import pytest
 
 from shared.errors import ErrorCode
 from tests.gateway.conftest import token, ws_url
-from tests.helpers import t, wait_for
+from tests.helpers import wait_for
 from tests.wsclient import WSClient
 
 CREATE = {"name": "a", "model": "echo", "workspace": "ws"}

@@ -7,6 +7,7 @@ import asyncio
 
 from shared.keys import LOGS_TOPIC, METRICS_TOPIC
 from shared.protocol import (
+    AgentMetrics,
     CpuMetrics,
     DiskMetrics,
     MemoryMetrics,
@@ -16,7 +17,6 @@ from shared.protocol import (
     SystemAlertMessage,
     SystemAlertPayload,
     SystemMetrics,
-    AgentMetrics,
 )
 from tests.gateway.conftest import token, ws_url
 from tests.helpers import wait_for
