@@ -222,12 +222,11 @@ class Gateway:
         """Refuse a WebSocket handshake from a browser origin not on the allow-list (403:
         cross-site WebSocket hijacking) or from an address over its connection rate (429)."""
         origins = request.headers.get_all("Origin")
+        ip = self.client_ip(ws, request)
         if not origin_allowed(origins, self.settings.allowed_origins):
-            ip = self.client_ip(ws, request)
             self.audit.record("origin_refused", f"origin {', '.join(origins)!r} is not allowed", ip=ip)
             return _text_response(HTTPStatus.FORBIDDEN, "origin not allowed\n")
         if self.settings.ip_connections_per_minute > 0:
-            ip = self.client_ip(ws, request)
             if not await self.limits.admit_connection(limit_key(ip)):
                 self.audit.record(
                     "connection_rate_limited",

@@ -9,6 +9,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.guard import normalize_origin
 from shared.settings import CommonSettings, ConfigError, Env
 from shared.tokens import (
     ALGORITHMS,
@@ -182,8 +183,6 @@ def trusted_proxies(env: Env) -> tuple[IPNetwork, ...]:
 def allowed_origins(env: Env) -> frozenset[str] | None:
     """``TEAMDASH_ALLOWED_ORIGINS``: comma-separated origins (``https://dash.example.com``);
     unset or ``*`` = any origin."""
-    from gateway.guard import normalize_origin
-
     values = env.list("TEAMDASH_ALLOWED_ORIGINS")
     if not values or "*" in values:
         if len(values) > 1:

@@ -49,17 +49,28 @@ class KeyConfigError(ValueError):
     """A key that cannot be used for the configured algorithm (bad PEM, wrong type, too weak)."""
 
 
+#: The curve each ECDSA algorithm signs with.
+_CURVES: dict[str, type[ec.EllipticCurve]] = {
+    "ES256": ec.SECP256R1,
+    "ES384": ec.SECP384R1,
+    "ES512": ec.SECP521R1,
+}
+
+
 def _check_key_type(key: object, algorithm: str, what: str) -> None:
-    if algorithm.startswith("RS"):
+    if algorithm[:2] in ("RS", "PS"):
         if not isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)):
             raise KeyConfigError(f"{algorithm} needs an RSA {what}, not {type(key).__name__}")
         if key.key_size < MIN_RSA_BITS:
-            raise KeyConfigError(f"the RSA {what} has {key.key_size} bits; at least {MIN_RSA_BITS} are needed")
-    elif algorithm.startswith("ES"):
+            raise KeyConfigError(
+                f"the RSA {what} has {key.key_size} bits; at least {MIN_RSA_BITS} are needed"
+            )
+    elif algorithm in _CURVES:
         if not isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)):
             raise KeyConfigError(f"{algorithm} needs an EC {what}, not {type(key).__name__}")
-        if not isinstance(key.curve, ec.SECP256R1):
-            raise KeyConfigError(f"ES256 needs a P-256 (secp256r1) {what}, not {key.curve.name}")
+        curve = _CURVES[algorithm]
+        if not isinstance(key.curve, curve):
+            raise KeyConfigError(f"{algorithm} needs an EC {what} on {curve.name}, not {key.curve.name}")
     else:
         raise KeyConfigError(f"{algorithm} is not an asymmetric algorithm")
 

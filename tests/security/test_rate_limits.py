@@ -190,3 +190,34 @@ async def test_limits_fail_open_when_redis_is_down(make_gateway):
         await gw.limits.redis.aclose()
         gw.limits.redis = real
     await client.close()
+
+
+def test_window_limiter_core() -> None:
+    from gateway.limits import SyncItem, WindowLimiter
+
+    lim = WindowLimiter(10, 1.0)
+    t0 = 1000.0
+    for i in range(10):
+        entry = lim.reserve("a", t0 + i * 0.01)
+        assert entry is not None
+        WindowLimiter.commit(entry, t0 + i * 0.01)
+    assert lim.reserve("a", t0 + 0.2) is None  # full
+    assert lim.reserve("b", t0 + 0.2) is not None  # per key
+    # The sync hands out the local count; another process's 5 come back in the total.
+    items = lim.pending(t0 + 0.3)
+    assert items == [SyncItem("a", 1000, 10)]
+    lim.apply(items[0], 15, None)
+    assert lim.estimate("a", t0 + 0.3) == 15
+    # Next window: the previous one still weighs (sliding), fading over the second.
+    assert lim.reserve("a", t0 + 1.1) is None  # 15 * 0.9 = 13.5 > 10
+    assert lim.reserve("a", t0 + 1.95) is not None  # 15 * 0.05 = 0.75
+    # A failed sync puts the events back to be sent again.
+    e = lim.reserve("c", t0 + 2.0)
+    assert e is not None
+    WindowLimiter.commit(e, t0 + 2.0)
+    items = [i for i in lim.pending(t0 + 2.05) if i.key == "c"]
+    lim.failed(items)
+    assert [i for i in lim.pending(t0 + 2.1) if i.key == "c"] == [SyncItem("c", 1002, 1)]
+    # Keys unused for two windows are forgotten.
+    lim.pending(t0 + 10)
+    assert len(lim) == 0
