@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from agent_runner.events import Item
 from shared.bus import EventBus
+from shared.tasks import raise_if_cancelled
 
 log = logging.getLogger("runner.outbox")
 
@@ -76,6 +77,7 @@ class Outbox:
                 batch = [self._items.popleft() for _ in range(n)]
                 try:
                     await self._bus.publish_many(batch)
+                    raise_if_cancelled()
                 except (RedisError, OSError) as e:
                     self._items.extendleft(reversed(batch))
                     log.warning(

@@ -64,6 +64,7 @@ from shared.keys import RUNNERS_GROUP, Keys
 from shared.logs import bind
 from shared.protocol import CreateAgentPayload, now_ms
 from shared.runner_protocol import REQUEST_FIELD, RunnerReply, RunnerRequest
+from shared.tasks import raise_if_cancelled
 
 log = logging.getLogger("runner")
 
@@ -252,6 +253,7 @@ class Runner:
                     count=free,
                     block=None if cursor == "0" else BLOCK_MS,
                 )
+                raise_if_cancelled()
             except ResponseError as e:
                 if "NOGROUP" not in str(e):
                     raise
@@ -442,6 +444,7 @@ class Runner:
         last_id = "0-0"
         while True:
             response = await self.redis.xread({stream: last_id}, count=100, block=BLOCK_MS)
+            raise_if_cancelled()
             handled: list[bytes] = []
             for entry_id, fields in _entries(response):
                 last_id = _text(entry_id)
@@ -525,11 +528,13 @@ class Runner:
                 )
             except RedisError as e:
                 log.warning("heartbeat failed: %s", e)
+            raise_if_cancelled()
 
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.stats_interval_s)
             await self.sample_stats()
+            raise_if_cancelled()
 
     async def sample_stats(self) -> list[dict[str, object]]:
         """Sample every agent's process tree and publish it to ``Keys.agent_stats``."""

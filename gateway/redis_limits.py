@@ -26,38 +26,13 @@ import time
 import redis.asyncio as aioredis
 
 from gateway.limits import WindowLimiter
+from shared.keys import Keys
+from shared.tasks import raise_if_cancelled
 
 log = logging.getLogger("ws.limits")
 
 #: How many windows a counter outlives its own (read back as "the previous window").
 _TTL_WINDOWS = 3
-
-
-def raise_if_cancelled() -> None:
-    """Re-raise a cancellation that a Redis call swallowed.
-
-    redis-py 8 sometimes *returns normally* from a command whose task was cancelled while
-    it ran (measured: two of three cancellations landing mid-command), so a loop that calls
-    Redis would never end and the gateway's close would wait for it forever."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-class RateKeys:
-    """Names of the shared rate counters (kept next to :class:`shared.keys.Keys`' prefix)."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-
-    def user_messages(self, user_id: str, window: int) -> str:
-        return f"{self.prefix}:rate:user-msg:{user_id}:{window}"
-
-    def ip_messages(self, ip_key: str, window: int) -> str:
-        return f"{self.prefix}:rate:ip-msg:{ip_key}:{window}"
-
-    def ip_connections(self, ip_key: str, window: int) -> str:
-        return f"{self.prefix}:rate:ip-conn:{ip_key}:{window}"
 
 
 class SharedLimits:
@@ -72,7 +47,7 @@ class SharedLimits:
         sync_interval_s: float,
     ) -> None:
         self.redis = redis
-        self.keys = RateKeys(prefix)
+        self.keys = Keys(prefix)
         self.users = WindowLimiter(user_messages_per_second, 1.0)
         self.ips = WindowLimiter(ip_messages_per_second, 1.0)
         self.ip_connections_per_minute = ip_connections_per_minute
@@ -111,8 +86,8 @@ class SharedLimits:
     async def sync(self) -> None:
         now = time.time()
         batches = (
-            (self.users, self.users.pending(now), self.keys.user_messages),
-            (self.ips, self.ips.pending(now), self.keys.ip_messages),
+            (self.users, self.users.pending(now), self.keys.user_message_rate),
+            (self.ips, self.ips.pending(now), self.keys.ip_message_rate),
         )
         if not any(items for _, items, _ in batches):
             return
@@ -162,13 +137,13 @@ class SharedLimits:
             return True
         position = time.time() / 60.0
         window = int(position)
-        key = self.keys.ip_connections(ip_key, window)
+        key = self.keys.ip_connection_rate(ip_key, window)
         try:
             async with asyncio.timeout(2.0):
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.incr(key)
                     pipe.expire(key, 60 * _TTL_WINDOWS)
-                    pipe.get(self.keys.ip_connections(ip_key, window - 1))
+                    pipe.get(self.keys.ip_connection_rate(ip_key, window - 1))
                     count, _, previous = await pipe.execute()
             raise_if_cancelled()
         except asyncio.CancelledError:

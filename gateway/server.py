@@ -33,6 +33,7 @@ from gateway.settings import GatewaySettings
 from shared.bus import EventBus, Position, PubSubHub, Replay, parse_channel_message
 from shared.keys import LOGS_TOPIC, Keys
 from shared.protocol import SystemAlertMessage
+from shared.tasks import raise_if_cancelled
 from shared.tokens import TokenVerifier
 
 log = logging.getLogger("ws.gateway")
@@ -165,8 +166,9 @@ class Gateway:
                 await self.flush_sessions()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # Redis hiccup: the next round writes the newer state
+            except Exception as e:  # noqa: BLE001 - Redis hiccup: the next round writes it
                 log.warning("could not flush session cursors: %s", e)
+            raise_if_cancelled()
 
     async def _audit_ticks(self) -> None:
         while True:
@@ -333,6 +335,7 @@ class Gateway:
         while self.routes.get(route.topic) is route and route.needs_resync:
             try:
                 replay = await self.bus.read_since(route.topic, route.position)
+                raise_if_cancelled()
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as e:
                 log.warning("resync of %s failed (%s); retrying", route.topic, e)
                 await asyncio.sleep(delay)

@@ -51,6 +51,7 @@ from shared.protocol import (
     SystemMetrics,
     now_ms,
 )
+from shared.tasks import raise_if_cancelled
 
 log = logging.getLogger("collector")
 
@@ -176,6 +177,7 @@ class Collector:
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
             await self.tick()
+            raise_if_cancelled()
             due += interval
             late = loop.time() - due
             if late >= 0:

@@ -39,6 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.keys import Keys
 from shared.protocol import WSMessage
+from shared.tasks import raise_if_cancelled
 
 log = logging.getLogger("ws.bus")
 
@@ -322,6 +323,7 @@ class PubSubHub:
             backoff = min(backoff * 2, 5.0)
             try:
                 await self._reconnect()
+                raise_if_cancelled()
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -333,6 +335,7 @@ class PubSubHub:
         handler = self._handler
         while True:
             msg = await pubsub.get_message(timeout=5.0)
+            raise_if_cancelled()
             if msg is None:
                 continue
             kind = msg["type"]

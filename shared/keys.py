@@ -102,6 +102,18 @@ class Keys:
         """Set of the live agent ids one user owns (per-user agent limit)."""
         return f"{self.prefix}:user:{user_id}:agents"
 
+    def user_message_rate(self, user_id: str, window: int) -> str:
+        """Messages of one user in one rate window, summed over all gateways."""
+        return f"{self.prefix}:rate:user-msg:{user_id}:{window}"
+
+    def ip_message_rate(self, ip_key: str, window: int) -> str:
+        """Messages from one client address (IPv6: its /64) in one rate window."""
+        return f"{self.prefix}:rate:ip-msg:{ip_key}:{window}"
+
+    def ip_connection_rate(self, ip_key: str, window: int) -> str:
+        """New connections from one client address in one rate window."""
+        return f"{self.prefix}:rate:ip-conn:{ip_key}:{window}"
+
     def agent_command_rate(self, agent_id: str, second: int) -> str:
         """Counter of commands sent to an agent in one wall-clock second (all gateways)."""
         return f"{self.prefix}:rate:agent-cmd:{agent_id}:{second}"

@@ -16,6 +16,8 @@ PLACEHOLDERS = {
     "session_id": "{sid}",
     "collector_id": "{id}",
     "second": "{second}",
+    "window": "{window}",
+    "ip_key": "{ip}",
 }
 
 

@@ -167,6 +167,11 @@ async def test_keeps_going_while_redis_is_down_and_catches_up(
         TEAMDASH_ALERT_MEMORY_WARNING="0.01",
         TEAMDASH_ALERT_MEMORY_CRITICAL="200",
         TEAMDASH_ALERT_CLEAR_MARGIN="0",
+        # Only the memory alert may fire, however busy the machine is.
+        TEAMDASH_ALERT_CPU_WARNING="101",
+        TEAMDASH_ALERT_CPU_CRITICAL="102",
+        TEAMDASH_ALERT_DISK_WARNING="101",
+        TEAMDASH_ALERT_DISK_CRITICAL="102",
     )
     caplog.set_level(logging.WARNING, logger="collector")
     server = EmbeddedRedis(port=port)
