@@ -398,6 +398,8 @@ class LocalTopology:
             "gateway",
             TEAMDASH_GATEWAY_PORT=str(self.gateway_ports[i]),
             TEAMDASH_GATEWAY_ID=self.gateway_ids[i],
+            # HAProxy runs on loopback: trust its X-Forwarded-For for the client address.
+            TEAMDASH_TRUSTED_PROXIES=self._env.get("TEAMDASH_TRUSTED_PROXIES", "127.0.0.1/32"),
         ).start()
 
     def _wait_gateway_ready(self, i: int) -> None:
