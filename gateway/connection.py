@@ -59,6 +59,7 @@ from shared.protocol import (
     HeartbeatMessage,
     HeartbeatPayload,
     Metadata,
+    RestoredSubscription,
     SubscribeMessage,
     SystemAlertMessage,
     SystemAlertPayload,
@@ -339,6 +340,20 @@ class Connection:
                     heartbeatIntervalMs=int(self.settings.heartbeat_interval_s * 1000),
                     gatewayId=self.gateway.id,
                     roles=sorted(self.identity.roles),
+                    subscriptions=(
+                        [
+                            RestoredSubscription(
+                                subscriptionId=sub.id,
+                                kind=sub.kind,
+                                topic=sub.topic,
+                                filters=list(sub.requested_filters) or None,
+                            )
+                            for sub in self.subscriptions.values()
+                            if not sub.hidden
+                        ]
+                        if stored is not None
+                        else None
+                    ),
                 ),
                 metadata=Metadata(correlationId=message.id),
             )

@@ -69,7 +69,10 @@ async def test_resume_on_another_gateway_before_any_event(make_gateway, bus):
     assert status["replayed"] == 1
     msg = await again.recv_type("system:alert")
     assert msg["payload"]["level"] == "warning"
-    # the restored subscription keeps its id
+    # the restored subscription keeps its id, and connection:status says what came back
+    assert status["subscriptions"] == [
+        {"subscriptionId": sid, "kind": "logs", "topic": "logs", "filters": ["warning"]}
+    ]
     ack = await again.request("unsubscribe", {"subscriptionId": sid})
     assert ack["success"]
     await again.close()
