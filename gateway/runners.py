@@ -12,6 +12,7 @@ import orjson
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from shared.bus import as_text
 from shared.errors import ErrorCode, TeamdashError
 from shared.keys import Keys
 from shared.runner_protocol import REQUEST_FIELD, RequestKind, RunnerReply, RunnerRequest
@@ -83,7 +84,7 @@ class RunnerClient:
         ids = await self.redis.zrangebyscore(self.keys.runners, now - self.runner_ttl_ms, "+inf")
         if not ids:
             return []
-        raw = await self.redis.mget([self.keys.runner(i.decode()) for i in ids])
+        raw = await self.redis.mget([self.keys.runner(as_text(i)) for i in ids])
         return [orjson.loads(r) for r in raw if r is not None]
 
     async def check_capacity(self) -> None:
@@ -105,7 +106,7 @@ class RunnerClient:
 
     async def agent(self, agent_id: str) -> AgentRecord:
         fields = await self.redis.hmget(self.keys.agent(agent_id), "owner", "runnerId", "status")
-        owner, runner_id, status = (f.decode() if f is not None else None for f in fields)
+        owner, runner_id, status = (as_text(f) if f is not None else None for f in fields)
         if owner is None or runner_id is None:
             raise TeamdashError(ErrorCode.AGENT_NOT_FOUND, f"agent {agent_id!r} not found")
         return AgentRecord(agent_id, owner, runner_id, status or "unknown")

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from shared.bus import Position
+from shared.bus import Position, as_text
 from shared.keys import Keys
 
 # KEYS[1] session; ARGV[1] conn id; ARGV[2] ttl s; ARGV[3..] field/value pairs.
@@ -72,7 +72,7 @@ class SessionStore:
         raw = await self.redis.hgetall(self.keys.session(session_id))
         if not raw or b"userId" not in raw:
             return None
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        fields = {as_text(k): as_text(v) for k, v in raw.items()}
         subs_doc: dict[str, dict[str, Any]] = orjson.loads(fields.get("subs", "{}"))
         subs = []
         for sub_id, spec in subs_doc.items():
@@ -118,7 +118,7 @@ class SessionStore:
             if new:
                 pipe.delete(key)
                 mapping.update(connectedAt=now_ms, subs="{}", agents="[]")
-            pipe.hset(key, mapping=mapping)
+            pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]  # redis-py's key type is invariant
             pipe.expire(key, self.ttl_s)
             await pipe.execute()
 

@@ -168,7 +168,7 @@ class EventBus:
         """Append ``message`` to ``topic`` and deliver it live; returns its position."""
         keys, argv = self._args(topic, message, tags)
         offset, epoch = await self._script(keys=keys, args=argv)
-        return Position(int(offset), _text(epoch))
+        return Position(int(offset), as_text(epoch))
 
     async def publish_many(
         self, items: Sequence[tuple[str, WSMessage, Iterable[str]]]
@@ -181,14 +181,14 @@ class EventBus:
                 keys, argv = self._args(topic, message, tags)
                 await self._script(keys=keys, args=argv, client=pipe)
             results = await pipe.execute()
-        return [Position(int(offset), _text(epoch)) for offset, epoch in results]
+        return [Position(int(offset), as_text(epoch)) for offset, epoch in results]
 
     async def head(self, topic: str) -> Position:
         """The topic's current position (offset 0 and no epoch when nothing was published)."""
         epoch, offset = await self.redis.hmget(self.keys.topic_meta(topic), "epoch", "offset")
         if epoch is None:
             return Position(0, None)
-        return Position(int(offset or 0), _text(epoch))
+        return Position(int(offset or 0), as_text(epoch))
 
     async def read_since(self, topic: str, since: Position, *, limit: int = REPLAY_LIMIT) -> Replay:
         """Events after ``since``, oldest first, at most the ``limit`` newest.
@@ -212,8 +212,9 @@ class EventBus:
         return Replay(events, head, missed, missed == 0 and not epoch_changed)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def as_text(value: Any) -> str:
+    """A Redis reply value (``bytes`` without ``decode_responses``) as ``str``."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 Handler = Callable[[str, bytes], None]
@@ -340,9 +341,9 @@ class PubSubHub:
                 continue
             kind = msg["type"]
             if kind == "message":
-                handler(_text(msg["channel"]), msg["data"])
+                handler(as_text(msg["channel"]), msg["data"])
             elif kind == "subscribe":
-                for fut in self._confirmations.pop(_text(msg["channel"]), []):
+                for fut in self._confirmations.pop(as_text(msg["channel"]), []):
                     if not fut.done():
                         fut.set_result(None)
 
