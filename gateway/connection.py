@@ -212,7 +212,7 @@ class Connection:
             fields.update(lastActivity=now_ms(), gatewayId="")
             try:
                 await self.gateway.sessions.write(self.session_id, self.id, fields)
-            except Exception as e:  # Redis down: the session keeps its last flushed state
+            except Exception as e:  # noqa: BLE001 - Redis down: the session keeps its last flushed state
                 log.warning("could not update session %s on close: %s", self.session_id, e)
         self.subscriptions.clear()
 
@@ -230,10 +230,15 @@ class Connection:
             try:
                 raw = await asyncio.wait_for(self.ws.recv(), max(remaining, 0))
             except TimeoutError:
-                auth_log.info("connection %s: no auth within %.1fs", self.id, self.settings.auth_timeout_s)
-                self.audit("auth_failed", f"no auth message within {self.settings.auth_timeout_s:g}s")
+                auth_log.info(
+                    "connection %s: no auth within %.1fs", self.id, self.settings.auth_timeout_s
+                )
+                self.audit(
+                    "auth_failed", f"no auth message within {self.settings.auth_timeout_s:g}s"
+                )
                 await self.ws.close(
-                    CLOSE_POLICY, f"AUTH_FAILED: no auth message within {self.settings.auth_timeout_s:g}s"
+                    CLOSE_POLICY,
+                    f"AUTH_FAILED: no auth message within {self.settings.auth_timeout_s:g}s",
                 )
                 return False
             message = await self._accept(raw)
@@ -243,7 +248,9 @@ class Connection:
                 if not isinstance(message, HeartbeatMessage):
                     await self.send_ack(
                         message.id,
-                        error=TeamdashError(ErrorCode.AUTH_FAILED, "authenticate first: send an auth message"),
+                        error=TeamdashError(
+                            ErrorCode.AUTH_FAILED, "authenticate first: send an auth message"
+                        ),
                         audit=False,
                     )
                 continue
@@ -323,7 +330,11 @@ class Connection:
             await self._save_subscriptions()
             log.info(
                 "session %s resumed on connection %s: %d subscriptions, %d replayed, %d missed",
-                self.session_id, self.id, len(self.subscriptions), replayed, missed,
+                self.session_id,
+                self.id,
+                len(self.subscriptions),
+                replayed,
+                missed,
             )
         auth_log.debug("connection %s authenticated as %s", self.id, self.identity.user_id)
         await self.send(
@@ -487,7 +498,11 @@ class Connection:
         await self.send_notice(
             "error",
             "your token expired: the connection is closed; reconnect with a fresh token",
-            {"code": int(ErrorCode.TOKEN_EXPIRED), "error": "TOKEN_EXPIRED", "expiresAt": expires_ms},
+            {
+                "code": int(ErrorCode.TOKEN_EXPIRED),
+                "error": "TOKEN_EXPIRED",
+                "expiresAt": expires_ms,
+            },
         )
         await self.ws.close(CLOSE_POLICY, ErrorCode.TOKEN_EXPIRED.name)
 
@@ -528,7 +543,9 @@ class Connection:
         user_id = self.identity.user_id if self.identity is not None else None
         refused = self.gateway.limits.admit(user_id, self._ip_key)
         if refused == "user":
-            return f"more than {self.settings.user_messages_per_second} messages/s for user {user_id}"
+            return (
+                f"more than {self.settings.user_messages_per_second} messages/s for user {user_id}"
+            )
         if refused == "ip":
             return f"more than {self.settings.ip_messages_per_second} messages/s from {self.ip}"
         self._limited_in_a_row = 0
@@ -543,7 +560,10 @@ class Connection:
             self.audit("rate_limited", why)
         self._last_limited = now
         if self._limited_in_a_row > FLOOD_DISCONNECT_AFTER:
-            self.audit("flood_disconnect", f"{self._limited_in_a_row} messages in a row over the limit: {why}")
+            self.audit(
+                "flood_disconnect",
+                f"{self._limited_in_a_row} messages in a row over the limit: {why}",
+            )
             # Closed from a task while the reader keeps draining (and dropping) the frames
             # queued behind: the client's close frame is behind them, and awaiting the
             # close here would hold the connection for the whole close timeout.
@@ -576,7 +596,10 @@ class Connection:
         except Exception as e:
             log.exception("connection %s: %s failed", self.id, message.type)
             await self.send_ack(
-                message.id, error=TeamdashError(ErrorCode.INTERNAL_ERROR, f"internal error: {type(e).__name__}")
+                message.id,
+                error=TeamdashError(
+                    ErrorCode.INTERNAL_ERROR, f"internal error: {type(e).__name__}"
+                ),
             )
 
     async def _dispatch(self, message: ClientMessage) -> None:
@@ -623,7 +646,10 @@ class Connection:
         except Exception as e:
             log.exception("connection %s: %s failed", self.id, message.type)
             await self.send_ack(
-                message.id, error=TeamdashError(ErrorCode.INTERNAL_ERROR, f"internal error: {type(e).__name__}")
+                message.id,
+                error=TeamdashError(
+                    ErrorCode.INTERNAL_ERROR, f"internal error: {type(e).__name__}"
+                ),
             )
 
     async def _refresh_token(self, message: AuthMessage) -> None:
@@ -673,7 +699,10 @@ class Connection:
     # -- subscriptions -------------------------------------------------------------
     async def _subscribe(self, message: SubscribeMessage) -> None:
         assert self.identity is not None
-        if sum(not s.hidden for s in self.subscriptions.values()) >= self.settings.max_subscriptions:
+        if (
+            sum(not s.hidden for s in self.subscriptions.values())
+            >= self.settings.max_subscriptions
+        ):
             raise TeamdashError(
                 ErrorCode.RATE_LIMIT_EXCEEDED,
                 f"at most {self.settings.max_subscriptions} active subscriptions per connection",
@@ -686,7 +715,8 @@ class Connection:
             record = await self.gateway.runners.agent(agent_id)
             if not self._may_see(record.owner):
                 raise TeamdashError(
-                    ErrorCode.INSUFFICIENT_PERMISSIONS, f"agent {agent_id!r} belongs to another user"
+                    ErrorCode.INSUFFICIENT_PERMISSIONS,
+                    f"agent {agent_id!r} belongs to another user",
                 )
             topic = agent_topic(agent_id)
             if agent_id in self.agents:
@@ -793,7 +823,9 @@ class Connection:
             await self.gateway.subscribe(sub, Position(0, None))
         except Exception as e:  # noqa: BLE001 - already acked: report it in the log, not twice
             self.subscriptions.pop(sub.id, None)
-            log.error("connection %s: agent %s's events cannot be followed: %s", self.id, agent_id, e)
+            log.error(
+                "connection %s: agent %s's events cannot be followed: %s", self.id, agent_id, e
+            )
             return
         await self._save_after_ack()
 
@@ -815,7 +847,11 @@ class Connection:
                 ErrorCode.SERVICE_UNAVAILABLE,
                 f"the runner of agent {agent_id!r} is not responding",
             )
-        kind = "command" if isinstance(message, AgentCommandMessage) else message.type.removeprefix("agent:")
+        kind = (
+            "command"
+            if isinstance(message, AgentCommandMessage)
+            else message.type.removeprefix("agent:")
+        )
         reply = await runners.request(
             kind,  # type: ignore[arg-type]
             request_id=message.id,

@@ -33,9 +33,14 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class GatewayMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.connections = Gauge("teamdash_gateway_connections", "Open WebSocket connections", registry=r)
+        self.connections = Gauge(
+            "teamdash_gateway_connections", "Open WebSocket connections", registry=r
+        )
         self.messages_in = Counter(
-            "teamdash_gateway_messages_in_total", "Client messages received, by type", ["type"], registry=r
+            "teamdash_gateway_messages_in_total",
+            "Client messages received, by type",
+            ["type"],
+            registry=r,
         )
         self.messages_out = Counter(
             "teamdash_gateway_messages_out_total",
@@ -44,7 +49,10 @@ class GatewayMetrics:
             registry=r,
         )
         self.errors = Counter(
-            "teamdash_gateway_errors_total", "Failed acks and auth refusals, by error code", ["code"], registry=r
+            "teamdash_gateway_errors_total",
+            "Failed acks and auth refusals, by error code",
+            ["code"],
+            registry=r,
         )
         self.delivery_latency = Histogram(
             "teamdash_gateway_delivery_latency_seconds",
@@ -53,10 +61,15 @@ class GatewayMetrics:
             registry=r,
         )
         self.sessions = Counter(
-            "teamdash_gateway_sessions_total", "Authenticated sessions, new or resumed", ["kind"], registry=r
+            "teamdash_gateway_sessions_total",
+            "Authenticated sessions, new or resumed",
+            ["kind"],
+            registry=r,
         )
         self.replayed = Counter(
-            "teamdash_gateway_replayed_events_total", "Events replayed to resumed sessions", registry=r
+            "teamdash_gateway_replayed_events_total",
+            "Events replayed to resumed sessions",
+            registry=r,
         )
         self.missed = Counter(
             "teamdash_gateway_missed_events_total",
@@ -64,7 +77,9 @@ class GatewayMetrics:
             registry=r,
         )
         self.resyncs = Counter(
-            "teamdash_gateway_resyncs_total", "Gaps in live delivery repaired from the streams", registry=r
+            "teamdash_gateway_resyncs_total",
+            "Gaps in live delivery repaired from the streams",
+            registry=r,
         )
         self.slow_consumers = Counter(
             "teamdash_gateway_slow_consumer_disconnects_total",
@@ -77,15 +92,25 @@ class GatewayMetrics:
             registry=r,
         )
         self.send_buffer_bytes = Gauge(
-            "teamdash_gateway_send_buffer_bytes", "Bytes waiting in send buffers", ["stat"], registry=r
+            "teamdash_gateway_send_buffer_bytes",
+            "Bytes waiting in send buffers",
+            ["stat"],
+            registry=r,
         )
         self.stream_length = Gauge(
-            "teamdash_redis_stream_length", "Entries in the replay streams of routed topics", ["topic_kind"], registry=r
+            "teamdash_redis_stream_length",
+            "Entries in the replay streams of routed topics",
+            ["topic_kind"],
+            registry=r,
         )
         self.pending_requests = Gauge(
-            "teamdash_gateway_pending_runner_requests", "Agent requests waiting for a runner", registry=r
+            "teamdash_gateway_pending_runner_requests",
+            "Agent requests waiting for a runner",
+            registry=r,
         )
-        self.routed_topics = Gauge("teamdash_gateway_routed_topics", "Topics with local subscribers", registry=r)
+        self.routed_topics = Gauge(
+            "teamdash_gateway_routed_topics", "Topics with local subscribers", registry=r
+        )
         self.security_events = Counter(
             "teamdash_gateway_security_events_total",
             "Security events (auth failures, permission denials, rate-limit trips, refused "

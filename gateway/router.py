@@ -157,8 +157,10 @@ class TopicRoute(Generic[C]):
                 continue
             if not sub.filter.accepts(event.tags):
                 continue
-            target = plain if sub.filter.sections is None else variants.setdefault(
-                sub.filter.sections, {}
+            target = (
+                plain
+                if sub.filter.sections is None
+                else variants.setdefault(sub.filter.sections, {})
             )
             target.setdefault(id(sub.conn), sub.conn)
         low = LOW_PRIORITY_TAG in event.tags
@@ -176,7 +178,9 @@ class TopicRoute(Generic[C]):
         self.position = head
         return self._release()
 
-    def resynced(self, events: Iterable[Event], head: Position | None) -> list[tuple[list[C], bytes, bool]]:
+    def resynced(
+        self, events: Iterable[Event], head: Position | None
+    ) -> list[tuple[list[C], bytes, bool]]:
         """Deliver the events read from the stream after a gap, then the held ones."""
         out: list[tuple[list[C], bytes, bool]] = []
         self.needs_resync = False
@@ -185,7 +189,9 @@ class TopicRoute(Generic[C]):
                 continue
             self.position = event.position
             out.extend(self.deliver(event))
-        if head is not None and (self.position.epoch != head.epoch or self.position.offset < head.offset):
+        if head is not None and (
+            self.position.epoch != head.epoch or self.position.offset < head.offset
+        ):
             # The stream lost events we never saw: continue from its head.
             self.position = head
         out.extend(self._release())

@@ -99,7 +99,9 @@ class RunnerClient:
             for r in runners:
                 pipe.scard(self.keys.runner_agents(str(r["runnerId"])))
             loads = await pipe.execute()
-        if not any(int(r.get("capacity", 0)) > load for r, load in zip(runners, loads, strict=True)):  # type: ignore[call-overload]
+        if not any(
+            int(r.get("capacity", 0)) > load for r, load in zip(runners, loads, strict=True)
+        ):  # type: ignore[call-overload]
             raise TeamdashError(
                 ErrorCode.AGENT_LIMIT_EXCEEDED, "every agent runner is at its agent limit"
             )
@@ -150,7 +152,9 @@ class RunnerClient:
             payload=payload,
             deadlineMs=deadline_ms,
         )
-        stream = self.keys.create_stream if runner_id is None else self.keys.runner_commands(runner_id)
+        stream = (
+            self.keys.create_stream if runner_id is None else self.keys.runner_commands(runner_id)
+        )
         fut: asyncio.Future[RunnerReply] = asyncio.get_running_loop().create_future()
         waiter = (agent_id, fut)
         self._pending.setdefault(request_id, []).append(waiter)

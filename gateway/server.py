@@ -129,7 +129,9 @@ class Gateway:
         self.spawn(self._flush_sessions_forever(), "flush-sessions")
         self.spawn(self.limits.run(), "sync-rate-limits")
         self.spawn(self._audit_ticks(), "security-audit")
-        log.info("gateway %s listening on %s://%s:%d%s", self.id, s.scheme, s.host, self.port, s.path)
+        log.info(
+            "gateway %s listening on %s://%s:%d%s", self.id, s.scheme, s.host, self.port, s.path
+        )
         if s.allowed_origins is None and s.host not in ("127.0.0.1", "::1", "localhost"):
             log.warning(
                 "TEAMDASH_ALLOWED_ORIGINS is not set: web pages from any origin may open "
@@ -214,11 +216,15 @@ class Gateway:
             return _text_response(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
             ready, why = await self.ready()
-            return _text_response(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, why + "\n")
+            return _text_response(
+                HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, why + "\n"
+            )
         if path == "/metrics":
             await self._update_gauges()
             return _response(HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE_LATEST)
-        return _text_response(HTTPStatus.NOT_FOUND, f"not found; the WebSocket endpoint is {self.settings.path}\n")
+        return _text_response(
+            HTTPStatus.NOT_FOUND, f"not found; the WebSocket endpoint is {self.settings.path}\n"
+        )
 
     async def _check_handshake(self, ws: ServerConnection, request: Request) -> Response | None:
         """Refuse a WebSocket handshake from a browser origin not on the allow-list (403:
@@ -226,7 +232,9 @@ class Gateway:
         origins = request.headers.get_all("Origin")
         ip = self.client_ip(ws, request)
         if not origin_allowed(origins, self.settings.allowed_origins):
-            self.audit.record("origin_refused", f"origin {', '.join(origins)!r} is not allowed", ip=ip)
+            self.audit.record(
+                "origin_refused", f"origin {', '.join(origins)!r} is not allowed", ip=ip
+            )
             return _text_response(HTTPStatus.FORBIDDEN, "origin not allowed\n")
         if self.settings.ip_connections_per_minute > 0:
             if not await self.limits.admit_connection(limit_key(ip)):
@@ -253,7 +261,7 @@ class Gateway:
             await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
             return False, "redis pub/sub probe did not come back in time"
-        except Exception as e:  # any failure means not ready
+        except Exception as e:  # noqa: BLE001 - any failure means not ready
             return False, f"redis unreachable: {e}"
         finally:
             self._probes.pop(nonce, None)
@@ -262,7 +270,9 @@ class Gateway:
     async def _update_gauges(self) -> None:
         m = self.metrics
         sizes = [
-            c.ws.transport.get_write_buffer_size() for c in self.connections if c.ws.transport is not None
+            c.ws.transport.get_write_buffer_size()
+            for c in self.connections
+            if c.ws.transport is not None
         ]
         m.send_buffer_bytes.labels("sum").set(sum(sizes))
         m.send_buffer_bytes.labels("max").set(max(sizes, default=0))
@@ -274,7 +284,7 @@ class Gateway:
                 for topic in topics:
                     pipe.xlen(self.keys.topic_stream(topic))
                 lengths = await asyncio.wait_for(pipe.execute(), 2)
-        except Exception as e:  # metrics must render even when Redis is down
+        except Exception as e:  # noqa: BLE001 - metrics must render even when Redis is down
             log.debug("stream lengths unavailable: %s", e)
             return
         by_kind: dict[str, int] = {}
@@ -471,6 +481,7 @@ class Gateway:
                 ws.transport.abort()
         finally:
             self._closing.discard(ws)
+
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])

@@ -123,14 +123,15 @@ class SessionStore:
             await pipe.execute()
 
     @staticmethod
-    def subscription_fields(
-        subs: list[StoredSubscription], agents: list[str]
-    ) -> dict[str, str]:
+    def subscription_fields(subs: list[StoredSubscription], agents: list[str]) -> dict[str, str]:
         doc = {
             s.id: {"kind": s.kind, "topic": s.topic, "filters": list(s.filters), "hidden": s.hidden}
             for s in subs
         }
-        fields = {"subs": orjson.dumps(doc).decode(), "agents": orjson.dumps(sorted(agents)).decode()}
+        fields = {
+            "subs": orjson.dumps(doc).decode(),
+            "agents": orjson.dumps(sorted(agents)).decode(),
+        }
         for s in subs:
             if s.cursor is not None:
                 fields[f"cur:{s.id}"] = s.cursor.to_str()
@@ -156,6 +157,8 @@ class SessionStore:
                 await self._write(keys=[self.keys.session(session_id)], args=args, client=pipe)
             await pipe.execute()
 
-    async def forget_subscription(self, session_id: str, conn_id: str, sub_id: str, fields: dict[str, str | int]) -> None:
+    async def forget_subscription(
+        self, session_id: str, conn_id: str, sub_id: str, fields: dict[str, str | int]
+    ) -> None:
         await self.write(session_id, conn_id, fields)
         await self.redis.hdel(self.keys.session(session_id), f"cur:{sub_id}")

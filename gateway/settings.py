@@ -96,8 +96,13 @@ class GatewaySettings:
         tls_cert = env.opt_str("TEAMDASH_TLS_CERT_FILE")
         tls_key = env.opt_str("TEAMDASH_TLS_KEY_FILE")
         if (tls_cert is None) != (tls_key is None):
-            raise ConfigError("set both TEAMDASH_TLS_CERT_FILE and TEAMDASH_TLS_KEY_FILE, or neither")
-        for name, value in (("TEAMDASH_TLS_CERT_FILE", tls_cert), ("TEAMDASH_TLS_KEY_FILE", tls_key)):
+            raise ConfigError(
+                "set both TEAMDASH_TLS_CERT_FILE and TEAMDASH_TLS_KEY_FILE, or neither"
+            )
+        for name, value in (
+            ("TEAMDASH_TLS_CERT_FILE", tls_cert),
+            ("TEAMDASH_TLS_KEY_FILE", tls_key),
+        ):
             if value is not None and not os.access(value, os.R_OK):
                 raise ConfigError(f"{name} {value!r} cannot be read")
         return cls(
@@ -107,7 +112,8 @@ class GatewaySettings:
             reuse_port=env.bool("TEAMDASH_GATEWAY_REUSE_PORT", False),
             path=path,
             gateway_id=env.str(
-                "TEAMDASH_GATEWAY_ID", f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+                "TEAMDASH_GATEWAY_ID",
+                f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}",
             ),
             jwt_key=jwt_key(env, common.state_dir, algorithm),
             jwt_algorithms=(algorithm,),
@@ -138,7 +144,9 @@ class GatewaySettings:
             tls_key_file=Path(tls_key) if tls_key is not None else None,
             security_alert_threshold=env.int("TEAMDASH_SECURITY_ALERT_THRESHOLD", 20, min=1),
             security_alert_window_s=env.float("TEAMDASH_SECURITY_ALERT_WINDOW_S", 10.0, min=0.1),
-            security_alert_cooldown_s=env.float("TEAMDASH_SECURITY_ALERT_COOLDOWN_S", 60.0, min=0.0),
+            security_alert_cooldown_s=env.float(
+                "TEAMDASH_SECURITY_ALERT_COOLDOWN_S", 60.0, min=0.0
+            ),
         )
 
 
@@ -210,9 +218,13 @@ def jwt_secret(env: Env, state_dir: Path) -> str:
         try:
             secret = Path(secret_file).read_text().strip()
         except OSError as e:
-            raise ConfigError(f"TEAMDASH_JWT_SECRET_FILE {secret_file!r} cannot be read: {e}") from e
+            raise ConfigError(
+                f"TEAMDASH_JWT_SECRET_FILE {secret_file!r} cannot be read: {e}"
+            ) from e
         if len(secret) < 32:
-            raise ConfigError("the secret in TEAMDASH_JWT_SECRET_FILE must be at least 32 characters")
+            raise ConfigError(
+                "the secret in TEAMDASH_JWT_SECRET_FILE must be at least 32 characters"
+            )
         return secret
     if secret is not None:
         if len(secret) < 32:

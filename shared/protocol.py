@@ -445,10 +445,7 @@ TopicEvent: TypeAlias = (
 )
 
 ServerMessage: TypeAlias = Annotated[
-    TopicEvent
-    | AckMessage
-    | HeartbeatMessage
-    | ConnectionStatusMessage,
+    TopicEvent | AckMessage | HeartbeatMessage | ConnectionStatusMessage,
     Field(discriminator="type"),
 ]
 

@@ -46,7 +46,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedRedis:
     """A private ``redis-server`` on loopback. Use as a context manager, or start()/stop()."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int | None = None, workdir: Path | None = None) -> None:
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int | None = None, workdir: Path | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self._workdir = workdir
@@ -70,17 +72,27 @@ class EmbeddedRedis:
             self.process = subprocess.Popen(
                 [
                     binary,
-                    "--bind", self.host,
-                    "--port", str(port),
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--dir", str(workdir),
-                    "--protected-mode", "yes",
-                    "--daemonize", "no",
-                    "--loglevel", "warning",
-                    "--logfile", str(workdir / "redis.log"),
+                    "--bind",
+                    self.host,
+                    "--port",
+                    str(port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(workdir),
+                    "--protected-mode",
+                    "yes",
+                    "--daemonize",
+                    "no",
+                    "--loglevel",
+                    "warning",
+                    "--logfile",
+                    str(workdir / "redis.log"),
                     # Keys of the bus carry TTLs; evicting them silently would break replay.
-                    "--maxmemory-policy", "noeviction",
+                    "--maxmemory-policy",
+                    "noeviction",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

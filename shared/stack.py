@@ -67,7 +67,9 @@ class Child:
         try:
             self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            print(f"teamdash: {self.name} did not stop in {timeout_s:g}s; killing it", file=sys.stderr)
+            print(
+                f"teamdash: {self.name} did not stop in {timeout_s:g}s; killing it", file=sys.stderr
+            )
             self.proc.kill()
             self.proc.wait()
         # Anything the service left in its session (it should be nothing) goes too.
@@ -109,7 +111,10 @@ def up(*, gateways: int = 1, port: int | None = None) -> int:
     if redis_url is None:
         redis = EmbeddedRedis(workdir=state_dir / "redis")
         redis_url = redis.start()
-        print(f"teamdash: embedded redis-server on {redis_url} (pid {redis.process.pid})", file=sys.stderr)  # type: ignore[union-attr]
+        print(
+            f"teamdash: embedded redis-server on {redis_url} (pid {redis.process.pid})",
+            file=sys.stderr,
+        )  # type: ignore[union-attr]
 
     # The children get the secret itself (TEAMDASH_JWT_SECRET), not the file it came from.
     child_env = {
@@ -122,7 +127,10 @@ def up(*, gateways: int = 1, port: int | None = None) -> int:
     }
     if gateways > 1:
         child_env["TEAMDASH_GATEWAY_REUSE_PORT"] = "true"
-    children = [Child(f"gateway-{i + 1}" if gateways > 1 else "gateway", ["gateway"]) for i in range(gateways)]
+    children = [
+        Child(f"gateway-{i + 1}" if gateways > 1 else "gateway", ["gateway"])
+        for i in range(gateways)
+    ]
     children += [Child("agent-runner", ["runner"]), Child("metrics-collector", ["collector"])]
     exit_code = 0
     try:
@@ -145,7 +153,10 @@ def up(*, gateways: int = 1, port: int | None = None) -> int:
             if dead:
                 for c in dead:
                     assert c.proc is not None
-                    print(f"teamdash: {c.name} (pid {c.pid}) exited with code {c.proc.returncode}; stopping the stack", file=sys.stderr)
+                    print(
+                        f"teamdash: {c.name} (pid {c.pid}) exited with code {c.proc.returncode}; stopping the stack",
+                        file=sys.stderr,
+                    )
                 exit_code = 1
                 break
             time.sleep(0.3)
@@ -169,7 +180,9 @@ def up(*, gateways: int = 1, port: int | None = None) -> int:
     return exit_code
 
 
-def _banner(host: str, port: int, path: str, children: list[Child], redis_url: str, token: str) -> None:
+def _banner(
+    host: str, port: int, path: str, children: list[Child], redis_url: str, token: str
+) -> None:
     lines = [
         "",
         "Team Dashboard backend is up.",
@@ -209,7 +222,10 @@ def up_lb(*, gateways: int = 3, port: int | None = None) -> int:
         print(f"teamdash: {e}", file=sys.stderr)
         return 1
     if _port_open("127.0.0.1", lb_port):
-        print(f"teamdash: port {lb_port} is already in use; choose another with --port", file=sys.stderr)
+        print(
+            f"teamdash: port {lb_port} is already in use; choose another with --port",
+            file=sys.stderr,
+        )
         return 1
     topology = LocalTopology(gateways, lb_port)
     try:

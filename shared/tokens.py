@@ -70,7 +70,9 @@ def _check_key_type(key: object, algorithm: str, what: str) -> None:
             raise KeyConfigError(f"{algorithm} needs an EC {what}, not {type(key).__name__}")
         curve = _CURVES[algorithm]
         if not isinstance(key.curve, curve):
-            raise KeyConfigError(f"{algorithm} needs an EC {what} on {curve.name}, not {key.curve.name}")
+            raise KeyConfigError(
+                f"{algorithm} needs an EC {what} on {curve.name}, not {key.curve.name}"
+            )
     else:
         raise KeyConfigError(f"{algorithm} is not an asymmetric algorithm")
 
@@ -107,7 +109,9 @@ def load_private_key(pem: str | bytes, algorithm: str | None = None) -> tuple[Pr
         elif isinstance(key, ec.EllipticCurvePrivateKey):
             algorithm = "ES256"
         else:
-            raise KeyConfigError(f"unsupported private key type {type(key).__name__}: use RSA or EC P-256")
+            raise KeyConfigError(
+                f"unsupported private key type {type(key).__name__}: use RSA or EC P-256"
+            )
     _check_key_type(key, algorithm, "private key")
     return key, algorithm
 
@@ -225,7 +229,12 @@ def mint_token(
     """A signed token for ``user_id`` valid ``ttl_s`` seconds (dev and tests). ``secret``
     is the HS256 secret, or for RS256/ES256 the private key (PEM or a loaded key)."""
     issued = int(time.time() if now is None else now)
-    claims: dict[str, Any] = {"sub": user_id, "roles": list(roles), "iat": issued, "exp": issued + ttl_s}
+    claims: dict[str, Any] = {
+        "sub": user_id,
+        "roles": list(roles),
+        "iat": issued,
+        "exp": issued + ttl_s,
+    }
     if issuer is not None:
         claims["iss"] = issuer
     if audience is not None:

@@ -64,7 +64,9 @@ def ensure_tool(binary: str, package: str) -> str:
         )
         found = shutil.which(binary)
     if found is None:
-        raise AssertionError(f"`{binary}` is not installed and could not be: apt-get install {package}")
+        raise AssertionError(
+            f"`{binary}` is not installed and could not be: apt-get install {package}"
+        )
     return found
 
 

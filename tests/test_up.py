@@ -17,7 +17,9 @@ from tests.wsclient import WSClient
 
 
 def _env(tmp_path: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TEAMDASH_") and k != "REDIS_URL"}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("TEAMDASH_") and k != "REDIS_URL"
+    }
     env.update(
         TEAMDASH_STATE_DIR=str(tmp_path / "state"),
         TEAMDASH_GATEWAY_PORT=str(port),
@@ -33,20 +35,36 @@ async def test_up_serves_metrics_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> 
     log = open(tmp_path / "up.log", "wb")
     up = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "up"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         await wait_for(lambda: port_open(port), timeout=30, what="gateway port")
-        await wait_for(lambda: b"Press Ctrl-C" in (tmp_path / "up.log").read_bytes(), timeout=10, what="banner")
+        await wait_for(
+            lambda: b"Press Ctrl-C" in (tmp_path / "up.log").read_bytes(), timeout=10, what="banner"
+        )
         descendants = psutil.Process(up.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in descendants)
-        for service in ("redis-server", "shared.cli gateway", "shared.cli runner", "shared.cli collector"):
+        for service in (
+            "redis-server",
+            "shared.cli gateway",
+            "shared.cli runner",
+            "shared.cli collector",
+        ):
             assert service in names, names
 
         # `teamdash token` in "another terminal": same state folder, token alone on the last line.
         out = subprocess.run(
             [sys.executable, "-m", "shared.cli", "token", "--user", "carol", "--role", "operator"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=t(30), check=True,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=t(30),
+            check=True,
         )
         token = out.stdout.strip().splitlines()[-1]
         client = await WSClient.authed(f"ws://127.0.0.1:{port}/ws", token)

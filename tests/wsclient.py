@@ -25,7 +25,9 @@ class WSClient:
         return cls(ws)
 
     @classmethod
-    async def authed(cls, url: str, token: str, *, client_id: str = "test", **kwargs: Any) -> WSClient:
+    async def authed(
+        cls, url: str, token: str, *, client_id: str = "test", **kwargs: Any
+    ) -> WSClient:
         client = await cls.open(url, **kwargs)
         mid = await client.send("auth", {"token": token, "clientId": client_id})
         msg = await client.recv_type("connection:status", "ack")
@@ -59,7 +61,9 @@ class WSClient:
         raw = await asyncio.wait_for(self.ws.recv(), timeout)
         return json.loads(raw)  # type: ignore[no-any-return]
 
-    async def recv_where(self, pred: Any, timeout: float = 5.0, what: str = "message") -> dict[str, Any]:
+    async def recv_where(
+        self, pred: Any, timeout: float = 5.0, what: str = "message"
+    ) -> dict[str, Any]:
         """The first message (buffered or new) matching ``pred``; others stay buffered."""
         for i, msg in enumerate(self.inbox):
             if pred(msg):
@@ -79,7 +83,9 @@ class WSClient:
             self.inbox.append(msg)
 
     async def recv_type(self, *types: str, timeout: float = 5.0) -> dict[str, Any]:
-        return await self.recv_where(lambda m: m.get("type") in types, timeout, f"message of type {types}")
+        return await self.recv_where(
+            lambda m: m.get("type") in types, timeout, f"message of type {types}"
+        )
 
     async def ack_for(self, message_id: str, timeout: float = 5.0) -> dict[str, Any]:
         msg = await self.recv_where(
@@ -89,7 +95,9 @@ class WSClient:
         )
         return msg["payload"]  # type: ignore[no-any-return]
 
-    async def request(self, type: str, payload: Any = None, timeout: float = 10.0) -> dict[str, Any]:
+    async def request(
+        self, type: str, payload: Any = None, timeout: float = 10.0
+    ) -> dict[str, Any]:
         """Send a request and return its ack payload."""
         mid = await self.send(type, payload)
         return await self.ack_for(mid, timeout)

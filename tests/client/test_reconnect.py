@@ -119,7 +119,7 @@ async def test_backoff_delays_follow_the_spec_with_jitter(make_gateway) -> None:
         expected = [1, 2, 4, 8, 16, 30] + [30] * (len(delays) - 6)
         for delay, base in zip(delays, expected, strict=True):
             assert base * 0.8 <= delay <= base * 1.2, (delays, expected)
-        assert len({round(d / b, 6) for d, b in zip(delays, expected)}) > 1  # jittered
+        assert len({round(d / b, 6) for d, b in zip(delays, expected, strict=True)}) > 1  # jittered
         attempts = [c.attempt for c in changes if c.state == "reconnecting"]
         assert attempts == list(range(1, len(delays) + 1))
         assert [c.delay for c in changes if c.state == "reconnecting"] == delays

@@ -28,7 +28,9 @@ def runner_env(service_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_runner(start_service: Callable[..., ServiceProcess], runner_env: dict[str, str], redis: Any, keys: Any) -> Callable[..., Any]:
+def start_runner(
+    start_service: Callable[..., ServiceProcess], runner_env: dict[str, str], redis: Any, keys: Any
+) -> Callable[..., Any]:
     """``await start_runner(runner_id, **env)`` → a runner process, once its heartbeat is seen."""
 
     async def start(runner_id: str = "r1", **overrides: str) -> ServiceProcess:

@@ -25,16 +25,22 @@ async def create(client: WSClient, **payload) -> tuple[str, str]:
 
 
 def of_agent(agent_id: str, type_: str, **payload):
-    return lambda m: m["type"] == type_ and m["payload"].get("agentId") == agent_id and all(
-        m["payload"].get(k) == v for k, v in payload.items()
+    return lambda m: (
+        m["type"] == type_
+        and m["payload"].get("agentId") == agent_id
+        and all(m["payload"].get(k) == v for k, v in payload.items())
     )
 
 
 async def status(client: WSClient, agent_id: str, state: str, timeout: float = 10) -> dict:
-    return await client.recv_where(of_agent(agent_id, "agent:status", status=state), timeout, f"status {state}")
+    return await client.recv_where(
+        of_agent(agent_id, "agent:status", status=state), timeout, f"status {state}"
+    )
 
 
-async def output_lines(client: WSClient, agent_id: str, until: str, timeout: float = 10) -> list[dict]:
+async def output_lines(
+    client: WSClient, agent_id: str, until: str, timeout: float = 10
+) -> list[dict]:
     got = []
     while True:
         msg = await client.recv_where(of_agent(agent_id, "agent:output"), timeout, "agent output")
@@ -58,8 +64,12 @@ def group_members(pgid: int) -> list[psutil.Process]:
 async def test_create_acks_after_start_then_created_and_running(gateway, start_runner):
     await start_runner()
     client = await WSClient.authed(ws_url(gateway), token("alice"))
-    mid = await client.send("agent:create", {**CREATE, "name": "first", "environment": {"GREETING": "hi"}})
-    first = await client.recv_where(lambda m: m["type"] in ("ack", "agent:created", "agent:status"), 20)
+    mid = await client.send(
+        "agent:create", {**CREATE, "name": "first", "environment": {"GREETING": "hi"}}
+    )
+    first = await client.recv_where(
+        lambda m: m["type"] in ("ack", "agent:created", "agent:status"), 20
+    )
     assert first["type"] == "ack", "the ack comes before any agent event"
     ack = first["payload"]
     assert ack["success"] and ack["messageId"] == mid
@@ -122,12 +132,14 @@ async def test_pause_resume_terminate_reach_the_whole_group(gateway, start_runne
     assert (await client.request("agent:pause", {"agentId": agent_id}))["success"]
     await status(client, agent_id, "paused")
     await wait_for(
-        lambda: all(p.status() == psutil.STATUS_STOPPED for p in members), what="whole group stopped"
+        lambda: all(p.status() == psutil.STATUS_STOPPED for p in members),
+        what="whole group stopped",
     )
     assert (await client.request("agent:resume", {"agentId": agent_id}))["success"]
     await status(client, agent_id, "running")
     await wait_for(
-        lambda: all(p.status() != psutil.STATUS_STOPPED for p in members), what="whole group continued"
+        lambda: all(p.status() != psutil.STATUS_STOPPED for p in members),
+        what="whole group continued",
     )
     # A paused agent can be terminated; nothing of its group survives.
     assert (await client.request("agent:pause", {"agentId": agent_id}))["success"]
@@ -166,7 +178,10 @@ async def test_crash_is_reported_with_exit_code_error_and_alert(gateway, start_r
     err = await client.recv_where(of_agent(agent_id, "agent:error"), 10, "crash error")
     assert err["payload"]["error"]["code"] == "AGENT_EXITED"
     alert = await client.recv_type("system:alert")
-    assert alert["payload"]["category"] == "agent" and alert["payload"]["level"] in ("error", "critical")
+    assert alert["payload"]["category"] == "agent" and alert["payload"]["level"] in (
+        "error",
+        "critical",
+    )
     assert agent_id in json.dumps(alert["payload"])
     # an ended agent cannot be commanded
     ack = await client.request("agent:command", {"agentId": agent_id, "command": "x"})
@@ -197,7 +212,10 @@ async def test_chatty_agent_output_in_order_without_gaps_then_stopped(gateway, s
     out: list[dict] = []
     while True:
         msg = await client.recv_where(
-            lambda m: m["type"] in ("agent:output", "agent:status") and m["payload"]["agentId"] == agent_id,
+            lambda m: (
+                m["type"] in ("agent:output", "agent:status")
+                and m["payload"]["agentId"] == agent_id
+            ),
             20,
             "chatty output",
         )
@@ -228,7 +246,9 @@ async def test_spawn_failures_are_agent_spawn_failed_with_a_clear_message(gatewa
         assert "workspace" in ack["error"]
     ack = await client.request("agent:create", {**CREATE, "model": "no-such-model"}, timeout=20)
     assert ack["code"] == ErrorCode.AGENT_SPAWN_FAILED and "echo" in ack["error"]
-    ack = await client.request("agent:create", {**CREATE, "environment": {"LD_PRELOAD": "/x.so"}}, timeout=20)
+    ack = await client.request(
+        "agent:create", {**CREATE, "environment": {"LD_PRELOAD": "/x.so"}}, timeout=20
+    )
     assert not ack["success"] and "LD_PRELOAD" in ack["error"]
     await client.close()
 
@@ -243,7 +263,9 @@ async def test_agent_limits(gateway, start_runner):
     ack = await client.request("agent:create", CREATE, timeout=5)
     assert ack["code"] == ErrorCode.AGENT_LIMIT_EXCEEDED
     # A slot that frees up is announced at once too.
-    assert (await client.request("agent:terminate", {"agentId": agent_id, "force": True}))["success"]
+    assert (await client.request("agent:terminate", {"agentId": agent_id, "force": True}))[
+        "success"
+    ]
     await status(client, agent_id, "stopped")
     ack = await client.request("agent:create", CREATE, timeout=5)
     assert ack["success"], ack
@@ -316,7 +338,9 @@ async def test_lifecycle_subscription_sees_own_agents_only_and_filters(gateway, 
     assert {m["type"] for m in events} <= {"agent:status", "agent:created"}
     # a viewer sees every agent's lifecycle, output excluded
     await viewer.recv_where(of_agent(bob_agent, "agent:created"), 10, "bob's agent created")
-    await viewer.recv_where(of_agent(alice_agent, "agent:status", status="running"), 10, "alice's running")
+    await viewer.recv_where(
+        of_agent(alice_agent, "agent:status", status="running"), 10, "alice's running"
+    )
     assert not [m for m in viewer.drain() if m["type"] == "agent:output"]
     for c in (alice, viewer, bob):
         await c.close()
@@ -352,17 +376,25 @@ async def test_two_runners_share_work_and_a_killed_runner_s_agents_crash(gateway
     await status(client, first, "running")
     second, _ = await create(client)
     await status(client, second, "running")
-    runners = {gateway_record.runner_id for gateway_record in [
-        await gateway.runners.agent(first), await gateway.runners.agent(second)
-    ]}
+    runners = {
+        gateway_record.runner_id
+        for gateway_record in [
+            await gateway.runners.agent(first),
+            await gateway.runners.agent(second),
+        ]
+    }
     assert runners == {"r1", "r2"}, "one agent per runner: creation follows capacity"
     # commands reach each agent through its owner
     await client.subscribe("agent", agentId=first)
     await client.subscribe("agent", agentId=second)
     for agent_id in (first, second):
-        assert (await client.request("agent:command", {"agentId": agent_id, "command": agent_id}))["success"]
+        assert (await client.request("agent:command", {"agentId": agent_id, "command": agent_id}))[
+            "success"
+        ]
         await client.recv_where(
-            lambda m, a=agent_id: m["type"] == "agent:output" and a in m["payload"]["data"], 10, "echo"
+            lambda m, a=agent_id: m["type"] == "agent:output" and a in m["payload"]["data"],
+            10,
+            "echo",
         )
     # SIGKILL r1: its agent is reported crashed within the heartbeat expiry
     victim = first if (await gateway.runners.agent(first)).runner_id == "r1" else second

@@ -42,7 +42,9 @@ async def test_runner_metrics_count_agents_and_spawn_failures(gateway, start_run
     await status(client, agent_id, "stopped")
 
     async def ended() -> bool:
-        return (await scrape(port)).get(("teamdash_runner_agents_ended_total", (("status", "stopped"),))) == 1
+        return (await scrape(port)).get(
+            ("teamdash_runner_agents_ended_total", (("status", "stopped"),))
+        ) == 1
 
     await wait_for(ended, what="the ended agent counted")
     await client.close()
@@ -52,7 +54,11 @@ async def test_collector_metrics_time_the_samples(service_env, start_service):
     port = free_port()
     start_service(
         "collector",
-        {**service_env, "TEAMDASH_METRICS_INTERVAL_S": "0.1", "TEAMDASH_COLLECTOR_METRICS_PORT": str(port)},
+        {
+            **service_env,
+            "TEAMDASH_METRICS_INTERVAL_S": "0.1",
+            "TEAMDASH_COLLECTOR_METRICS_PORT": str(port),
+        },
     )
 
     async def sampled() -> bool:

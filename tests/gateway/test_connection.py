@@ -67,8 +67,14 @@ async def test_session_is_stored_in_redis(gateway, redis, keys):
 @pytest.mark.parametrize(
     ("make_token", "code"),
     [
-        (lambda: token("alice").replace(token("alice").split(".")[2], "A" * 43), ErrorCode.AUTH_FAILED),
-        (lambda: jwt.encode({"sub": "a", "exp": time.time() + 60}, "wrong-secret-" * 3, "HS256"), ErrorCode.AUTH_FAILED),
+        (
+            lambda: token("alice").replace(token("alice").split(".")[2], "A" * 43),
+            ErrorCode.AUTH_FAILED,
+        ),
+        (
+            lambda: jwt.encode({"sub": "a", "exp": time.time() + 60}, "wrong-secret-" * 3, "HS256"),
+            ErrorCode.AUTH_FAILED,
+        ),
         (lambda: token("alice", now=time.time() - 7200), ErrorCode.TOKEN_EXPIRED),
         (lambda: jwt.encode({"sub": "a"}, JWT_SECRET, "HS256"), ErrorCode.AUTH_FAILED),
         (lambda: "not-a-jwt", ErrorCode.AUTH_FAILED),
@@ -153,7 +159,9 @@ async def test_oversize_message_closes_with_1009(gateway):
 
 async def test_message_just_under_the_limit_is_answered(gateway):
     client = await WSClient.authed(ws_url(gateway), token())
-    big = json.dumps({"type": "agent:command", "payload": {"agentId": "a", "command": "y" * (1024 * 1024 - 100)}})
+    big = json.dumps(
+        {"type": "agent:command", "payload": {"agentId": "a", "command": "y" * (1024 * 1024 - 100)}}
+    )
     assert len(big) <= 1024 * 1024
     await client.send_raw(big)
     ack = (await client.recv_type("ack"))["payload"]

@@ -53,7 +53,9 @@ async def test_fanout_to_many_clients_in_order(gateway, bus):
         await bus.publish(METRICS_TOPIC, metrics(float(i)), ("system", "agents"))
     for c in clients:
         got = [await c.recv_type("metrics:update") for _ in range(50)]
-        assert [m["payload"]["system"]["cpu"]["usage"] for m in got] == [float(i) for i in range(50)]
+        assert [m["payload"]["system"]["cpu"]["usage"] for m in got] == [
+            float(i) for i in range(50)
+        ]
         offsets = [m["metadata"]["offset"] for m in got]
         assert offsets == list(range(offsets[0], offsets[0] + 50))
         assert all(m["metadata"]["topic"] == "metrics" for m in got)
@@ -89,12 +91,21 @@ async def test_logs_filters_by_level_and_category(gateway, bus):
     await security.subscribe("logs", filters=["security"])
     everything = await WSClient.authed(ws_url(gateway), token())
     await everything.subscribe("logs")
-    for level, category in [("info", "resource"), ("warning", "resource"), ("critical", "security"), ("warning", "agent")]:
+    for level, category in [
+        ("info", "resource"),
+        ("warning", "resource"),
+        ("critical", "security"),
+        ("warning", "agent"),
+    ]:
         await bus.publish(LOGS_TOPIC, alert(level, category), (level, category))
     got_all = [await everything.recv_type("system:alert") for _ in range(4)]
     assert [m["payload"]["level"] for m in got_all] == ["info", "warning", "critical", "warning"]
     got_w = [m["payload"] for m in await warnings.collect(0.3) if m["type"] == "system:alert"]
-    assert [(p["level"], p["category"]) for p in got_w] == [("warning", "resource"), ("critical", "security"), ("warning", "agent")]
+    assert [(p["level"], p["category"]) for p in got_w] == [
+        ("warning", "resource"),
+        ("critical", "security"),
+        ("warning", "agent"),
+    ]
     got_s = [m["payload"] for m in await security.collect(0.1) if m["type"] == "system:alert"]
     assert [(p["level"], p["category"]) for p in got_s] == [("critical", "security")]
     for c in (warnings, security, everything):
@@ -112,7 +123,9 @@ async def test_offset_jump_is_resynced_from_the_stream(gateway, bus, redis, keys
     await bus.publish(METRICS_TOPIC, metrics(5.0), ("system",))
     got = [await client.recv_type("metrics:update") for _ in range(4)]
     assert [m["payload"]["system"]["cpu"]["usage"] for m in got] == [2.0, 3.0, 4.0, 5.0]
-    assert [m["metadata"]["offset"] for m in got] == [first["metadata"]["offset"] + i for i in range(1, 5)]
+    assert [m["metadata"]["offset"] for m in got] == [
+        first["metadata"]["offset"] + i for i in range(1, 5)
+    ]
     await client.close()
 
 

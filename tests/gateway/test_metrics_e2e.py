@@ -80,7 +80,11 @@ async def test_memory_alert_raised_and_cleared_reaches_logs_subscribers(
     await critical_only.subscribe("logs", filters=["critical"])
 
     hog = subprocess.Popen(
-        [sys.executable, "-c", f"import sys,time; b = b'x' * {hog_bytes}; print('ok', flush=True); time.sleep(60)"],
+        [
+            sys.executable,
+            "-c",
+            f"import sys,time; b = b'x' * {hog_bytes}; print('ok', flush=True); time.sleep(60)",
+        ],
         stdout=subprocess.PIPE,
     )
     try:

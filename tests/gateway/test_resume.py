@@ -16,7 +16,18 @@ from tests.wsclient import WSClient
 
 
 async def publish_alerts(bus, n: int, start: int = 0) -> None:
-    items = [(LOGS_TOPIC, alert("info").model_copy(update={"payload": alert("info").payload.model_copy(update={"message": str(start + i)})}), ("info", "resource")) for i in range(n)]
+    items = [
+        (
+            LOGS_TOPIC,
+            alert("info").model_copy(
+                update={
+                    "payload": alert("info").payload.model_copy(update={"message": str(start + i)})
+                }
+            ),
+            ("info", "resource"),
+        )
+        for i in range(n)
+    ]
     for i in range(0, n, 200):
         await bus.publish_many(items[i : i + 200])
 
@@ -27,7 +38,9 @@ def numbers(messages: list[dict]) -> list[int]:
 
 async def resume(url: str, session_id: str, user: str = "alice", **extra) -> WSClient:
     client = await WSClient.open(url)
-    await client.send("auth", {"token": token(user), "clientId": "c", "sessionId": session_id, **extra})
+    await client.send(
+        "auth", {"token": token(user), "clientId": "c", "sessionId": session_id, **extra}
+    )
     return client
 
 
@@ -103,7 +116,9 @@ async def test_client_positions_make_the_replay_exact(gateway, bus):
     await client.close()
     last = got[-1]["metadata"]
     again = await resume(
-        ws_url(gateway), session_id, positions={LOGS_TOPIC: {"offset": last["offset"], "epoch": last["epoch"]}}
+        ws_url(gateway),
+        session_id,
+        positions={LOGS_TOPIC: {"offset": last["offset"], "epoch": last["epoch"]}},
     )
     status = (await again.recv_type("connection:status"))["payload"]
     assert status["replayed"] == 0 and status["recovered"] is True
@@ -117,7 +132,9 @@ async def test_someone_elses_session_is_refused(gateway):
     session_id = client.status["sessionId"]
     await client.close()
     mallory = await WSClient.open(ws_url(gateway))
-    mid = await mallory.send("auth", {"token": token("mallory"), "clientId": "m", "sessionId": session_id})
+    mid = await mallory.send(
+        "auth", {"token": token("mallory"), "clientId": "m", "sessionId": session_id}
+    )
     ack = await mallory.ack_for(mid)
     assert ack["success"] is False and ack["code"] == ErrorCode.INSUFFICIENT_PERMISSIONS
     code, _ = await expect_closed(mallory)
@@ -140,7 +157,11 @@ async def test_expired_session_starts_fresh(make_gateway):
 
 async def test_resume_after_the_gateway_is_killed(service_env, start_service, make_gateway, bus):
     port = free_port()
-    env = {**service_env, "TEAMDASH_GATEWAY_PORT": str(port), "TEAMDASH_CURSOR_FLUSH_INTERVAL_S": "0.05"}
+    env = {
+        **service_env,
+        "TEAMDASH_GATEWAY_PORT": str(port),
+        "TEAMDASH_CURSOR_FLUSH_INTERVAL_S": "0.05",
+    }
     doomed = start_service("gateway", env)
     await wait_for(lambda: port_open(port), timeout=15, what="gateway port")
     client = await WSClient.authed(f"ws://127.0.0.1:{port}/ws", token())

@@ -314,7 +314,9 @@ async def test_publish_many_keeps_order(bus: EventBus) -> None:
     items = [(topic if i % 3 else AGENTS_TOPIC, output(i), ("stdout",)) for i in range(30)]
     positions = await bus.publish_many(items)
     assert len(positions) == 30
-    agent_offsets = [pos.offset for (tp, _, _), pos in zip(items, positions, strict=True) if tp == topic]
+    agent_offsets = [
+        pos.offset for (tp, _, _), pos in zip(items, positions, strict=True) if tp == topic
+    ]
     lifecycle_offsets = [
         pos.offset for (tp, _, _), pos in zip(items, positions, strict=True) if tp == AGENTS_TOPIC
     ]

@@ -125,6 +125,7 @@ def test_ack_examples_show_success_and_failure() -> None:
 @pytest.mark.parametrize("line, text", JSON_BLOCKS, ids=[f"line{n}" for n, _ in JSON_BLOCKS])
 def test_json_example_matches_the_json_schema(line: int, text: str) -> None:
     import jsonschema
+
     validator = jsonschema.Draft202012Validator(schema.protocol_schema())
     errors = [e.message for e in validator.iter_errors(json.loads(text))]
     assert not errors, f"docs/protocol.md:{line}: {errors[:3]}"

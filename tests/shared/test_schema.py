@@ -227,6 +227,7 @@ SCHEMA_CASES: list[tuple[dict[str, Any], bool]] = [
 @pytest.mark.parametrize("message, valid", SCHEMA_CASES)
 def test_schema_and_models_agree(doc: dict[str, Any], message: dict[str, Any], valid: bool) -> None:
     import jsonschema
+
     jsonschema.Draft202012Validator.check_schema(doc)
     validator = jsonschema.Draft202012Validator(doc)
     assert validator.is_valid(message) is valid
