@@ -10,6 +10,7 @@ event's bytes go to all matching connections with one ``broadcast`` call.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import ssl
 import uuid
@@ -38,6 +39,12 @@ from shared.tokens import TokenVerifier
 
 log = logging.getLogger("ws.gateway")
 
+#: Redis connections one gateway may hold (callers wait up to REDIS_POOL_WAIT_S for one).
+REDIS_POOL_SIZE = 256
+REDIS_POOL_WAIT_S = 10.0
+#: Pending TCP connections the kernel queues for the gateway's listening socket.
+LISTEN_BACKLOG = 4096
+
 Deliveries = Iterable[tuple[list[ServerConnection], bytes, bool]]
 
 
@@ -45,7 +52,16 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.keys = Keys(settings.common.redis_prefix)
-        self.redis = aioredis.Redis.from_url(settings.common.redis_url)
+        # A bounded pool that makes callers wait for a free connection: a burst of
+        # connections (each auth writes its session) must queue, not fail with "Too many
+        # connections" (redis-py's default pool refuses the 101st at once).
+        self.redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                settings.common.redis_url,
+                max_connections=REDIS_POOL_SIZE,
+                timeout=REDIS_POOL_WAIT_S,
+            )
+        )
         self.bus = EventBus(
             self.redis,
             self.keys,
@@ -125,6 +141,8 @@ class Gateway:
             server_header=None,
             reuse_port=s.reuse_port,
             ssl=tls_context(s),
+            # asyncio's default (100) overflows when thousands of clients connect at once.
+            backlog=LISTEN_BACKLOG,
         )
         self.spawn(self._flush_sessions_forever(), "flush-sessions")
         self.spawn(self.limits.run(), "sync-rate-limits")
@@ -505,6 +523,10 @@ def tls_context(settings: GatewaySettings) -> ssl.SSLContext | None:
 async def main(settings: GatewaySettings, stop: asyncio.Event) -> None:
     gateway = Gateway(settings)
     await gateway.start()
+    # Thousands of long-lived connection objects make full garbage collections stall the
+    # loop for hundreds of ms: keep start-up objects out of them and collect less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     try:
         await stop.wait()
     finally:
