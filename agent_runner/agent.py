@@ -63,6 +63,7 @@ from shared.protocol import (
     now_ms,
 )
 from shared.runner_protocol import RunnerRequest
+from shared.tasks import OwnedTasks
 
 log = logging.getLogger("runner.agent")
 
@@ -158,7 +159,7 @@ class Agent:
         self._seq = 0
         self._lock = asyncio.Lock()
         self._inbox: asyncio.Queue[RunnerRequest] = asyncio.Queue(maxsize=INBOX_SIZE)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = OwnedTasks(log, f"agent {info.agent_id}")
         self._pumps: list[asyncio.Task[None]] = []
         self._escalation: asyncio.Task[None] | None = None
         self._pending: deque[PendingCommand] = deque()
@@ -186,22 +187,9 @@ class Agent:
         return self._seq
 
     def _task(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(
-            coro, name=f"{name}:{self.agent_id}", context=context_with(agent_id=self.agent_id)
+        return self.tasks.spawn(
+            coro, f"{name}:{self.agent_id}", context=context_with(agent_id=self.agent_id)
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "agent %s: task %s failed",
-                self.agent_id,
-                task.get_name(),
-                exc_info=task.exception(),
-            )
 
     async def _set_registry(self, **fields: str | int) -> None:
         try:
@@ -608,10 +596,7 @@ class Agent:
         process is killed if it is still there (normally it has ended already)."""
         if self.process.returncode is None:
             self.process.signal_group(signal.SIGKILL)
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.tasks.close()
         while not self._inbox.empty():
             request = self._inbox.get_nowait()
             await self._reply(request, error=AgentNotFound(f"agent {self.agent_id} has ended"))

@@ -72,6 +72,7 @@ from shared.protocol import (
     new_id,
     now_ms,
 )
+from shared.tasks import OwnedTasks
 from shared.tokens import Identity
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ class Connection:
         self.subscriptions: dict[str, Subscription[ServerConnection]] = {}
         #: Agents this session created (their lifecycle events are delivered to it).
         self.agents: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = OwnedTasks(log, f"connection {self.id}")
         #: The client's address (behind trusted proxies: from X-Forwarded-For).
         self.ip = gateway.client_ip(ws)
         self._ip_key = limit_key(self.ip)
@@ -184,8 +185,7 @@ class Connection:
         try:
             if not await self._authenticate():
                 return
-            heartbeat = asyncio.create_task(self._heartbeat(), name=f"heartbeat:{self.id}")
-            self._tasks.add(heartbeat)
+            self.tasks.spawn(self._heartbeat(), f"heartbeat:{self.id}")
             async for raw in self.ws:
                 self._last_seen = time.monotonic()
                 self._active_since_flush = True
@@ -199,10 +199,7 @@ class Connection:
             )
 
     async def _cleanup(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self.tasks.close()
         for sub in list(self.subscriptions.values()):
             await self.gateway.remove_subscription(sub)
         if self.session_id is not None:
@@ -215,12 +212,6 @@ class Connection:
             except Exception as e:  # noqa: BLE001 - Redis down: the session keeps its last flushed state
                 log.warning("could not update session %s on close: %s", self.session_id, e)
         self.subscriptions.clear()
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # -- authentication ------------------------------------------------------------
     async def _authenticate(self) -> bool:
@@ -467,7 +458,9 @@ class Connection:
         assert self.identity is not None
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
-        self._expiry_timer = self._spawn(self._expiry_watch(self.identity), f"expiry:{self.id}")
+        self._expiry_timer = self.tasks.spawn(
+            self._expiry_watch(self.identity), f"expiry:{self.id}"
+        )
 
     def _token_expired(self) -> bool:
         assert self.identity is not None
@@ -568,7 +561,7 @@ class Connection:
             # queued behind: the client's close frame is behind them, and awaiting the
             # close here would hold the connection for the whole close timeout.
             self._closing = True
-            self._spawn(self.ws.close(CLOSE_POLICY, "RATE_LIMIT_EXCEEDED"), f"close:{self.id}")
+            self.tasks.spawn(self.ws.close(CLOSE_POLICY, "RATE_LIMIT_EXCEEDED"), f"close:{self.id}")
             return
         if isinstance(message, HeartbeatMessage):
             return
@@ -630,10 +623,12 @@ class Connection:
             await self._refresh_token(message)
         elif isinstance(message, CreateAgentMessage):
             self._require_control()
-            self._spawn(self._request(self._create_agent, message), f"create:{message.id}")
+            self.tasks.spawn(self._request(self._create_agent, message), f"create:{message.id}")
         else:
             self._require_control()
-            self._spawn(self._request(self._control_agent, message), f"{message.type}:{message.id}")
+            self.tasks.spawn(
+                self._request(self._control_agent, message), f"{message.type}:{message.id}"
+            )
 
     async def _request(self, handler: Any, message: ClientMessage) -> None:
         """Run an agent request in its own task; its outcome becomes the ack."""

@@ -99,9 +99,8 @@ class RunnerClient:
             for r in runners:
                 pipe.scard(self.keys.runner_agents(str(r["runnerId"])))
             loads = await pipe.execute()
-        if not any(
-            int(r.get("capacity", 0)) > load for r, load in zip(runners, loads, strict=True)
-        ):  # type: ignore[call-overload]
+        capacities = [int(str(r.get("capacity", 0))) for r in runners]
+        if not any(cap > load for cap, load in zip(capacities, loads, strict=True)):
             raise TeamdashError(
                 ErrorCode.AGENT_LIMIT_EXCEEDED, "every agent runner is at its agent limit"
             )

@@ -34,7 +34,7 @@ from gateway.settings import GatewaySettings
 from shared.bus import EventBus, Position, PubSubHub, Replay, parse_channel_message
 from shared.keys import LOGS_TOPIC, Keys
 from shared.protocol import SystemAlertMessage
-from shared.tasks import raise_if_cancelled
+from shared.tasks import OwnedTasks, raise_if_cancelled
 from shared.tokens import TokenVerifier
 
 log = logging.getLogger("ws.gateway")
@@ -108,7 +108,7 @@ class Gateway:
         self._route_lock = asyncio.Lock()
         self._channel_prefix = self.keys.topic_channel_prefix
         self.connections: set[Connection] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = OwnedTasks(log, f"gateway {settings.gateway_id}")
         self._closing: set[ServerConnection] = set()
         self._server: Server | None = None
 
@@ -144,9 +144,9 @@ class Gateway:
             # asyncio's default (100) overflows when thousands of clients connect at once.
             backlog=LISTEN_BACKLOG,
         )
-        self.spawn(self._flush_sessions_forever(), "flush-sessions")
-        self.spawn(self.limits.run(), "sync-rate-limits")
-        self.spawn(self._audit_ticks(), "security-audit")
+        self.tasks.spawn(self._flush_sessions_forever(), "flush-sessions")
+        self.tasks.spawn(self.limits.run(), "sync-rate-limits")
+        self.tasks.spawn(self._audit_ticks(), "security-audit")
         log.info(
             "gateway %s listening on %s://%s:%d%s", self.id, s.scheme, s.host, self.port, s.path
         )
@@ -160,23 +160,9 @@ class Gateway:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tasks.close()
         await self.hub.close()
         await self.redis.aclose()
-
-    def spawn(self, coro: object, name: str) -> asyncio.Task[None]:
-        """Start a background task owned by the gateway (cancelled and awaited on close)."""
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
     async def _flush_sessions_forever(self) -> None:
         interval = self.settings.cursor_flush_interval_s
@@ -197,7 +183,7 @@ class Gateway:
 
     def _publish_alert(self, alert: SystemAlertMessage) -> None:
         tags = (alert.payload.level, alert.payload.category)
-        self.spawn(self._publish_alert_now(alert, tags), "security-alert")
+        self.tasks.spawn(self._publish_alert_now(alert, tags), "security-alert")
 
     async def _publish_alert_now(self, alert: SystemAlertMessage, tags: tuple[str, str]) -> None:
         try:
@@ -353,10 +339,10 @@ class Gateway:
 
     def _schedule_resync(self, route: TopicRoute[ServerConnection]) -> None:
         name = f"resync:{route.topic}"
-        if any(t.get_name() == name for t in self._tasks):
+        if self.tasks.running(name):
             return
         self.metrics.resyncs.inc()
-        self.spawn(self._resync(route), name)
+        self.tasks.spawn(self._resync(route), name)
 
     async def _resync(self, route: TopicRoute[ServerConnection]) -> None:
         delay = 0.05
@@ -487,7 +473,7 @@ class Gateway:
         self._closing.add(ws)
         self.metrics.slow_consumers.inc()
         log.warning("closing a slow consumer: %d bytes waiting to be sent", size)
-        self.spawn(self._close_slow(ws), "close-slow-consumer")
+        self.tasks.spawn(self._close_slow(ws), "close-slow-consumer")
 
     async def _close_slow(self, ws: ServerConnection) -> None:
         # The close frame queues behind what the client has not read yet; if it does not

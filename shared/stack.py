@@ -111,10 +111,7 @@ def up(*, gateways: int = 1, port: int | None = None) -> int:
     if redis_url is None:
         redis = EmbeddedRedis(workdir=state_dir / "redis")
         redis_url = redis.start()
-        print(
-            f"teamdash: embedded redis-server on {redis_url} (pid {redis.process.pid})",
-            file=sys.stderr,
-        )  # type: ignore[union-attr]
+        print(f"teamdash: embedded redis-server on {redis_url}", file=sys.stderr)
 
     # The children get the secret itself (TEAMDASH_JWT_SECRET), not the file it came from.
     child_env = {

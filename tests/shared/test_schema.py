@@ -17,6 +17,7 @@ from shared import protocol as p
 from shared import schema
 from shared.errors import ErrorCode, ProtocolError
 from tests.helpers import ROOT
+from tests.shared.test_protocol import SPEC_ERROR_CODES
 
 REGENERATE = "python -m shared.schema --write"
 
@@ -151,21 +152,7 @@ def test_error_codes_with_names_and_numbers(doc: dict[str, Any]) -> None:
     assert codes["type"] == "integer"
     assert codes["enum"] == [int(c) for c in ErrorCode]
     assert codes["x-enum-varnames"] == [c.name for c in ErrorCode]
-    assert dict(zip(codes["x-enum-varnames"], codes["enum"], strict=True)) == {
-        "AUTH_FAILED": 1001,
-        "TOKEN_EXPIRED": 1002,
-        "INSUFFICIENT_PERMISSIONS": 1003,
-        "AGENT_NOT_FOUND": 2001,
-        "AGENT_SPAWN_FAILED": 2002,
-        "AGENT_LIMIT_EXCEEDED": 2003,
-        "AGENT_COMMAND_TIMEOUT": 2004,
-        "RESOURCE_EXHAUSTED": 3001,
-        "SERVICE_UNAVAILABLE": 3002,
-        "INTERNAL_ERROR": 3003,
-        "INVALID_MESSAGE": 4001,
-        "UNSUPPORTED_TYPE": 4002,
-        "RATE_LIMIT_EXCEEDED": 4003,
-    }
+    assert dict(zip(codes["x-enum-varnames"], codes["enum"], strict=True)) == SPEC_ERROR_CODES
     for c in ErrorCode:
         assert f"| {int(c)} | {c.name} |" in codes["description"]
     ack_code = doc["$defs"]["AckPayload"]["properties"]["code"]
