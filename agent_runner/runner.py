@@ -546,7 +546,8 @@ class Runner:
             if agent is not None:
                 agent.peak_memory = max(agent.peak_memory, sample.memory)
                 agent.process.descendants = sample.descendants
-            docs.append(sample.to_json())
+                # The gateway shows an operator only their own agents' figures.
+                docs.append({**sample.to_json(), "owner": agent.info.owner})
         try:
             await self.redis.hset(
                 self.keys.agent_stats,

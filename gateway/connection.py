@@ -377,14 +377,12 @@ class Connection:
             return None
         if saved.hidden:
             filt = Filter((LIFECYCLE_KINDS,))
-        elif saved.topic == AGENTS_TOPIC and not self._sees_all_agents():
-            filt = Filter(filt.dimensions, owner=self.identity.user_id)
         return Subscription(
             id=saved.id,
             conn=self.ws,
             kind=kind,
             topic=saved.topic,
-            filter=filt,
+            filter=filt.restricted_to(self._visible_owner()),
             requested_filters=saved.filters,
             hidden=saved.hidden,
         )
@@ -670,12 +668,8 @@ class Connection:
         assert self.identity is not None
         ended = []
         for sub in list(self.subscriptions.values()):
-            if sub.hidden or sub.kind != "agent":
-                continue
-            if sub.topic == AGENTS_TOPIC:
-                dims = parse_filters("agent", sub.requested_filters).dimensions
-                owner = None if self._sees_all_agents() else self.identity.user_id
-                sub.filter = Filter(dims, owner=owner)
+            sub.filter = sub.filter.restricted_to(self._visible_owner())
+            if sub.hidden or sub.kind != "agent" or sub.topic == AGENTS_TOPIC:
                 continue
             try:
                 record = await self.gateway.runners.agent(sub.topic.removeprefix("agent:"))
@@ -719,8 +713,6 @@ class Connection:
                 since = Position(0, None)
         elif kind == "agent":
             topic = AGENTS_TOPIC
-            if not self._sees_all_agents():
-                filt = Filter(filt.dimensions, owner=self.identity.user_id)
         elif kind == "metrics":
             topic = METRICS_TOPIC
         else:
@@ -730,7 +722,7 @@ class Connection:
             conn=self.ws,
             kind=kind,  # type: ignore[arg-type]
             topic=topic,
-            filter=filt,
+            filter=filt.restricted_to(self._visible_owner()),
             requested_filters=tuple(message.payload.filters or ()),
         )
         self.subscriptions[sub.id] = sub
@@ -768,6 +760,11 @@ class Connection:
         if "admin" in roles or self.settings.operators_see_all_agents:
             return True
         return "operator" not in roles
+
+    def _visible_owner(self) -> str | None:
+        """Whose agents this user sees in every topic: None for all, else their own."""
+        assert self.identity is not None
+        return None if self._sees_all_agents() else self.identity.user_id
 
     def _may_see(self, owner: str) -> bool:
         assert self.identity is not None

@@ -29,6 +29,7 @@ import orjson
 
 from shared.bus import LOW_PRIORITY_TAG, Event, Position
 from shared.errors import ErrorCode, ProtocolError
+from shared.keys import METRICS_TOPIC
 
 SubscriptionKind = Literal["agent", "metrics", "logs"]
 
@@ -46,8 +47,10 @@ class Filter:
     """Which events of a topic a subscription wants.
 
     ``dimensions``: every non-empty set must share a tag with the event (AND across
-    dimensions, OR within one). ``owner``: the event must carry ``user:{owner}``.
-    ``sections``: for ``metrics:update``, the payload sections to keep (None = all)."""
+    dimensions, OR within one). ``owner``: only that user's agents — an event about an
+    agent (tagged ``user:…``) must carry ``user:{owner}``, and on the ``metrics`` topic
+    ``payload.agents`` keeps only that user's entries. ``sections``: for
+    ``metrics:update``, the payload sections to keep (None = all)."""
 
     dimensions: tuple[frozenset[str], ...] = ()
     owner: str | None = None
@@ -58,8 +61,12 @@ class Filter:
             if wanted.isdisjoint(tags):
                 return False
         if self.owner is not None and f"user:{self.owner}" not in tags:
-            return False
+            return not any(tag.startswith("user:") for tag in tags)
         return True
+
+    def restricted_to(self, owner: str | None) -> Filter:
+        """The same filter for a user who sees only ``owner``'s agents (None: all)."""
+        return Filter(self.dimensions, owner, self.sections)
 
 
 def parse_filters(kind: SubscriptionKind, filters: Iterable[str] | None) -> Filter:
@@ -109,12 +116,31 @@ class Subscription(Generic[C]):
     cursor: Position | None = None
 
 
-def metrics_variant(data: bytes, sections: frozenset[str]) -> bytes:
-    """``metrics:update`` bytes with only the payload ``sections`` kept."""
+#: Which bytes a subscription gets: the event's own (None), or a rewritten
+#: ``metrics:update`` with only some payload sections and/or one owner's agents.
+Variant = tuple[frozenset[str] | None, str | None] | None
+
+
+def variant_of(topic: str, filt: Filter) -> Variant:
+    """The payload variant ``filt`` needs on ``topic`` (None: the event's own bytes)."""
+    if topic != METRICS_TOPIC or (filt.sections is None and filt.owner is None):
+        return None
+    return (filt.sections, filt.owner)
+
+
+def metrics_variant(data: bytes, variant: Variant) -> bytes:
+    """``metrics:update`` bytes rewritten for ``variant``: only the payload sections kept,
+    and only the agents of one owner."""
+    if variant is None:
+        return data
+    sections, owner = variant
     doc = orjson.loads(data)
     payload = doc.get("payload", {})
-    for section in METRICS_SECTIONS - sections:
-        payload.pop(section, None)
+    if sections is not None:
+        for section in METRICS_SECTIONS - sections:
+            payload.pop(section, None)
+    if owner is not None and isinstance(payload.get("agents"), list):
+        payload["agents"] = [a for a in payload["agents"] if a.get("owner") == owner]
     return orjson.dumps(doc)
 
 
@@ -150,25 +176,22 @@ class TopicRoute(Generic[C]):
 
     def deliver(self, event: Event) -> list[tuple[list[C], bytes, bool]]:
         plain: dict[int, C] = {}
-        variants: dict[frozenset[str], dict[int, C]] = {}
+        variants: dict[Variant, dict[int, C]] = {}
         for sub in self.subscriptions.values():
             if sub.catching_up:
                 sub.queued.append(event)
                 continue
             if not sub.filter.accepts(event.tags):
                 continue
-            target = (
-                plain
-                if sub.filter.sections is None
-                else variants.setdefault(sub.filter.sections, {})
-            )
+            variant = variant_of(self.topic, sub.filter)
+            target = plain if variant is None else variants.setdefault(variant, {})
             target.setdefault(id(sub.conn), sub.conn)
         low = LOW_PRIORITY_TAG in event.tags
         out: list[tuple[list[C], bytes, bool]] = []
         if plain:
             out.append((list(plain.values()), event.data, low))
-        for sections, conns in variants.items():
-            out.append((list(conns.values()), metrics_variant(event.data, sections), low))
+        for variant, conns in variants.items():
+            out.append((list(conns.values()), metrics_variant(event.data, variant), low))
         return out
 
     # -- starting and resyncing ------------------------------------------------
@@ -229,10 +252,7 @@ def plan_catch_up(
             if cur is not None and cur.epoch == event.epoch and event.offset <= cur.offset:
                 continue
             if sub.filter.accepts(event.tags):
-                data = event.data
-                if sub.filter.sections is not None:
-                    data = metrics_variant(data, sub.filter.sections)
-                out.append(data)
+                out.append(metrics_variant(event.data, variant_of(sub.topic, sub.filter)))
                 break
     return out, last
 

@@ -358,6 +358,11 @@ class AgentMetrics(_Strict):
     cpu: float = Field(description="Percent of one core (can exceed 100 on several cores).")
     memory: int = Field(description="Resident bytes of the agent's whole process tree.")
     threads: int
+    owner: str | None = Field(
+        None,
+        description="The user who created the agent. An operator's updates list only "
+        "their own agents (unless the gateway lets operators see all agents).",
+    )
 
 
 class MetricsUpdatePayload(_Strict):

@@ -495,6 +495,7 @@ async def test_stats_cover_the_process_tree(
     assert isinstance(stats, dict)
     assert stats["memory"] > 4 * 5_000_000  # four python processes and more
     assert isinstance(stats["cpu"], float)
+    assert stats["owner"] == "alice"  # the gateway filters operators' updates by it
 
 
 async def test_restart_reconciles_leftovers(

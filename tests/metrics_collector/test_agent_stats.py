@@ -24,7 +24,7 @@ def test_fresh_entries_are_merged_sorted_and_stale_ones_ignored() -> None:
     merged = merge_agent_stats(
         {
             b"r1": entry(NOW - 500, agent("b"), agent("a", cpu=150.0)),
-            b"r2": entry(NOW + 200, agent("c")),  # a little clock skew is fine
+            b"r2": entry(NOW + 200, {**agent("c"), "owner": "bob"}),  # a little skew is fine
             b"r3": entry(NOW - 10_000, agent("stale")),
             b"r4": entry(NOW - 120_000, agent("gone")),
         },
@@ -34,6 +34,7 @@ def test_fresh_entries_are_merged_sorted_and_stale_ones_ignored() -> None:
     )
     assert [a.agentId for a in merged.agents] == ["a", "b", "c"]
     assert merged.agents[0] == AgentMetrics(agentId="a", cpu=150.0, memory=1024, threads=3)
+    assert merged.agents[2].owner == "bob"
     assert merged.expired == ["r4"]
     assert merged.invalid == {}
 

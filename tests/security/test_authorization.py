@@ -127,3 +127,55 @@ async def test_a_session_cannot_be_taken_over_by_another_user(gateway):
     )
     ack = await mallory.ack_for(mid)
     assert ack["code"] == ErrorCode.INSUFFICIENT_PERMISSIONS
+
+
+async def test_operators_see_only_their_own_agents_in_metrics_and_alerts(
+    gateway, start_runner, start_service, service_env
+):
+    """The shared topics too: an operator's ``metrics:update.agents`` lists only their
+    agents, and another user's agent crashing raises no alert on their ``logs``; viewers and
+    admins see everything."""
+    await start_runner()
+    start_service("collector", {**service_env, "TEAMDASH_METRICS_INTERVAL_S": "0.2"})
+    url = ws_url(gateway)
+    alice = await WSClient.authed(url, token("alice", roles=("operator",)))
+    bob = await WSClient.authed(url, token("bob", roles=("operator",)))
+    vera = await WSClient.authed(url, token("vera", roles=("viewer",)))
+    root = await WSClient.authed(url, token("root", roles=("admin",)))
+    everyone = (alice, bob, vera, root)
+    for client in everyone:
+        await client.subscribe("metrics")
+        await client.subscribe("logs", filters=["agent"])
+    ack = await alice.request("agent:create", {**CREATE, "model": "crash"}, timeout=20)
+    assert ack["success"], ack
+    alice_agent = ack["result"]["agentId"]
+    bob_agent = await create(bob)
+
+    def agents_in(m: dict) -> set[str]:
+        if m["type"] != "metrics:update":
+            return set()
+        return {a["agentId"] for a in m["payload"].get("agents") or []}
+
+    both = {alice_agent, bob_agent}
+    for client in (vera, root):
+        update = await client.recv_where(lambda m: both <= agents_in(m), 15, "both agents")
+        owners = {a["agentId"]: a["owner"] for a in update["payload"]["agents"]}
+        assert owners[alice_agent] == "alice" and owners[bob_agent] == "bob"
+    for client, mine, theirs in ((alice, alice_agent, bob_agent), (bob, bob_agent, alice_agent)):
+        update = await client.recv_where(lambda m, a=mine: a in agents_in(m), 15, "own agent")
+        assert update["payload"]["system"]["cpu"]  # the system section is not cut
+        seen = [m for m in client.drain() + [update] if theirs in agents_in(m)]
+        assert not seen, seen
+
+    # alice's agent crashes: an `agent` alert for alice, the viewer and the admin; not bob.
+    await alice.request("agent:command", {"agentId": alice_agent, "command": "crash"})
+
+    def crash_alert(m: dict) -> bool:
+        return m["type"] == "system:alert" and m["metadata"].get("agentId") == alice_agent
+
+    for client in (alice, vera, root):
+        await client.recv_where(crash_alert, 15, "alice's agent's crash alert")
+    leaked = [m for m in bob.drain() + await bob.collect(1.0) if crash_alert(m)]
+    assert not leaked, leaked
+    for client in everyone:
+        await client.close()
