@@ -193,7 +193,18 @@ def _gateway_health(env: Env, port: int | None) -> int:
     if host in ("0.0.0.0", "::", "*"):
         host = "127.0.0.1"
     port = port if port is not None else env.int("TEAMDASH_GATEWAY_PORT", 3001, min=1)
-    conn = http.client.HTTPConnection(host, port, timeout=4)
+    conn: http.client.HTTPConnection
+    if env.opt_str("TEAMDASH_TLS_CERT_FILE"):
+        import ssl
+
+        # The gateway serves wss:// itself: ask over TLS. Its certificate names the public
+        # host, not the loopback address this check uses, so it is not verified here.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(host, port, timeout=4, context=context)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=4)
     try:
         conn.request("GET", "/readyz")
         response = conn.getresponse()
@@ -276,7 +287,10 @@ def _client_token(args: argparse.Namespace) -> str | Callable[[], str]:
     env = Env()
     secret = jwt_secret(env, CommonSettings.from_env(env).state_dir)
     user = args.user
-    return lambda: mint_token(secret, user, roles=("admin",), ttl_s=3600)
+    issuer, audience = env.opt_str("TEAMDASH_JWT_ISSUER"), env.opt_str("TEAMDASH_JWT_AUDIENCE")
+    return lambda: mint_token(
+        secret, user, roles=("admin",), ttl_s=3600, issuer=issuer, audience=audience
+    )
 
 
 def _client_command(body: ClientBody) -> Callable[[argparse.Namespace], int]:

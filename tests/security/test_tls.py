@@ -4,9 +4,13 @@ and authenticates."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
+import os
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from shared.settings import ConfigError
 from tests.gateway.conftest import token
+from tests.helpers import t
 from tests.wsclient import WSClient
 
 
@@ -85,6 +90,20 @@ async def test_wss_with_tls13_only(make_gateway, tmp_path):
     # Plain ws:// to the TLS port does not get a WebSocket either.
     with pytest.raises(Exception):  # noqa: B017 - any handshake failure
         await WSClient.open(f"ws://127.0.0.1:{gw.port}{gw.settings.path}")
+
+    # The compose health check speaks TLS to a TLS gateway.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEAMDASH_")}
+    health = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "shared.cli", "health", "gateway", "--port", str(gw.port)],
+        env={**env, "TEAMDASH_TLS_CERT_FILE": str(cert_file)},
+        capture_output=True,
+        text=True,
+        timeout=t(30),
+        check=False,
+    )
+    assert health.returncode == 0, health.stderr
+    assert health.stdout.startswith("ok: gateway"), health.stdout
 
 
 async def test_tls_settings_must_come_in_pairs(make_gateway, tmp_path):

@@ -359,3 +359,22 @@ async def test_a_refresh_with_fewer_rights_narrows_what_the_connection_sees(make
     mine = await client.recv_type("agent:status")
     assert mine["payload"]["agentId"] == "agent-of-alice", "bob's agent is no longer visible"
     await client.close()
+
+
+def test_cli_client_tokens_carry_the_configured_issuer_and_audience(monkeypatch, tmp_path):
+    """`teamdash agents` & co. mint their own dev token when none is given: it must pass a
+    gateway that checks `iss` and `aud`."""
+    import argparse
+
+    from shared.cli import _client_token
+
+    monkeypatch.delenv("TEAMDASH_TOKEN", raising=False)
+    monkeypatch.setenv("TEAMDASH_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("TEAMDASH_JWT_SECRET", "s" * 32)
+    monkeypatch.setenv("TEAMDASH_JWT_ISSUER", "teamdash-dev")
+    monkeypatch.setenv("TEAMDASH_JWT_AUDIENCE", "dashboard")
+    provider = _client_token(argparse.Namespace(token=None, user="ops"))
+    assert callable(provider)
+    verifier = TokenVerifier("s" * 32, ("HS256",), issuer="teamdash-dev", audience="dashboard")
+    identity = verifier.verify(provider())
+    assert identity.user_id == "ops" and identity.is_admin
