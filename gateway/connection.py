@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from gateway.audit import Kind
 from gateway.guard import check_frame, limit_key
@@ -121,6 +122,8 @@ class Connection:
         #: Set once the connection is being closed for abuse: frames still queued are dropped.
         self._closing = False
         self._last_seen = time.monotonic()
+        #: Pinged by the gateway's heartbeat ticker (from auth until a heartbeat timeout).
+        self._heartbeat_on = False
         #: Cursors as last written to the session (to write only what changed).
         self._flushed: dict[str, Position] = {}
         self._active_since_flush = False
@@ -185,7 +188,7 @@ class Connection:
         try:
             if not await self._authenticate():
                 return
-            self.tasks.spawn(self._heartbeat(), f"heartbeat:{self.id}")
+            self._start_heartbeat()
             async for raw in self.ws:
                 self._last_seen = time.monotonic()
                 self._active_since_flush = True
@@ -391,7 +394,16 @@ class Connection:
     def session_updates(self, *, advance: bool = True) -> dict[str, str | int]:
         """Session fields that changed since the last write: the delivered cursors, and
         ``lastActivity``. With ``advance``, a live subscription's cursor moves to its
-        route's position when everything sent so far has left the send buffer."""
+        route's position when everything sent so far has left the send buffer.
+
+        ``lastActivity`` is not worth a write of its own each time the client says
+        something (every heartbeat would cost a Redis call): it goes with cursors that
+        changed, else at most once per ``session_ttl_s / 3`` — which is also when a session
+        with nothing else to write gets its TTL refreshed (``gatewayId``)."""
+        now = time.monotonic()
+        due = now - self._last_session_write > self.settings.session_ttl_s / 3
+        if not due and not self.subscriptions:
+            return {}  # the common idle case: no cursor can have moved, nothing is due
         fields: dict[str, str | int] = {}
         if advance:
             transport = self.ws.transport
@@ -406,11 +418,10 @@ class Connection:
             if sub.cursor is not None and self._flushed.get(sub.id) != sub.cursor:
                 fields[f"cur:{sub.id}"] = sub.cursor.to_str()
                 self._flushed[sub.id] = sub.cursor
-        if self._active_since_flush:
+        if self._active_since_flush and (fields or due):
             self._active_since_flush = False
             fields["lastActivity"] = now_ms()
-        now = time.monotonic()
-        if not fields and now - self._last_session_write > self.settings.session_ttl_s / 3:
+        if not fields and due:
             fields["gatewayId"] = self.gateway.id  # keeps an idle session's TTL fresh
         if fields:
             self._last_session_write = now
@@ -440,15 +451,26 @@ class Connection:
         await self.gateway.sessions.write(self.session_id, self.id, fields)
 
     # -- heartbeat -----------------------------------------------------------------
-    async def _heartbeat(self) -> None:
-        interval = self.settings.heartbeat_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            if time.monotonic() - self._last_seen > 2 * interval:
-                log.info("connection %s: two heartbeats unanswered, closing", self.id)
-                await self.ws.close(1001, "heartbeat timeout")
-                return
-            await self.send(HeartbeatMessage(type="ping"))
+    # One timer for all connections: every heartbeat_interval_s the gateway's ticker
+    # (Gateway._heartbeat_forever) asks each connection heartbeat_due() and writes one
+    # shared, once-encoded ``ping`` to those that answer True.
+    def _start_heartbeat(self) -> None:
+        """From now on (authenticated) the gateway's ticker pings this connection."""
+        self._last_seen = time.monotonic()  # the auth message was heard just now
+        self._heartbeat_on = True
+
+    def heartbeat_due(self, now: float) -> bool:
+        """One tick of the heartbeat: True when this connection is to get the tick's
+        ``ping``. One that sent nothing for two intervals (two pings unanswered) is closed
+        with 1001 instead, once."""
+        if not self._heartbeat_on or self.ws.state is not State.OPEN:
+            return False
+        if now - self._last_seen > 2 * self.settings.heartbeat_interval_s:
+            self._heartbeat_on = False
+            log.info("connection %s: two heartbeats unanswered, closing", self.id)
+            self.tasks.spawn(self.ws.close(1001, "heartbeat timeout"), f"heartbeat:{self.id}")
+            return False
+        return True
 
     # -- token expiry ----------------------------------------------------------------
     def _start_expiry_timer(self) -> None:

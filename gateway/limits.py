@@ -68,7 +68,7 @@ class WindowLimiter:
     by straddling a window boundary.
     """
 
-    __slots__ = ("limit", "window_s", "_entries", "_carry")
+    __slots__ = ("limit", "window_s", "_entries", "_carry", "_touched", "_watched", "_swept")
 
     def __init__(self, limit: int, window_s: float = 1.0) -> None:
         self.limit = limit
@@ -76,6 +76,13 @@ class WindowLimiter:
         self._entries: dict[str, _Entry] = {}
         #: Local counts of windows that ended before they were synced.
         self._carry: list[SyncItem] = []
+        #: Keys counted (or checked) since the last :meth:`pending`, and the keys the last
+        #: one handed out: the only keys the next one needs to look at (an entry left alone
+        #: gets no new local counts, and its estimate only goes down as time passes).
+        self._touched: set[str] = set()
+        self._watched: set[str] = set()
+        #: When :meth:`pending` last looked for keys to forget.
+        self._swept = float("-inf")
 
     def _entry(self, key: str, now: float) -> tuple[_Entry, float]:
         position = now / self.window_s
@@ -105,11 +112,13 @@ class WindowLimiter:
         entry, _ = self._entry(key, now)
         entry.local += 1
         entry.last_used = now
+        self._touched.add(key)
 
     def reserve(self, key: str, now: float) -> _Entry | None:
         """The key's entry when one more event fits, else None; count it with
         :meth:`commit` (one lookup for the check and the count: this is per message)."""
         entry, frac = self._entry(key, now)
+        self._touched.add(key)
         used = entry.previous * (1.0 - frac) + entry.synced + entry.in_flight + entry.local
         return entry if used + 1 <= self.limit else None
 
@@ -121,21 +130,38 @@ class WindowLimiter:
     def pending(self, now: float) -> list[SyncItem]:
         """What to add to the shared counters now: every key counted since the last sync,
         and the keys near their limit (with delta 0, to learn the others' counts).
-        Keys unused for two windows are forgotten."""
+        Keys unused for two windows are forgotten (looked for once per window).
+
+        Only the keys touched since the last call and those it handed out are looked at:
+        an idle limiter costs nothing here, and returns nothing (no sync needed)."""
         items, self._carry = self._carry, []
-        forget = []
-        for key, entry in self._entries.items():
-            self._entry(key, now)
+        stale = 2 * self.window_s
+        if now - self._swept >= self.window_s:
+            self._swept = now
+            forget = [
+                key
+                for key, entry in self._entries.items()
+                if not entry.local and now - entry.last_used > stale
+            ]
+            for key in forget:
+                del self._entries[key]
+        candidates = self._touched | self._watched if self._watched else self._touched
+        self._touched = set()
+        watched = self._watched = set()
+        for key in candidates:
+            if key not in self._entries:
+                continue
+            entry, frac = self._entry(key, now)
             if entry.local:
                 items.append(SyncItem(key, entry.window, entry.local))
                 entry.in_flight += entry.local
                 entry.local = 0
-            elif now - entry.last_used > 2 * self.window_s:
-                forget.append(key)
-            elif self.estimate(key, now) * 2 >= self.limit:
+                watched.add(key)
+            elif now - entry.last_used > stale:
+                del self._entries[key]
+            elif (entry.previous * (1.0 - frac) + entry.synced + entry.in_flight) * 2 >= self.limit:
                 items.append(SyncItem(key, entry.window, 0))
-        for key in forget:
-            del self._entries[key]
+                watched.add(key)
         return items
 
     def apply(self, item: SyncItem, total: int, previous_total: int | None) -> None:
@@ -160,6 +186,7 @@ class WindowLimiter:
             if entry is not None and item.window == entry.window and item.delta:
                 entry.in_flight = max(0, entry.in_flight - item.delta)
                 entry.local += item.delta
+                self._touched.add(item.key)
 
     def __len__(self) -> int:
         return len(self._entries)

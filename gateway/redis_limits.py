@@ -3,9 +3,11 @@ and new connections per client IP.
 
 Messages are never a Redis round trip each. Each gateway counts them locally
 (:class:`gateway.limits.WindowLimiter`, one per limit) and decides locally; every
-``sync_interval_s`` (100 ms by default) one pipeline adds each active key's local count to
+``sync_interval_s`` (100 ms by default) one script call adds each active key's local count to
 its one-second window counter in Redis (INCRBY, EXPIRE) and reads back the shared totals of
-that window and the one before (GET), which the next decisions use. A client that spreads
+that window and the one before (GET), which the next decisions use. Only keys counted here
+since the last sync and keys near their limit are synced; when there are none (an idle
+gateway) there is no round trip at all. A client that spreads
 its traffic over several gateways is therefore limited to the shared rate, give or take
 what the other gateways accept within one sync interval.
 
@@ -34,6 +36,20 @@ log = logging.getLogger("ws.limits")
 #: How many windows a counter outlives its own (read back as "the previous window").
 _TTL_WINDOWS = 3
 
+# One sync in one command (one reply to read, not three per key). KEYS: per item, its
+# window's counter then the previous window's; ARGV[1] the counters' TTL in s, ARGV[1 + i]
+# item i's delta. Returns per item: the window's total after adding the delta, and the
+# previous window's total (nil when there is none).
+_SYNC = """
+local out = {}
+for i = 1, #KEYS / 2 do
+  out[2 * i - 1] = redis.call('incrby', KEYS[2 * i - 1], ARGV[i + 1])
+  redis.call('expire', KEYS[2 * i - 1], ARGV[1])
+  out[2 * i] = redis.call('get', KEYS[2 * i])
+end
+return out
+"""
+
 
 class SharedLimits:
     def __init__(
@@ -53,6 +69,7 @@ class SharedLimits:
         self.ip_connections_per_minute = ip_connections_per_minute
         self.sync_interval_s = sync_interval_s
         self._failing = False
+        self._sync_script = redis.register_script(_SYNC)
 
     # -- messages (local decision) -------------------------------------------------------
     def admit(self, user_id: str | None, ip_key: str) -> str | None:
@@ -90,19 +107,19 @@ class SharedLimits:
             (self.ips, self.ips.pending(now), self.keys.ip_message_rate),
         )
         if not any(items for _, items, _ in batches):
-            return
+            return  # nothing counted here and no key near its limit: no round trip
+        keys: list[str] = []
+        args: list[int] = [_TTL_WINDOWS]
+        for _, items, name in batches:
+            for item in items:
+                keys += (name(item.key, item.window), name(item.key, item.window - 1))
+                args.append(item.delta)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             # that arrives as the reply does, and the gateway's close would wait forever.
             async with asyncio.timeout(max(1.0, 10 * self.sync_interval_s)):
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for _, items, name in batches:
-                        for item in items:
-                            key = name(item.key, item.window)
-                            pipe.incrby(key, item.delta)
-                            pipe.expire(key, _TTL_WINDOWS)
-                            pipe.get(name(item.key, item.window - 1))
-                    results = await pipe.execute()
+                # client=: the client in use now (tests swap it), not the one registered.
+                results = await self._sync_script(keys=keys, args=args, client=self.redis)
             raise_if_cancelled()
         except asyncio.CancelledError:
             for limiter, items, _ in batches:
@@ -125,8 +142,8 @@ class SharedLimits:
         i = 0
         for limiter, items, _ in batches:
             for item in items:
-                total, _expired, previous = results[i : i + 3]
-                i += 3
+                total, previous = results[i], results[i + 1]
+                i += 2
                 limiter.apply(item, int(total), int(previous) if previous is not None else None)
 
     # -- connections (exact, one round trip per handshake) -------------------------------

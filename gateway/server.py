@@ -4,7 +4,8 @@ One :class:`Gateway` owns everything a gateway process runs: the Redis client, o
 connection (:class:`shared.bus.PubSubHub`) shared by all topics and the runners' replies,
 the topic routes (:mod:`gateway.router`), and the websockets server whose handler is a
 :class:`gateway.connection.Connection` per client. Fan-out never awaits per recipient: an
-event's bytes go to all matching connections with one ``broadcast`` call.
+event is framed once and every connection is written once per batch of events
+(:mod:`gateway.fanout`).
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ import asyncio
 import gc
 import logging
 import ssl
+import time
 import uuid
 from collections.abc import Iterable
 from http import HTTPStatus
 
 import redis.asyncio as aioredis
-from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from gateway.audit import SecurityAudit
 from gateway.connection import Connection
+from gateway.fanout import Outbox
 from gateway.guard import client_ip, limit_key, origin_allowed
 from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from gateway.redis_limits import SharedLimits
@@ -33,7 +36,7 @@ from gateway.sessions import SessionStore
 from gateway.settings import GatewaySettings
 from shared.bus import EventBus, Position, PubSubHub, Replay, parse_channel_message
 from shared.keys import LOGS_TOPIC, Keys
-from shared.protocol import SystemAlertMessage
+from shared.protocol import HeartbeatMessage, SystemAlertMessage, encode
 from shared.tasks import OwnedTasks, raise_if_cancelled
 from shared.tokens import TokenVerifier
 
@@ -68,7 +71,9 @@ class Gateway:
             maxlen=settings.common.history_size,
             ttl_s=settings.common.history_ttl_s,
         )
-        self.hub = PubSubHub(self.redis, self._on_pubsub, on_reconnect=self._on_hub_reconnect)
+        self.hub = PubSubHub(
+            settings.common.redis_url, self._on_pubsub, on_reconnect=self._on_hub_reconnect
+        )
         self.runners = RunnerClient(
             self.redis,
             self.keys,
@@ -110,6 +115,7 @@ class Gateway:
         self.connections: set[Connection] = set()
         self.tasks = OwnedTasks(log, f"gateway {settings.gateway_id}")
         self._closing: set[ServerConnection] = set()
+        self.outbox = Outbox(cap=settings.send_buffer_bytes, on_slow=self._too_slow)
         self._server: Server | None = None
 
     @property
@@ -145,6 +151,7 @@ class Gateway:
             backlog=LISTEN_BACKLOG,
         )
         self.tasks.spawn(self._flush_sessions_forever(), "flush-sessions")
+        self.tasks.spawn(self._heartbeat_forever(), "heartbeat")
         self.tasks.spawn(self.limits.run(), "sync-rate-limits")
         self.tasks.spawn(self._audit_ticks(), "security-audit")
         log.info(
@@ -176,6 +183,19 @@ class Gateway:
                 log.warning("could not flush session cursors: %s", e)
             raise_if_cancelled()
 
+    async def _heartbeat_forever(self) -> None:
+        """The heartbeat of every authenticated connection, one timer for all: each
+        ``heartbeat_interval_s`` one ``ping`` is encoded and written to every connection
+        still answering; those silent for two intervals are closed (see
+        :meth:`Connection.heartbeat_due`)."""
+        interval = self.settings.heartbeat_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            due = [conn.ws for conn in self.connections if conn.heartbeat_due(now)]
+            if due:
+                self.send_all(((due, encode(HeartbeatMessage(type="ping")), False),))
+
     async def _audit_ticks(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -201,7 +221,10 @@ class Gateway:
         return client_ip(peer, forwarded, self.settings.trusted_proxies)
 
     async def flush_sessions(self) -> None:
-        """Write every connection's changed cursors and activity in one round trip."""
+        """Write every connection's changed cursors and activity in one round trip (none
+        when nothing changed: an idle connection has nothing to write but, once per
+        ``session_ttl_s / 3``, its ``lastActivity`` and TTL — see
+        :meth:`Connection.session_updates`)."""
         batch = []
         for conn in self.connections:
             if conn.session_id is None:
@@ -209,7 +232,8 @@ class Gateway:
             fields = conn.session_updates()
             if fields:
                 batch.append((conn.session_id, conn.id, fields))
-        await self.sessions.write_many(batch)
+        if batch:
+            await self.sessions.write_many(batch)
 
     # -- HTTP and WebSocket entry points -------------------------------------------
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
@@ -309,25 +333,39 @@ class Gateway:
             self.metrics.connections.dec()
 
     # -- live events ---------------------------------------------------------------
-    def _on_pubsub(self, channel: str, data: bytes) -> None:
-        if not channel.startswith(self._channel_prefix):
-            if channel == self.runners.reply_channel:
-                self.runners.on_reply(data)
-            elif channel == self._probe_channel:
-                probe = self._probes.get(data)
-                if probe is not None and not probe.done():
-                    probe.set_result(None)
-            return
-        topic = channel[len(self._channel_prefix) :]
+    def _on_pubsub(self, messages: list[tuple[str, bytes]]) -> None:
+        """Every message of one pub/sub read, in order: routed, then one write per
+        connection for the whole batch."""
+        try:
+            for channel, data in messages:
+                if channel.startswith(self._channel_prefix):
+                    self._on_topic_event(channel[len(self._channel_prefix) :], data)
+                elif channel == self.runners.reply_channel:
+                    self.runners.on_reply(data)
+                elif channel == self._probe_channel:
+                    probe = self._probes.get(data)
+                    if probe is not None and not probe.done():
+                        probe.set_result(None)
+        finally:
+            self._flush()
+
+    def _on_topic_event(self, topic: str, data: bytes) -> None:
         route = self.routes.get(topic)
         if route is None:
             return
-        deliveries = route.on_event(parse_channel_message(topic, data))
+        try:
+            deliveries = route.on_event(parse_channel_message(topic, data))
+        except Exception:
+            # Never silent: whatever this event was, the stream has it.
+            log.exception("topic %s: could not route an event; resyncing", topic)
+            route.held = route.needs_resync = True
+            self._schedule_resync(route)
+            return
         if deliveries is None:
             if route.needs_resync:
                 self._schedule_resync(route)
             return
-        self.send_all(deliveries, live=True)
+        self._queue(deliveries, live=True)
 
     def _on_hub_reconnect(self) -> None:
         # Events published while the subscription was down are in the streams.
@@ -441,31 +479,26 @@ class Gateway:
 
     # -- sending -------------------------------------------------------------------
     def send_all(self, deliveries: Deliveries, *, live: bool = False) -> None:
-        """Write each delivery's bytes to its connections, protecting everyone from slow
-        consumers: a connection whose send buffer is over the cap is closed with 1013
-        (it can resume from its cursor); over a quarter of the cap, ``low`` priority
-        events (superseded metrics) are skipped for it."""
-        cap = self.settings.send_buffer_bytes
-        soft = cap // 4
-        metrics = self.metrics
-        for conns, data, low in deliveries:
-            ready = []
-            for ws in conns:
-                transport = ws.transport
-                size = transport.get_write_buffer_size() if transport is not None else 0
-                if size > soft:
-                    if size > cap:
-                        self._too_slow(ws, size)
-                        continue
-                    if low:
-                        metrics.low_priority_skipped.inc()
-                        continue
-                ready.append(ws)
-            broadcast(ready, data, text=True)
-            metrics.observe_event(data, len(ready), latency=live)
+        """Write each delivery's bytes to its connections now (see :mod:`gateway.fanout`:
+        framed once, one write per connection, slow consumers closed with 1013 and spared
+        ``low`` priority events)."""
+        self._queue(deliveries, live=live)
+        self._flush()
 
     def send_one(self, ws: ServerConnection, data: bytes) -> None:
         self.send_all((([ws], data, False),))
+
+    def _queue(self, deliveries: Deliveries, *, live: bool) -> None:
+        add, observe = self.outbox.add, self.metrics.observe_event
+        for conns, data, low in deliveries:
+            observe(data, add(conns, data, low), latency=live)
+
+    def _flush(self) -> None:
+        outbox = self.outbox
+        outbox.flush()
+        if outbox.skipped:
+            self.metrics.low_priority_skipped.inc(outbox.skipped)
+            outbox.skipped = 0
 
     def _too_slow(self, ws: ServerConnection, size: int) -> None:
         if ws in self._closing:

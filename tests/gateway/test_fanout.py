@@ -33,7 +33,7 @@ def metrics(usage: float = 12.5) -> MetricsUpdateMessage:
                 disk=DiskMetrics(total=10, used=5, percent=50.0),
                 network=NetworkMetrics(bytesIn=1, bytesOut=2, packetsIn=3, packetsOut=4),
             ),
-            agents=[AgentMetrics(agentId="a1", cpu=1.0, memory=1000, threads=3)],
+            agents=[AgentMetrics(agentId="a1", cpu=1.0, memory=1000, threads=3, owner="alice")],
         ),
     )
 

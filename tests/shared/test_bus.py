@@ -8,15 +8,17 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import cast
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared import protocol as p
 from shared.bus import REPLAY_LIMIT, Event, EventBus, Position, PubSubHub, parse_channel_message
 from shared.keys import AGENTS_TOPIC, LOGS_TOPIC, METRICS_TOPIC, Keys, agent_topic
-from tests.helpers import t, wait_for
+from tests.helpers import free_port, t, wait_for
 
 AGENT_ID = "a-1"
 
@@ -340,10 +342,12 @@ async def test_publish_many_of_nothing(bus: EventBus) -> None:
 class Collector:
     def __init__(self) -> None:
         self.received: list[tuple[str, bytes]] = []
+        self.batches: list[int] = []  # the size of each handler call
         self.reconnects = 0
 
-    def handler(self, channel: str, data: bytes) -> None:
-        self.received.append((channel, data))
+    def handler(self, messages: list[tuple[str, bytes]]) -> None:
+        self.batches.append(len(messages))
+        self.received.extend(messages)
 
     def on_reconnect(self) -> None:
         self.reconnects += 1
@@ -353,19 +357,26 @@ class Collector:
         return [parse_channel_message(topic, d) for c, d in self.received if c == channel]
 
 
+def with_query(url: str, query: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
 @pytest.fixture
-async def hub_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """The hub's own client, named so a test can kill exactly its pub/sub connection (and
-    no other client's, should the tests share a Redis through REDIS_URL)."""
-    client = aioredis.Redis.from_url(redis_url, client_name=f"hub-{uuid.uuid4().hex[:12]}")
-    yield client
-    await client.aclose()
+def hub_name() -> str:
+    return f"hub-{uuid.uuid4().hex[:12]}"
 
 
-async def kill_pubsub(redis: aioredis.Redis, hub_redis: aioredis.Redis) -> int:
-    """``CLIENT KILL`` the hub's pub/sub connection, as a network failure or a Redis restart
-    would; returns how many connections were killed."""
-    name = hub_redis.get_connection_kwargs()["client_name"]  # type: ignore[no-untyped-call]
+@pytest.fixture
+def hub_url(redis_url: str, hub_name: str) -> str:
+    """The hub's URL, naming its connection so a test can kill exactly that one (and no
+    other client's, should the tests share a Redis through REDIS_URL)."""
+    return with_query(redis_url, f"client_name={hub_name}")
+
+
+async def kill_pubsub(redis: aioredis.Redis, name: str) -> int:
+    """``CLIENT KILL`` the hub's pub/sub connection (found among ``CLIENT LIST TYPE pubsub``
+    by its name), as a network failure or a Redis restart would; returns how many
+    connections were killed."""
     killed = 0
     for client in await redis.client_list(_type="pubsub"):
         if client["name"] == name:
@@ -376,11 +387,9 @@ async def kill_pubsub(redis: aioredis.Redis, hub_redis: aioredis.Redis) -> int:
 
 
 @pytest.fixture
-async def hub_and_collector(
-    hub_redis: aioredis.Redis,
-) -> AsyncIterator[tuple[PubSubHub, Collector]]:
+async def hub_and_collector(hub_url: str) -> AsyncIterator[tuple[PubSubHub, Collector]]:
     got = Collector()
-    hub = PubSubHub(hub_redis, got.handler, on_reconnect=got.on_reconnect)
+    hub = PubSubHub(hub_url, got.handler, on_reconnect=got.on_reconnect)
     await hub.start()
     yield hub, got
     await hub.close()
@@ -432,38 +441,95 @@ async def test_hub_unsubscribe_stops_delivery(
 
 
 async def test_hub_handler_errors_do_not_stop_delivery(
-    redis: aioredis.Redis, bus: EventBus, keys: Keys
+    redis_url: str, bus: EventBus, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
     got: list[bytes] = []
+    reconnects: list[None] = []
 
-    def handler(channel: str, data: bytes) -> None:
-        got.append(data)
+    def handler(messages: list[tuple[str, bytes]]) -> None:
+        got.extend(data for _, data in messages)
         if len(got) == 1:
             raise RuntimeError("a bug in a handler")
 
-    hub = PubSubHub(redis, handler)
+    hub = PubSubHub(redis_url, handler, on_reconnect=lambda: reconnects.append(None))
     await hub.start()
     try:
         await hub.subscribe(keys.topic_channel(LOGS_TOPIC))
         await bus.publish(LOGS_TOPIC, alert(1))
         await wait_for(lambda: len(got) == 1, what="the first event")
-        await wait_for(lambda: hub.connected.is_set(), what="the hub to recover")
-
-        async def delivered_again() -> bool:
-            await bus.publish(LOGS_TOPIC, alert(2))
-            await asyncio.sleep(0.1)
-            return len(got) >= 2
-
-        await wait_for(delivered_again, what="delivery after a handler error")
+        assert "a bug in a handler" in caplog.text  # logged, with its traceback
+        for i in range(2, 5):
+            await bus.publish(LOGS_TOPIC, alert(i))
+        await wait_for(lambda: len(got) == 4, what="delivery after a handler error")
+        offsets = [parse_channel_message(LOGS_TOPIC, d).offset for d in got]
+        assert offsets == [1, 2, 3, 4]
+        # The connection itself was never dropped.
+        assert hub.connected.is_set() and reconnects == []
     finally:
         await hub.close()
+
+
+async def test_hub_delivers_a_burst_complete_in_order_and_batched(
+    hub_and_collector: tuple[PubSubHub, Collector], bus: EventBus, keys: Keys
+) -> None:
+    hub, got = hub_and_collector
+    await hub.subscribe(keys.topic_channel(LOGS_TOPIC))
+    positions = await bus.publish_many([(LOGS_TOPIC, alert(i), ()) for i in range(500)])
+    await wait_for(lambda: len(got.received) >= 500, what="the whole burst")
+    await asyncio.sleep(0.1)
+    events = got.events(LOGS_TOPIC, keys)
+    assert [e.position for e in events] == positions
+    assert [e.offset for e in events] == list(range(1, 501))
+    assert 0 not in got.batches  # never called with nothing
+    assert sum(got.batches) == 500
+    assert len(got.batches) < 500  # several messages per call
+
+
+async def test_hub_delivers_binary_data_intact(
+    hub_and_collector: tuple[PubSubHub, Collector], redis: aioredis.Redis, keys: Keys
+) -> None:
+    hub, got = hub_and_collector
+    channel = keys.topic_channel("binary")
+    await hub.subscribe(channel)
+    payloads = [
+        bytes(range(256)),
+        b"\xff\xfe\x00not utf-8\r\n*3\r\n$7\r\nmessage\r\n",
+        b"",
+        b"\x80" * 100_000,  # larger than one socket read
+    ]
+    for data in payloads:
+        await redis.publish(channel, data)
+    await wait_for(lambda: len(got.received) == len(payloads), what="the binary messages")
+    assert got.received == [(channel, data) for data in payloads]
+
+
+async def test_hub_start_fails_on_a_wrong_url(redis_url: str) -> None:
+    hub = PubSubHub(f"redis://127.0.0.1:{free_port()}/0", lambda messages: None)
+    with pytest.raises(OSError):
+        await hub.start()
+    assert not hub.connected.is_set() and hub._task is None
+    await hub.close()  # harmless
+    with pytest.raises(ValueError):
+        PubSubHub("http://127.0.0.1:6379", lambda messages: None)
+
+
+async def test_hub_start_fails_on_an_error_reply(redis_url: str) -> None:
+    url = urlsplit(redis_url)
+    if url.password is not None:
+        pytest.skip("REDIS_URL has a password")
+    # AUTH with a password this Redis does not have: Redis answers with an error.
+    bad = urlunsplit(url._replace(netloc=f":wrong-password@{url.hostname}:{url.port}"))
+    hub = PubSubHub(bad, lambda messages: None)
+    with pytest.raises(RedisConnectionError, match="Redis refused"):
+        await hub.start()
+    assert not hub.connected.is_set() and hub._task is None
 
 
 async def test_hub_survives_a_killed_connection(
     hub_and_collector: tuple[PubSubHub, Collector],
     bus: EventBus,
     redis: aioredis.Redis,
-    hub_redis: aioredis.Redis,
+    hub_name: str,
     keys: Keys,
 ) -> None:
     hub, got = hub_and_collector
@@ -473,7 +539,7 @@ async def test_hub_survives_a_killed_connection(
     first = await bus.publish(LOGS_TOPIC, alert(1))
     await wait_for(lambda: len(got.received) == 1, what="the first event")
 
-    assert await kill_pubsub(redis, hub_redis) == 1
+    assert await kill_pubsub(redis, hub_name) == 1
     # Published while the subscription may be down: it must not be lost silently.
     during = await bus.publish(LOGS_TOPIC, alert(2))
 
@@ -504,11 +570,11 @@ async def test_hub_subscriptions_made_while_disconnected_are_restored(
     hub_and_collector: tuple[PubSubHub, Collector],
     bus: EventBus,
     redis: aioredis.Redis,
-    hub_redis: aioredis.Redis,
+    hub_name: str,
     keys: Keys,
 ) -> None:
     hub, got = hub_and_collector
-    assert await kill_pubsub(redis, hub_redis) == 1
+    assert await kill_pubsub(redis, hub_name) == 1
     channel = keys.topic_channel(LOGS_TOPIC)
     # Races with the lost connection; returns once the reconnect has confirmed it.
     await asyncio.wait_for(hub.subscribe(channel), t(15))
@@ -524,8 +590,8 @@ async def test_hub_subscriptions_made_while_disconnected_are_restored(
     await wait_for(delivered, what="delivery on a channel subscribed during the outage")
 
 
-async def test_hub_close_stops_the_reader(redis: aioredis.Redis) -> None:
-    hub = PubSubHub(redis, lambda c, d: None)
+async def test_hub_close_stops_the_reader(redis_url: str) -> None:
+    hub = PubSubHub(redis_url, lambda messages: None)
     await hub.start()
     task = hub._task
     assert task is not None and not task.done()
@@ -539,14 +605,14 @@ async def test_hub_unsubscribe_during_an_outage_is_not_restored(
     hub_and_collector: tuple[PubSubHub, Collector],
     bus: EventBus,
     redis: aioredis.Redis,
-    hub_redis: aioredis.Redis,
+    hub_name: str,
     keys: Keys,
 ) -> None:
     hub, got = hub_and_collector
     keep, drop = keys.topic_channel(METRICS_TOPIC), keys.topic_channel(LOGS_TOPIC)
     await hub.subscribe(keep)
     await hub.subscribe(drop)
-    assert await kill_pubsub(redis, hub_redis) == 1
+    assert await kill_pubsub(redis, hub_name) == 1
     await asyncio.wait_for(hub.unsubscribe(drop), t(15))
     assert hub.channels == {keep}
     await wait_for(lambda: got.reconnects >= 1, what="on_reconnect", timeout=15)
