@@ -133,6 +133,8 @@ class Gateway:
         await self.hub.start()
         await self.hub.subscribe(self.runners.reply_channel)
         await self.hub.subscribe(self._probe_channel)
+        # Before the first connection: every session write goes through it.
+        self.tasks.spawn(self.sessions.run(), "session-writer")
         s = self.settings
         self._server = await serve(
             self._handle,

@@ -20,18 +20,30 @@ field           holds
 Cursors are written in batches (about once a second) and on close, with one script per
 session that checks ``conn`` first, so a gateway that lost a session to a resume elsewhere
 cannot move its cursors back.
+
+Every write goes through one writer task (:meth:`SessionStore.run`, owned by the gateway):
+callers queue their scripts and await the result, and the writer sends everything queued
+since its last round trip as ONE pipeline. A thousand clients authenticating (``hold``) or
+disconnecting (the write on close) in the same instant cost a few round trips, not a
+thousand, and never more Redis connections than one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from shared.bus import Position, as_text
 from shared.keys import Keys
+from shared.tasks import raise_if_cancelled
+
+log = logging.getLogger("ws.sessions")
 
 # KEYS[1] session; ARGV[1] conn id; ARGV[2] ttl s; ARGV[3..] field/value pairs.
 # Writes only while the caller still holds the session; returns 1 if written.
@@ -41,6 +53,24 @@ if #ARGV > 2 then redis.call('hset', KEYS[1], unpack(ARGV, 3)) end
 redis.call('expire', KEYS[1], tonumber(ARGV[2]))
 return 1
 """
+
+# KEYS[1] session; ARGV[1] ttl s; ARGV[2] '1' for a new session (whatever the key held is
+# dropped); ARGV[3..] field/value pairs. Takes the session for the connection named in them.
+_HOLD = """
+if ARGV[2] == '1' then redis.call('del', KEYS[1]) end
+redis.call('hset', KEYS[1], unpack(ARGV, 3))
+redis.call('expire', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+
+#: One queued script call: (script, session key, argv).
+_Call = tuple[AsyncScript, str, list[str | int]]
+
+
+@dataclass(slots=True)
+class _Batch:
+    calls: list[_Call]
+    done: asyncio.Future[list[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +97,73 @@ class SessionStore:
         self.keys = keys
         self.ttl_s = ttl_s
         self._write = redis.register_script(_WRITE_IF_HOLDER)
+        self._hold = redis.register_script(_HOLD)
+        self._queue: list[_Batch] = []
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    # -- the writer --------------------------------------------------------------------
+    async def run(self) -> None:
+        """The writer: one pipeline per round trip for everything queued meanwhile. Run it
+        as a task for as long as the store is used; cancelling it fails what is queued."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                batches, self._queue = self._queue, []
+                await self._execute(batches)
+                raise_if_cancelled()
+        finally:
+            self._closed = True
+            self._fail(self._queue, ConnectionError("the session writer stopped"))
+            self._queue = []
+
+    async def _execute(self, batches: list[_Batch]) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for batch in batches:
+                    for script, key, args in batch.calls:
+                        await script(keys=[key], args=args, client=pipe)
+                results = await pipe.execute(raise_on_error=False)
+        except asyncio.CancelledError:
+            self._fail(batches, ConnectionError("the session writer stopped"))
+            raise
+        except Exception as e:  # noqa: BLE001 - Redis trouble: each caller decides
+            self._fail(batches, e)
+            return
+        start = 0
+        for batch in batches:
+            mine = results[start : start + len(batch.calls)]
+            start += len(batch.calls)
+            if batch.done.done():
+                continue  # its caller gave up waiting
+            error = next((r for r in mine if isinstance(r, Exception)), None)
+            if error is not None:
+                batch.done.set_exception(error)
+            else:
+                batch.done.set_result(mine)
+
+    @staticmethod
+    def _fail(batches: list[_Batch], error: BaseException) -> None:
+        for batch in batches:
+            if not batch.done.done():
+                batch.done.set_exception(error)
+                batch.done.exception()  # retrieved: nobody may be waiting any more
+
+    async def _call(self, calls: list[_Call]) -> list[Any]:
+        """Queue ``calls`` for the writer's next round trip; their results, in order."""
+        if self._closed:
+            raise ConnectionError("the session writer stopped")
+        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Batch(calls, done))
+        self._wake.set()
+        return await done
+
+    def _write_call(self, session_id: str, conn_id: str, fields: dict[str, str | int]) -> _Call:
+        args: list[str | int] = [conn_id, self.ttl_s]
+        for k, v in fields.items():
+            args += [k, v]
+        return (self._write, self.keys.session(session_id), args)
 
     async def load(self, session_id: str) -> StoredSession | None:
         raw = await self.redis.hgetall(self.keys.session(session_id))
@@ -106,21 +203,12 @@ class SessionStore:
         new: bool,
     ) -> None:
         """Create the session, or take over an existing one for this connection."""
-        key = self.keys.session(session_id)
-        mapping: dict[str, str | int] = {
-            "userId": user_id,
-            "clientId": client_id,
-            "lastActivity": now_ms,
-            "gatewayId": gateway_id,
-            "conn": conn_id,
-        }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if new:
-                pipe.delete(key)
-                mapping.update(connectedAt=now_ms, subs="{}", agents="[]")
-            pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]  # redis-py's key type is invariant
-            pipe.expire(key, self.ttl_s)
-            await pipe.execute()
+        args: list[str | int] = [self.ttl_s, "1" if new else "0"]
+        args += ["userId", user_id, "clientId", client_id, "lastActivity", now_ms]
+        args += ["gatewayId", gateway_id, "conn", conn_id]
+        if new:
+            args += ["connectedAt", now_ms, "subs", "{}", "agents", "[]"]
+        await self._call([(self._hold, self.keys.session(session_id), args)])
 
     @staticmethod
     def subscription_fields(subs: list[StoredSubscription], agents: list[str]) -> dict[str, str]:
@@ -139,26 +227,10 @@ class SessionStore:
 
     async def write(self, session_id: str, conn_id: str, fields: dict[str, str | int]) -> bool:
         """Write fields while ``conn_id`` still holds the session; refreshes its TTL."""
-        args: list[str | int] = [conn_id, self.ttl_s]
-        for k, v in fields.items():
-            args += [k, v]
-        written = await self._write(keys=[self.keys.session(session_id)], args=args)
+        (written,) = await self._call([self._write_call(session_id, conn_id, fields)])
         return bool(written)
 
     async def write_many(self, batch: list[tuple[str, str, dict[str, str | int]]]) -> None:
-        """Several sessions' writes in one round trip."""
-        if not batch:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for session_id, conn_id, fields in batch:
-                args: list[str | int] = [conn_id, self.ttl_s]
-                for k, v in fields.items():
-                    args += [k, v]
-                await self._write(keys=[self.keys.session(session_id)], args=args, client=pipe)
-            await pipe.execute()
-
-    async def forget_subscription(
-        self, session_id: str, conn_id: str, sub_id: str, fields: dict[str, str | int]
-    ) -> None:
-        await self.write(session_id, conn_id, fields)
-        await self.redis.hdel(self.keys.session(session_id), f"cur:{sub_id}")
+        """Several sessions' writes in the same round trip."""
+        if batch:
+            await self._call([self._write_call(*item) for item in batch])

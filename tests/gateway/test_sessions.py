@@ -1,0 +1,88 @@
+"""``gateway/sessions.py`` against a real Redis: the session rules, and the one writer that
+sends every queued write in the same round trip."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.sessions import SessionStore
+from shared.keys import Keys
+
+
+@pytest.fixture
+async def store(redis: aioredis.Redis, keys: Keys) -> AsyncIterator[SessionStore]:
+    store = SessionStore(redis, keys, ttl_s=60)
+    writer = asyncio.create_task(store.run())
+    yield store
+    writer.cancel()
+    await asyncio.gather(writer, return_exceptions=True)
+
+
+async def hold(store: SessionStore, sid: str, conn: str, *, new: bool) -> None:
+    await store.hold(
+        sid, conn_id=conn, user_id="alice", client_id="c", gateway_id="g1", now_ms=1, new=new
+    )
+
+
+async def test_hold_write_and_take_over(store: SessionStore, redis: aioredis.Redis, keys: Keys):
+    await redis.hset(keys.session("s1"), "stale", "x")
+    await hold(store, "s1", "conn-1", new=True)
+    raw = await redis.hgetall(keys.session("s1"))
+    assert raw[b"conn"] == b"conn-1" and raw[b"subs"] == b"{}" and b"stale" not in raw
+    assert 0 < await redis.ttl(keys.session("s1")) <= 60
+    assert await store.write("s1", "conn-1", {"cur:a": "5:e"})
+    # a resume elsewhere takes the session over: the old holder can no longer write
+    await hold(store, "s1", "conn-2", new=False)
+    assert not await store.write("s1", "conn-1", {"cur:a": "1:e"})
+    session = await store.load("s1")
+    assert session is not None and session.user_id == "alice"
+    assert (await redis.hget(keys.session("s1"), "cur:a")) == b"5:e"
+    assert (await redis.hget(keys.session("s1"), "connectedAt")) == b"1"  # kept on take-over
+
+
+async def test_concurrent_writes_share_round_trips(store: SessionStore, monkeypatch):
+    pipelines = 0
+    real = store.redis.pipeline
+
+    def counting(*args, **kwargs):
+        nonlocal pipelines
+        pipelines += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store.redis, "pipeline", counting)
+    await asyncio.gather(*(hold(store, f"s{i}", f"c{i}", new=True) for i in range(500)))
+    written = await asyncio.gather(
+        *(store.write(f"s{i}", f"c{i}", {"lastActivity": 2}) for i in range(500))
+    )
+    assert all(written)
+    assert pipelines <= 4, pipelines  # 1,000 writes, a handful of round trips
+
+
+async def test_a_failed_round_trip_fails_its_callers_not_the_writer(
+    store: SessionStore, monkeypatch
+):
+    real = store.redis.pipeline
+
+    def broken(*args, **kwargs):
+        raise aioredis.ConnectionError("redis is down")
+
+    monkeypatch.setattr(store.redis, "pipeline", broken)
+    with pytest.raises(aioredis.ConnectionError):
+        await hold(store, "s1", "c1", new=True)
+    monkeypatch.setattr(store.redis, "pipeline", real)
+    await hold(store, "s1", "c1", new=True)  # the writer is still there
+    assert await store.write("s1", "c1", {"lastActivity": 3})
+
+
+async def test_writes_after_the_writer_stopped_fail_at_once(redis: aioredis.Redis, keys: Keys):
+    store = SessionStore(redis, keys, ttl_s=60)
+    writer = asyncio.create_task(store.run())
+    await asyncio.sleep(0)
+    writer.cancel()
+    await asyncio.gather(writer, return_exceptions=True)
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(store.write("s1", "c1", {"x": 1}), 2)
