@@ -12,6 +12,10 @@ event                  topics                                      tags
 ``system:alert``       ``logs``                                    level, ``agent``, ``user:{owner}``
 =====================  ==========================================  =============================
 
+``agent:output`` (one per line an agent prints) is encoded straight to the bus's wire form
+(:func:`outputs`, no pydantic model per line); everything else is built from the protocol
+models.
+
 Every agent event has ``metadata.agentId``; events caused by a request carry
 ``metadata.correlationId`` = that request's id. ``agent:error`` codes the runner uses:
 
@@ -27,8 +31,13 @@ Every agent event has ``metadata.agentId``; events caused by a request carry
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Sequence
+from typing import Any, cast
 
+import orjson
+
+from shared.bus import EncodedEvent
 from shared.errors import ErrorCode
 from shared.keys import AGENTS_TOPIC, LOGS_TOPIC, agent_topic
 from shared.protocol import (
@@ -51,8 +60,9 @@ from shared.protocol import (
     now_ms,
 )
 
-#: One publish: (topic, message, tags).
-Item = tuple[str, WSMessage, tuple[str, ...]]
+#: One publish: (topic, message, tags); ``agent:output`` comes already encoded (see
+#: :func:`outputs`).
+Item = tuple[str, WSMessage | EncodedEvent, tuple[str, ...]]
 
 CODE_EXITED = "AGENT_EXITED"
 CODE_OOM = "AGENT_OOM"
@@ -72,10 +82,19 @@ def _lifecycle(agent_id: str, owner: str, kind: str, message: WSMessage) -> list
     return [(agent_topic(agent_id), message, tags), (AGENTS_TOPIC, message, tags)]
 
 
-def output(
-    agent_id: str, owner: str, stream: OutputStream, data: str, sequence: int, ts: int
-) -> Item:
-    message = AgentOutputMessage(
+def output_message(
+    agent_id: str,
+    stream: OutputStream,
+    data: str,
+    sequence: int,
+    ts: int,
+    *,
+    message_id: str | None = None,
+) -> AgentOutputMessage:
+    """The ``agent:output`` event as a protocol model: the reference :func:`outputs` encodes
+    the same bytes as (tests hold them to it); not used on the output path."""
+    return AgentOutputMessage(
+        **({"id": message_id} if message_id is not None else {}),
         type="agent:output",
         timestamp=ts,
         payload=AgentOutputPayload(
@@ -83,7 +102,82 @@ def output(
         ),
         metadata=Metadata(agentId=agent_id),
     )
-    return (agent_topic(agent_id), message, (stream, user_tag(owner)))
+
+
+#: Where each character of a UUID v4 text comes from: a digit of 32 random hex digits, or
+#: ``None`` for the fixed ones (the ``-``, the version ``4`` and the variant digit).
+_UUID_DIGITS = (*range(8), None, *range(8, 12), None, None, *range(13, 16), None, None,
+                *range(17, 20), None, *range(20, 32))  # fmt: skip
+#: The variant digit (RFC 4122: 8, 9, a or b) from a random hex digit.
+_VARIANT = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
+
+
+def message_ids(n: int) -> list[bytes]:
+    """``n`` fresh message ids, ASCII UUID v4 text like :func:`shared.protocol.new_id`, from
+    one ``os.urandom`` call laid out with strided copies (``uuid.uuid4()`` per id was a
+    quarter of an output event's encoding cost)."""
+    digits = os.urandom(16 * n).hex().encode()
+    out = bytearray(36 * n)
+    for pos, digit in enumerate(_UUID_DIGITS):
+        if digit is not None:
+            out[pos::36] = digits[digit::32]
+    for pos in (8, 13, 18, 23):
+        out[pos::36] = b"-" * n
+    out[14::36] = b"4" * n
+    out[19::36] = digits[16::32].translate(_VARIANT)
+    text = bytes(out)
+    return [text[i : i + 36] for i in range(0, 36 * n, 36)]
+
+
+def outputs(
+    agent_id: str,
+    owner: str,
+    stream: OutputStream,
+    texts: Sequence[str],
+    first_sequence: int,
+    ts: int,
+) -> list[Item]:
+    """``agent:output`` events of consecutive pieces of one stream (sequence numbers from
+    ``first_sequence``), already encoded for the bus (:data:`shared.bus.EncodedEvent`).
+
+    This runs once per line an agent prints, so no model is built: the bytes are put
+    together from parts made once per call, each variable value encoded by orjson, and are
+    exactly what :func:`shared.bus.event_prefix` makes of :func:`output_message` (same
+    keys in the same order, ``None`` left out; the tests hold the two to it)."""
+    topic = agent_topic(agent_id)
+    tags = (stream, user_tag(owner))
+    agent = orjson.dumps(agent_id)
+    # {"id":"…","type":"agent:output","timestamp":…,"payload":{"agentId":…,"stream":…,
+    # "data":…,"timestamp":…,"sequence":…},"metadata":{"agentId":…,"topic":…   (cut open)
+    start = b'{"id":"'
+    envelope = b'","type":"agent:output","timestamp":%d,"payload":{"agentId":%b,"stream":%b,'
+    before_data = envelope % (ts, agent, orjson.dumps(stream)) + b'"data":'
+    before_sequence = b',"timestamp":%d,"sequence":' % ts
+    end = b'},"metadata":{"agentId":%b,"topic":%b' % (agent, orjson.dumps(topic))
+    ids = message_ids(len(texts))
+    dumps, join = orjson.dumps, b"".join
+    encoded = [
+        join(
+            (
+                start,
+                ids[k],
+                before_data,
+                dumps(text),
+                before_sequence,
+                b"%d" % (first_sequence + k),
+                end,
+            )
+        )
+        for k, text in enumerate(texts)
+    ]
+    return [(topic, cast(EncodedEvent, data), tags) for data in encoded]
+
+
+def output(
+    agent_id: str, owner: str, stream: OutputStream, data: str, sequence: int, ts: int
+) -> Item:
+    """One ``agent:output`` event (see :func:`outputs`)."""
+    return outputs(agent_id, owner, stream, (data,), sequence, ts)[0]
 
 
 def created(

@@ -1,12 +1,14 @@
 """Ordered, batched publishing of the runner's events.
 
 Producers (output pumps, status changes, timers) append to one queue without awaiting;
-one task (:meth:`Outbox.run`, owned by the runner) publishes everything queued in pipelined
-batches (:meth:`shared.bus.EventBus.publish_many`), so a chatty agent costs one Redis round
-trip per batch, not per line, and events keep the order they were queued in. Output pumps
-call :meth:`Outbox.wait_room` before reading more: if Redis falls behind, the pumps stop
-reading and the agent blocks on its pipe, instead of the runner's memory growing without
-bound. A failed batch is retried (with backoff) — events are not dropped on a Redis blip.
+one task (:meth:`Outbox.run`, owned by the runner) publishes everything queued in batches
+(:meth:`shared.bus.EventBus.publish_many`), so a chatty agent costs one Redis round trip and
+one script call per batch of its lines, not per line, and events keep the order they were
+queued in. A batch is whatever is queued when the previous one is done, up to
+:data:`shared.bus.MAX_EVENTS_PER_CALL`: nothing waits for a batch to fill when the agent is
+quiet, and under a burst every batch is full. Output pumps call :meth:`Outbox.wait_room`
+before reading more: if Redis falls behind, the pumps stop reading and the agent blocks on
+its pipe, instead of the runner's memory growing without bound. A failed batch is retried (with backoff) — events are not dropped on a Redis blip.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ from collections.abc import Iterable
 from redis.exceptions import RedisError
 
 from agent_runner.events import Item
-from shared.bus import EventBus
+from shared.bus import MAX_EVENTS_PER_CALL, EventBus
 from shared.tasks import raise_if_cancelled
 
 log = logging.getLogger("runner.outbox")
 
 
 class Outbox:
-    def __init__(self, bus: EventBus, *, batch_size: int = 256, high_water: int = 10_000) -> None:
+    def __init__(
+        self, bus: EventBus, *, batch_size: int = MAX_EVENTS_PER_CALL, high_water: int = 10_000
+    ) -> None:
         self._bus = bus
         self._items: deque[Item] = deque()
         self._batch_size = batch_size

@@ -4,17 +4,22 @@ How it works
 ------------
 A *topic* (``metrics``, ``logs``, ``agents``, ``agent:{id}``; see :mod:`shared.keys`) is a
 Redis stream (the replay buffer, ``MAXLEN ~``), a meta hash (``offset`` counter and
-``epoch``) and a pub/sub channel. :meth:`EventBus.publish` runs one Lua script
-(``publish.lua``) that, atomically, takes the next offset, XADDs the event with entry id
-``{offset}-0``, refreshes the TTLs and PUBLISHes the same bytes. A position is
+``epoch``) and a pub/sub channel. Publishing runs one Lua script (``publish.lua``) per run
+of events of one topic: atomically, it takes the next N offsets at once, XADDs each event
+with entry id ``{offset}-0`` and PUBLISHes the same bytes, then trims the stream and
+refreshes the TTLs. :meth:`EventBus.publish_many` sends one such call per run of
+consecutive items of the same topic, all in one round trip, so a chatty agent costs one
+script call per batch and two Redis commands per event inside it. A position is
 ``(offset, epoch)``: when the meta hash is lost (eviction, expiry, a flushed Redis) the next
 publish starts a new epoch, and offsets of the old epoch are never trusted again — the same
 design as Centrifugo's Redis broker.
 
 The event bytes are produced **once**, by the publisher: the message is serialised with
 ``metadata.topic`` as its last field, and the script appends ``offset`` and ``epoch`` before
-closing the JSON. What a client receives is exactly what is stored in the stream, so the
-gateway never re-encodes an event, neither live nor on replay.
+closing the JSON. A publisher on a hot path may hand in that serialisation itself, as an
+:data:`EncodedEvent`, instead of a pydantic message (the runner's ``agent:output``). What a
+client receives is exactly what is stored in the stream, so the gateway never re-encodes an
+event, neither live nor on replay.
 
 On the channel every event is framed as ``b"{offset} {epoch} {tags}\\n{json}"`` so a gateway
 can route, filter and check for gaps without parsing the JSON. ``tags`` is a comma-separated
@@ -40,7 +45,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, cast
+from typing import Any, NewType, cast
 
 import hiredis
 import orjson
@@ -61,6 +66,10 @@ REPLAY_LIMIT = 1000
 #: Tag of events a gateway may skip for a connection under pressure: publish it with
 #: ``metadata.priority = "low"`` (e.g. metrics updates that the next one supersedes).
 LOW_PRIORITY_TAG = "p:low"
+
+#: Most events one script call publishes (a call blocks Redis while it runs: ~1 ms per few
+#: hundred events); longer runs of one topic are split into several calls of one pipeline.
+MAX_EVENTS_PER_CALL = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +125,14 @@ def _tags_text(tags: Iterable[str]) -> str:
     return text
 
 
-def event_prefix(message: WSMessage, topic: str) -> bytes:
+#: An event already serialised for one topic, as the publish script wants it: its JSON cut
+#: open inside ``metadata`` right after ``topic``, no ``offset``/``epoch`` (what
+#: :func:`event_prefix` returns; producers on a hot path may build it themselves and test it
+#: against :func:`event_prefix`). Publish it like a message, but only to that topic.
+EncodedEvent = NewType("EncodedEvent", bytes)
+
+
+def event_prefix(message: WSMessage, topic: str) -> EncodedEvent:
     """The message's JSON, cut open inside ``metadata`` right after ``topic`` so that the
     publish script can append ``offset`` and ``epoch``."""
     doc: dict[str, Any] = message.model_dump(mode="json", exclude_none=True)
@@ -125,7 +141,7 @@ def event_prefix(message: WSMessage, topic: str) -> bytes:
         metadata.pop(key, None)
     metadata["topic"] = topic
     doc["metadata"] = metadata
-    return orjson.dumps(doc)[:-2]
+    return EncodedEvent(orjson.dumps(doc)[:-2])
 
 
 def parse_channel_message(topic: str, raw: bytes) -> Event:
@@ -160,38 +176,102 @@ class EventBus:
         self.ttl_s = ttl_s
         self._script = redis.register_script(_PUBLISH_LUA)
 
+    def _calls(
+        self, items: Sequence[tuple[str, WSMessage | EncodedEvent, Iterable[str]]]
+    ) -> list[tuple[list[str], list[Any], int]]:
+        """The script calls for ``items``: ``(keys, argv, events)`` per run of consecutive
+        items of one topic (at most :data:`MAX_EVENTS_PER_CALL` events each)."""
+        calls: list[tuple[list[str], list[Any], int]] = []
+        last_tags: object = None
+        tags_text = ""
+        i, total = 0, len(items)
+        while i < total:
+            topic = items[i][0]
+            keys = [self.keys.topic_stream(topic), self.keys.topic_meta(topic)]
+            topic_end = b'"topic":' + orjson.dumps(topic)
+            end = min(total, i + MAX_EVENTS_PER_CALL)
+            events: list[bytes] = []
+            runs: list[Any] = []  # (count, tags) of each run of events with the same tags
+            run_tags: str | None = None
+            run_start = 0
+            j = i
+            while j < end:
+                item_topic, message, tags = items[j]
+                if item_topic != topic:
+                    break
+                if isinstance(message, bytes):
+                    if not message.endswith(topic_end):
+                        raise ValueError(f"an event encoded for another topic, not {topic!r}")
+                    events.append(message)
+                else:
+                    events.append(event_prefix(message, topic))
+                if tags is not last_tags:
+                    last_tags, tags_text = tags, _tags_text(tags)
+                if tags_text != run_tags:
+                    if run_tags is not None:
+                        runs += (len(events) - 1 - run_start, run_tags)
+                    run_tags, run_start = tags_text, len(events) - 1
+                j += 1
+            runs += (len(events) - run_start, run_tags)
+            # The epoch to start if the topic has none: a fresh one per call, so that a topic
+            # whose meta hash is lost between two calls never gets the same epoch again.
+            epoch = f"{int(time.time()):x}{secrets.token_hex(3)}"
+            argv: list[Any] = [
+                self.keys.topic_channel(topic),
+                self.maxlen,
+                self.ttl_s,
+                epoch,
+                len(runs) // 2,
+                *runs,
+                *events,
+            ]
+            calls.append((keys, argv, len(events)))
+            i = j
+        return calls
+
     def _args(
-        self, topic: str, message: WSMessage, tags: Iterable[str]
+        self, topic: str, message: WSMessage | EncodedEvent, tags: Iterable[str]
     ) -> tuple[list[str], list[Any]]:
-        keys = [self.keys.topic_stream(topic), self.keys.topic_meta(topic)]
-        argv: list[Any] = [
-            self.keys.topic_channel(topic),
-            event_prefix(message, topic),
-            _tags_text(tags),
-            self.maxlen,
-            self.ttl_s,
-            f"{int(time.time()):x}{secrets.token_hex(3)}",
-        ]
+        """The keys and arguments of the script call publishing one event (``argv[0]`` is
+        the channel)."""
+        [(keys, argv, _)] = self._calls([(topic, message, tags)])
         return keys, argv
 
-    async def publish(self, topic: str, message: WSMessage, tags: Iterable[str] = ()) -> Position:
+    async def publish(
+        self, topic: str, message: WSMessage | EncodedEvent, tags: Iterable[str] = ()
+    ) -> Position:
         """Append ``message`` to ``topic`` and deliver it live; returns its position."""
         keys, argv = self._args(topic, message, tags)
         offset, epoch = await self._script(keys=keys, args=argv)
         return Position(int(offset), as_text(epoch))
 
     async def publish_many(
-        self, items: Sequence[tuple[str, WSMessage, Iterable[str]]]
+        self, items: Sequence[tuple[str, WSMessage | EncodedEvent, Iterable[str]]]
     ) -> list[Position]:
-        """Publish several events in one pipeline round trip (in order)."""
+        """Publish several events in one round trip, in order; a position per item.
+
+        Consecutive items of the same topic go in one script call (they get consecutive
+        offsets); several calls go in one pipeline."""
         if not items:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for topic, message, tags in items:
-                keys, argv = self._args(topic, message, tags)
-                await self._script(keys=keys, args=argv, client=pipe)
-            results = await pipe.execute()
-        return [Position(int(offset), as_text(epoch)) for offset, epoch in results]
+        calls = self._calls(items)
+        if len(calls) == 1:
+            # No pipeline: it would first ask SCRIPT EXISTS, a round trip of its own.
+            keys, argv, _ = calls[0]
+            results = [await self._script(keys=keys, args=argv)]
+        else:
+            # SCRIPT LOAD in the same round trip instead of the SCRIPT EXISTS round trip
+            # redis-py's pipeline makes first for a registered script.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.script_load(_PUBLISH_LUA)
+                for keys, argv, _ in calls:
+                    pipe.evalsha(self._script.sha, len(keys), *keys, *argv)
+                results = (await pipe.execute())[1:]
+        positions: list[Position] = []
+        for (_, _, n), (first, epoch) in zip(calls, results, strict=True):
+            offset, text = int(first), as_text(epoch)
+            positions.extend([Position(offset + k, text) for k in range(n)])
+        return positions
 
     async def head(self, topic: str) -> Position:
         """The topic's current position (offset 0 and no epoch when nothing was published)."""

@@ -14,9 +14,19 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from shared import protocol as p
-from shared.bus import REPLAY_LIMIT, Event, EventBus, Position, PubSubHub, parse_channel_message
+from shared.bus import (
+    MAX_EVENTS_PER_CALL,
+    REPLAY_LIMIT,
+    Event,
+    EventBus,
+    Position,
+    PubSubHub,
+    event_prefix,
+    parse_channel_message,
+)
 from shared.keys import AGENTS_TOPIC, LOGS_TOPIC, METRICS_TOPIC, Keys, agent_topic
 from tests.helpers import free_port, t, wait_for
 
@@ -332,6 +342,143 @@ async def test_publish_many_keeps_order(bus: EventBus) -> None:
 
 async def test_publish_many_of_nothing(bus: EventBus) -> None:
     assert await bus.publish_many([]) == []
+
+
+async def test_publish_many_mixing_topics_gives_consecutive_positions_in_order(
+    bus: EventBus, redis: aioredis.Redis, keys: Keys
+) -> None:
+    a, b = agent_topic("a-1"), agent_topic("b-2")
+    before = await bus.publish(a, output(0), ("stdout",))  # `a` has an epoch already
+    plan = [a, a, a, b, b, a, LOGS_TOPIC, a, a, b]  # runs: a×3, b×2, a, logs, a×2, b
+    items: list[tuple[str, p.WSMessage, tuple[str, ...]]] = [
+        (topic, output(i) if topic != LOGS_TOPIC else alert(i), ("stderr" if i % 2 else "stdout",))
+        for i, topic in enumerate(plan, 1)
+    ]
+    positions = await bus.publish_many(items)
+    assert len(positions) == len(items)
+    assert [pos.offset for pos in positions] == [2, 3, 4, 1, 2, 5, 1, 6, 7, 3]
+    pairs = list(enumerate(zip(items, positions, strict=True)))
+    for topic in (a, b, LOGS_TOPIC):
+        mine = [(i, pos) for i, ((tp, _, _), pos) in pairs if tp == topic]
+        epochs = {pos.epoch for _, pos in mine}
+        assert len(epochs) == 1 and None not in epochs
+        if topic == a:
+            assert epochs == {before.epoch}
+        assert await bus.head(topic) == mine[-1][1]
+        entries = await stream_entries(redis, keys.topic_stream(topic))
+        stored = entries[-len(mine) :]
+        assert [eid for eid, _ in stored] == [f"{pos.offset}-0".encode() for _, pos in mine]
+        for (i, pos), (_, fields) in zip(mine, stored, strict=True):
+            assert set(fields) == {b"d", b"t"}
+            assert fields[b"t"] == (b"stderr" if (i + 1) % 2 else b"stdout")
+            doc = orjson.loads(fields[b"d"])
+            assert doc["id"] == items[i][1].id
+            assert doc["metadata"]["topic"] == topic
+            assert (doc["metadata"]["offset"], doc["metadata"]["epoch"]) == (pos.offset, pos.epoch)
+            assert list(doc["metadata"])[-3:] == ["topic", "offset", "epoch"]
+
+
+async def test_publish_many_splits_a_long_run_into_calls_without_gaps(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    bus = EventBus(redis, keys, maxlen=5000)
+    n = 2 * MAX_EVENTS_PER_CALL + 7
+    topic = agent_topic(AGENT_ID)
+    items = [(topic, output(i), ("stdout",)) for i in range(n)]
+    items.insert(MAX_EVENTS_PER_CALL + 3, (LOGS_TOPIC, alert(0), ()))
+    positions = await bus.publish_many(items)
+    mine = [pos for (tp, _, _), pos in zip(items, positions, strict=True) if tp == topic]
+    assert [pos.offset for pos in mine] == list(range(1, n + 1))
+    assert len({pos.epoch for pos in mine}) == 1
+    entries = await stream_entries(redis, keys.topic_stream(topic))
+    assert [eid for eid, _ in entries] == [f"{i}-0".encode() for i in range(1, n + 1)]
+    sequences = [orjson.loads(f[b"d"])["payload"]["sequence"] for _, f in entries]
+    assert sequences == list(range(n))
+
+
+async def test_a_batch_on_a_topic_without_epoch_starts_one_and_drops_the_stale_stream(
+    bus: EventBus, redis: aioredis.Redis, keys: Keys
+) -> None:
+    topic = agent_topic(AGENT_ID)
+    stream = keys.topic_stream(topic)
+    for i in range(1, 6):  # left over from an epoch whose meta hash is gone
+        await redis.xadd(stream, {"d": b"old", "t": b""}, id=f"{i}-0")
+    old_epoch = (await bus.publish_many([(LOGS_TOPIC, alert(0), ())]))[0].epoch
+    positions = await bus.publish_many([(topic, output(i), ("stdout",)) for i in range(3)])
+    assert [pos.offset for pos in positions] == [1, 2, 3]
+    epoch = positions[0].epoch
+    assert epoch and {pos.epoch for pos in positions} == {epoch}
+    assert epoch != old_epoch  # each call has its own candidate epoch
+    assert await redis.hget(keys.topic_meta(topic), "epoch") == epoch.encode()
+    entries = await stream_entries(redis, stream)
+    assert [eid for eid, _ in entries] == [b"1-0", b"2-0", b"3-0"]
+    assert all(fields[b"d"] != b"old" for _, fields in entries)
+
+
+async def test_channel_messages_of_a_batch_arrive_framed_and_in_order(
+    bus: EventBus, redis: aioredis.Redis, keys: Keys
+) -> None:
+    topic = agent_topic(AGENT_ID)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.topic_channel(topic))
+    tag_sets = [("stdout", "user:alice"), ("stderr", "user:alice"), ()]
+    items = [(topic, output(i), tag_sets[(i // 3) % 3]) for i in range(40)]
+    try:
+        positions = await bus.publish_many(items)
+        raws: list[bytes] = []
+        deadline = asyncio.get_running_loop().time() + t(5)
+        while len(raws) < len(items) and asyncio.get_running_loop().time() < deadline:
+            got = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if got:
+                raws.append(got["data"])
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert len(raws) == len(items)
+    entries = await stream_entries(redis, keys.topic_stream(topic))
+    for (_, message, tags), pos, raw, (entry_id, fields) in zip(
+        items, positions, raws, entries, strict=True
+    ):
+        assert entry_id == f"{pos.offset}-0".encode()
+        assert fields[b"t"] == ",".join(tags).encode()
+        head = f"{pos.offset} {pos.epoch} {','.join(tags)}\n".encode()
+        assert raw == head + fields[b"d"]  # the framing, byte for byte
+        event = parse_channel_message(topic, raw)
+        assert (event.offset, event.epoch, event.tags) == (pos.offset, pos.epoch, tags)
+        decoded = p.decode_server_message(event.data)
+        assert isinstance(decoded, p.AgentOutputMessage) and decoded.id == message.id
+
+
+async def test_an_event_encoded_for_another_topic_is_refused(bus: EventBus) -> None:
+    encoded = event_prefix(output(1), agent_topic("other"))
+    with pytest.raises(ValueError):
+        await bus.publish_many(
+            [(LOGS_TOPIC, alert(1), ()), (agent_topic(AGENT_ID), encoded, ("stdout",))]
+        )
+    assert await bus.head(LOGS_TOPIC) == Position(0, None)  # nothing of the batch went out
+    pos = await bus.publish(agent_topic("other"), encoded, ("stdout",))
+    assert pos.offset == 1
+
+
+async def test_inconsistent_script_arguments_write_nothing(
+    bus: EventBus, redis: aioredis.Redis, keys: Keys
+) -> None:
+    keys_, argv = bus._args(LOGS_TOPIC, alert(1), ("warning",))
+    argv[5] = 2  # the run claims two events, one is given
+    with pytest.raises(ResponseError):
+        await bus._script(keys=keys_, args=argv)
+    assert await redis.exists(keys.topic_meta(LOGS_TOPIC), keys.topic_stream(LOGS_TOPIC)) == 0
+
+
+async def test_publishing_after_the_script_cache_was_flushed(bus: EventBus) -> None:
+    await bus.publish(LOGS_TOPIC, alert(0))
+    for items in (
+        [(LOGS_TOPIC, alert(1), ())],  # one script call
+        [(LOGS_TOPIC, alert(2), ()), (METRICS_TOPIC, alert(3), ())],  # a pipeline
+    ):
+        await bus.redis.script_flush()
+        positions = await bus.publish_many(items)
+        assert all(pos.offset >= 1 for pos in positions)
+    assert (await bus.head(LOGS_TOPIC)).offset == 3
 
 
 # ---------------------------------------------------------------------------
