@@ -44,6 +44,7 @@ from agent_runner.output import (
     CompletionDetector,
     LineRegex,
     NoCompletion,
+    OutputPacer,
     OutputSplitter,
     Piece,
     StreamJsonResult,
@@ -147,6 +148,7 @@ class Agent:
         reply: Replier,
         grace_s: float,
         on_ended: Callable[[Agent], None],
+        output_events_per_second: int = 0,
     ) -> None:
         self.info = info
         self.process = process
@@ -157,6 +159,8 @@ class Agent:
         self._grace_s = grace_s
         self._on_ended = on_ended
         self._seq = 0
+        #: Shared by the stdout and stderr pumps (None: unlimited).
+        self._pacer = OutputPacer(output_events_per_second) if output_events_per_second else None
         self._lock = asyncio.Lock()
         self._inbox: asyncio.Queue[RunnerRequest] = asyncio.Queue(maxsize=INBOX_SIZE)
         self.tasks = OwnedTasks(log, f"agent {info.agent_id}")
@@ -449,26 +453,36 @@ class Agent:
             if not data:
                 self._emit(stream, splitter.finish())
                 return
-            self._emit(stream, splitter.feed(data, loop.time()))
+            now = loop.time()
+            emitted = self._emit(stream, splitter.feed(data, now))
+            if self._pacer is not None and emitted:
+                delay = self._pacer.delay_after(emitted, now)
+                if delay > 0:
+                    await asyncio.sleep(delay)
 
-    def _emit(self, stream: OutputStream, pieces: list[Piece]) -> None:
+    def _emit(self, stream: OutputStream, pieces: list[Piece]) -> int:
+        """Queue ``pieces`` as output events; returns how many."""
         if not pieces:
-            return
+            return 0
         ts = now_ms()
         self.last_activity = ts
-        agent_id, owner = self.agent_id, self.info.owner
-        detector = self._detector if stream == "stdout" else None
-        items = []
-        for piece in pieces:
-            self._seq += 1
-            items.append(events.output(agent_id, owner, stream, piece.text, self._seq, ts))
-            if detector is not None and detector.feed(piece):
-                self._completed()
-        self._outbox.put_many(items)
+        first = self._seq + 1
+        self._seq += len(pieces)
+        self._outbox.put_many(
+            events.outputs(
+                self.agent_id, self.info.owner, stream, [p.text for p in pieces], first, ts
+            )
+        )
+        if stream == "stdout":
+            detector = self._detector
+            for piece in pieces:
+                if detector.feed(piece):
+                    self._completed()
         if stream == "stderr":
             self._stderr_tail = (self._stderr_tail + "".join(p.text for p in pieces))[
                 -STDERR_TAIL_CHARS:
             ]
+        return len(pieces)
 
     # -- end ------------------------------------------------------------------------------
     async def _supervise(self) -> None:

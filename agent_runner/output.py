@@ -37,6 +37,29 @@ class Piece:
     line_end: bool
 
 
+class OutputPacer:
+    """At most ``rate`` output events per second per agent, on average, with bursts of up
+    to one second's worth (a token bucket; no I/O).
+
+    Why: one agent printing as fast as it can produces events faster than gateways can
+    deliver them; Redis would then drop the gateways' pub/sub connections (output buffer
+    limit) and everyone would resync. Paced, the runner simply reads the agent's pipe
+    later, so the agent blocks on its own writes and nothing is lost."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._tokens = float(rate)
+        self._at: float | None = None
+
+    def delay_after(self, events: int, now: float) -> float:
+        """Count ``events`` just emitted at ``now``; seconds to wait before reading more."""
+        if self._at is not None:
+            self._tokens = min(float(self.rate), self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        self._tokens -= events
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
 class OutputSplitter:
     """Incremental UTF-8 decoding and line splitting of one stream (see module doc)."""
 

@@ -378,6 +378,7 @@ class Runner:
                 reply=self.reply,
                 grace_s=settings.terminate_grace_s,
                 on_ended=self._agent_ended,
+                output_events_per_second=settings.output_events_per_second,
             )
             self.agents[agent_id] = agent
             self._cpu_use.update(cpus or ())

@@ -54,6 +54,8 @@ class RunnerSettings:
     stats_interval_s: float
     #: Port of the runner's Prometheus ``/metrics`` (None = not served).
     metrics_port: int | None
+    #: Output events per second one agent may produce on average (0 = unlimited).
+    output_events_per_second: int = 20_000
     #: ``PATH`` and ``LANG`` given to agents.
     agent_path: str = DEFAULT_PATH
     agent_lang: str = "C.UTF-8"
@@ -114,6 +116,9 @@ class RunnerSettings:
                 env.int("TEAMDASH_RUNNER_METRICS_PORT", 0, min=0)
                 if env.raw("TEAMDASH_RUNNER_METRICS_PORT") is not None
                 else None
+            ),
+            output_events_per_second=env.int(
+                "TEAMDASH_AGENT_OUTPUT_EVENTS_PER_SECOND", 20_000, min=0
             ),
             agent_path=env.str("PATH", DEFAULT_PATH),
             agent_lang=env.str("LANG", "C.UTF-8"),

@@ -32,6 +32,8 @@ BENCH_LIMITS = {
     "TEAMDASH_USER_MESSAGES_PER_SECOND": "1000000",
     "TEAMDASH_IP_MESSAGES_PER_SECOND": "1000000",
     "TEAMDASH_IP_CONNECTIONS_PER_MINUTE": "0",
+    # The agent-output scenario measures how fast output can go, not the runner's pace.
+    "TEAMDASH_AGENT_OUTPUT_EVENTS_PER_SECOND": "0",
 }
 
 

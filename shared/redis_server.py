@@ -16,6 +16,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+#: ``client-output-buffer-limit`` for pub/sub clients: a gateway is disconnected when it has
+#: 256 MB waiting, or over 64 MB for 60 s (Redis's default, 32 MB / 8 MB, drops a gateway
+#: after a second or two of a burst it is still working through). compose.yaml uses the same.
+PUBSUB_BUFFER_LIMIT = ("pubsub", "256mb", "64mb", "60")
+
 
 class RedisLaunchError(RuntimeError):
     pass
@@ -93,6 +98,10 @@ class EmbeddedRedis:
                     # Keys of the bus carry TTLs; evicting them silently would break replay.
                     "--maxmemory-policy",
                     "noeviction",
+                    # A gateway busy with a burst must not lose its pub/sub connection at
+                    # Redis's default 32 MB (see docs/operations.md).
+                    "--client-output-buffer-limit",
+                    *PUBSUB_BUFFER_LIMIT,
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -15,6 +15,7 @@ import psutil
 import pytest
 import redis.asyncio as aioredis
 
+from agent_runner.output import OutputPacer
 from agent_runner.process import live_group_members
 from shared.bus import EventBus
 from shared.errors import ErrorCode
@@ -317,6 +318,31 @@ async def test_chatty_agent_order_and_sequence(
     assert all(o["data"].endswith("\n") for o in out)
     offsets = [e["metadata"]["offset"] for e in evs]
     assert offsets == sorted(offsets)
+
+
+async def test_output_is_paced_not_dropped(start_runner, gateway: Gateway, bus: EventBus) -> None:
+    """Over TEAMDASH_AGENT_OUTPUT_EVENTS_PER_SECOND the runner reads the agent's pipe later:
+    40,400 lines at 10,000/s (a second's burst, then the pace) span over 1.5 s, all there."""
+    await start_runner(
+        TEAMDASH_HISTORY_SIZE="50000", TEAMDASH_AGENT_OUTPUT_EVENTS_PER_SECOND="10000"
+    )
+    agent_id, reply = await gateway.create("flood")
+    assert reply.success
+    evs = await wait_events(bus, agent_topic(agent_id), has_status("stopped"), timeout=60)
+    out = outputs(evs)
+    assert output_text(evs, "stdout") == "".join(f"line {i}\n" for i in range(1, 40001))
+    assert [o["sequence"] for o in out] == list(range(1, len(out) + 1))
+    span_ms = out[-1]["timestamp"] - out[0]["timestamp"]
+    assert span_ms >= 1500, span_ms  # unpaced, ~0.5 s here
+
+
+def test_output_pacer_allows_a_burst_then_the_rate() -> None:
+    pacer = OutputPacer(1000)
+    assert pacer.delay_after(1000, now=10.0) == 0.0  # one second's worth at once
+    assert pacer.delay_after(500, now=10.0) == pytest.approx(0.5)
+    assert pacer.delay_after(0, now=10.5) == pytest.approx(0.0, abs=1e-9)  # paid back
+    assert pacer.delay_after(100, now=10.6) == pytest.approx(0.0, abs=1e-9)
+    assert pacer.delay_after(10_000, now=100.0) == pytest.approx(9.0)  # refill capped at 1 s
 
 
 async def test_binary_output_is_valid_utf8(start_runner, gateway: Gateway, bus: EventBus) -> None:

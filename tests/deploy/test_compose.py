@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 
 from shared.cli import build_parser
+from shared.redis_server import PUBSUB_BUFFER_LIMIT
 from tests.deploy.conftest import (
     COMPOSE_FILE,
     DOCKERFILE,
@@ -54,6 +55,13 @@ def test_one_image_for_every_service_and_the_command_picks_the_service() -> None
         assert service["command"] == [command]
         build_parser().parse_args(service["command"])  # a real teamdash subcommand
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_redis_keeps_busy_gateways_subscribed_as_the_embedded_one_does() -> None:
+    command = compose()["services"]["redis"]["command"]
+    at = command.index("--client-output-buffer-limit")
+    assert tuple(command[at + 1 : at + 5]) == PUBSUB_BUFFER_LIMIT
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
 
 
 def test_gateways_are_replicated_behind_haproxy_on_3001() -> None:
