@@ -94,7 +94,8 @@ class _Transport(asyncio.Protocol):
                     break
                 length, head = int.from_bytes(data[pos + 2 : pos + 10]), 10
             elif length > 127:  # a masked frame from a server: websockets reports it
-                break
+                self._give_back(data[pos:])
+                return
             end = pos + head + length
             if end > size:
                 break
@@ -107,9 +108,6 @@ class _Transport(asyncio.Protocol):
                 self._give_back(data[pos:])
                 return
             pos = end
-        if b1 > 127 if size - pos >= 2 else False:
-            self._give_back(data[pos:])
-            return
         self._partial = data[pos:] if pos < size else b""
 
     def _give_back(self, data: bytes) -> None:
