@@ -368,7 +368,7 @@ class Connection:
             self.gateway.metrics.replayed.inc(replayed)
             self.gateway.metrics.missed.inc(missed)
         for subs, events in groups:
-            catch_up(subs, events, self.gateway.send_one)
+            catch_up(subs, events, self.gateway.send_many)
 
     def _restore(self, saved: StoredSubscription) -> Subscription[ServerConnection] | None:
         """A subscription of a resumed session, with today's permissions applied."""
@@ -758,7 +758,7 @@ class Connection:
         # knows the subscription id before its first event.
         await self.send_ack(message.id, result={"subscriptionId": sub.id, "topic": topic})
         if replay is not None:
-            catch_up([sub], replay.events, self.gateway.send_one)
+            catch_up([sub], replay.events, self.gateway.send_many)
         await self._save_after_ack()
 
     async def _save_after_ack(self, *, forget: str | None = None) -> None:

@@ -258,18 +258,20 @@ def plan_catch_up(
 
 
 def catch_up(
-    group: list[Subscription[C]], replay: Iterable[Event], send: Callable[[C, bytes], None]
+    group: list[Subscription[C]],
+    replay: Iterable[Event],
+    send: Callable[[C, list[bytes]], None],
 ) -> int:
     """Deliver the replay of catching-up subscriptions of ONE connection on ONE topic, then
-    what was queued live meanwhile, without duplicates; afterwards the subscriptions are
-    live. Returns the number of events sent."""
+    what was queued live meanwhile, without duplicates (``send`` gets them all at once, in
+    order); afterwards the subscriptions are live. Returns the number of events sent."""
     queued: list[Event] = []
     for sub in group:
         queued.extend(sub.queued)
     queued.sort(key=lambda e: (e.epoch, e.offset))
     out, last = plan_catch_up(group, [*replay, *queued])
-    for data in out:
-        send(group[0].conn, data)
+    if out:
+        send(group[0].conn, out)
     for sub in group:
         sub.queued = []
         sub.catching_up = False
