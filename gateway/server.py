@@ -499,6 +499,7 @@ class Gateway:
     def _flush(self) -> None:
         outbox = self.outbox
         outbox.flush()
+        self.metrics.flush_events()
         if outbox.skipped:
             self.metrics.low_priority_skipped.inc(outbox.skipped)
             outbox.skipped = 0
