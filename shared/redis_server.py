@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,6 +21,22 @@ from pathlib import Path
 #: 256 MB waiting, or over 64 MB for 60 s (Redis's default, 32 MB / 8 MB, drops a gateway
 #: after a second or two of a burst it is still working through). compose.yaml uses the same.
 PUBSUB_BUFFER_LIMIT = ("pubsub", "256mb", "64mb", "60")
+
+
+#: Run before ``redis-server`` in its own process (``python -c``, then exec): on Linux the
+#: server gets SIGTERM when the process that started it dies, even by SIGKILL, so a killed
+#: ``teamdash up`` or test run leaves no Redis behind (it runs in its own session). No
+#: ``preexec_fn``: that is unsafe in a process with threads.
+_DIE_WITH_PARENT = """
+import os, sys
+parent, argv = int(sys.argv[1]), sys.argv[2:]
+if sys.platform.startswith("linux"):
+    import ctypes, signal
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(3)  # the parent died before the signal was armed
+os.execv(argv[0], argv)
+"""
 
 
 class RedisLaunchError(RuntimeError):
@@ -76,6 +93,12 @@ class EmbeddedRedis:
             port = self.port or free_port(self.host)
             self.process = subprocess.Popen(
                 [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    "-c",
+                    _DIE_WITH_PARENT,
+                    str(os.getpid()),
                     binary,
                     "--bind",
                     self.host,
