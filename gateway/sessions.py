@@ -98,6 +98,7 @@ class SessionStore:
         self.ttl_s = ttl_s
         self._write = redis.register_script(_WRITE_IF_HOLDER)
         self._hold = redis.register_script(_HOLD)
+        self._scripts = (self._write, self._hold)
         self._queue: list[_Batch] = []
         self._wake = asyncio.Event()
         self._closed = False
@@ -121,10 +122,14 @@ class SessionStore:
     async def _execute(self, batches: list[_Batch]) -> None:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
+                # SCRIPT LOAD in the same round trip: redis-py would otherwise first ask
+                # SCRIPT EXISTS in a round trip of its own (and Redis may have restarted).
+                for script in self._scripts:
+                    pipe.script_load(script.script)
                 for batch in batches:
                     for script, key, args in batch.calls:
-                        await script(keys=[key], args=args, client=pipe)
-                results = await pipe.execute(raise_on_error=False)
+                        pipe.evalsha(script.sha, 1, key, *args)
+                results = (await pipe.execute(raise_on_error=False))[len(self._scripts) :]
         except asyncio.CancelledError:
             self._fail(batches, ConnectionError("the session writer stopped"))
             raise

@@ -86,3 +86,11 @@ async def test_writes_after_the_writer_stopped_fail_at_once(redis: aioredis.Redi
     await asyncio.gather(writer, return_exceptions=True)
     with pytest.raises(ConnectionError):
         await asyncio.wait_for(store.write("s1", "c1", {"x": 1}), 2)
+
+
+async def test_writes_survive_a_script_flush(store: SessionStore, redis: aioredis.Redis):
+    """A restarted or flushed Redis has forgotten the scripts: each round trip loads them."""
+    await hold(store, "s1", "c1", new=True)
+    await redis.script_flush()
+    assert await store.write("s1", "c1", {"lastActivity": 4})
+    assert (await redis.hget(store.keys.session("s1"), "lastActivity")) == b"4"
