@@ -28,21 +28,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.limits import TokenBucket
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, SecurityEventKind
 from shared.protocol import Metadata, SystemAlertMessage, SystemAlertPayload
 
 log = logging.getLogger("ws.audit")
 
-Kind = Literal[
-    "auth_failed",
-    "token_expired",
-    "permission_denied",
-    "rate_limited",
-    "flood_disconnect",
-    "connection_rate_limited",
-    "origin_refused",
-    "frame_refused",
-]
+Kind = SecurityEventKind
 
 #: Kinds that do not count towards a burst (they happen in herds without an attacker).
 NOT_BURSTY: frozenset[str] = frozenset({"token_expired"})

@@ -17,6 +17,7 @@ import math
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import HistogramMetricFamily, Metric
@@ -25,8 +26,8 @@ from prometheus_client.utils import floatToGoString
 
 __all__ = ["GatewayMetrics", "CONTENT_TYPE_LATEST"]
 
-#: The ``kind`` label values of ``teamdash_gateway_security_events_total`` (see gateway.audit).
-SECURITY_EVENT_KINDS = (
+#: What gateway.audit records; the ``kind`` label of ``teamdash_gateway_security_events_total``.
+SecurityEventKind = Literal[
     "auth_failed",
     "token_expired",
     "permission_denied",
@@ -35,7 +36,8 @@ SECURITY_EVENT_KINDS = (
     "connection_rate_limited",
     "origin_refused",
     "frame_refused",
-)
+]
+SECURITY_EVENT_KINDS: tuple[str, ...] = get_args(SecurityEventKind)
 
 #: Publish → socket write, in seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
