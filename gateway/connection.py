@@ -27,6 +27,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Literal
 
 from websockets.asyncio.server import ServerConnection
@@ -600,8 +601,13 @@ class Connection:
         if not isinstance(message, AuthMessage) and self._token_expired():
             await self._expire(None if isinstance(message, HeartbeatMessage) else message.id)
             return
+        await self._answering(message, self._dispatch(message))
+
+    async def _answering(self, message: ClientMessage, work: Awaitable[None]) -> None:
+        """Await ``work`` for ``message``; a failure becomes its ack (an unexpected one is
+        logged and answered INTERNAL_ERROR)."""
         try:
-            await self._dispatch(message)
+            await work
         except TeamdashError as e:
             await self.send_ack(message.id, error=e)
         except ConnectionClosed:
@@ -653,19 +659,9 @@ class Connection:
     async def _request(self, handler: Any, message: ClientMessage) -> None:
         """Run an agent request in its own task; its outcome becomes the ack."""
         try:
-            await handler(message)
-        except TeamdashError as e:
-            await self.send_ack(message.id, error=e)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.exception("connection %s: %s failed", self.id, message.type)
-            await self.send_ack(
-                message.id,
-                error=TeamdashError(
-                    ErrorCode.INTERNAL_ERROR, f"internal error: {type(e).__name__}"
-                ),
-            )
+            await self._answering(message, handler(message))
+        except ConnectionClosed:
+            pass  # the client left before its answer: nobody to tell
 
     async def _refresh_token(self, message: AuthMessage) -> None:
         """A new token on a live connection: same user; restarts the expiry timer. When the
