@@ -8,7 +8,8 @@ queued in. A batch is whatever is queued when the previous one is done, up to
 :data:`shared.bus.MAX_EVENTS_PER_CALL`: nothing waits for a batch to fill when the agent is
 quiet, and under a burst every batch is full. Output pumps call :meth:`Outbox.wait_room`
 before reading more: if Redis falls behind, the pumps stop reading and the agent blocks on
-its pipe, instead of the runner's memory growing without bound. A failed batch is retried (with backoff) — events are not dropped on a Redis blip.
+its pipe, instead of the runner's memory growing without bound. A failed batch is retried
+(with backoff) — events are not dropped on a Redis blip.
 """
 
 from __future__ import annotations

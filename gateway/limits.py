@@ -53,6 +53,10 @@ class _Entry:
     previous: int = 0
     last_used: float = 0.0
 
+    def used(self, frac: float) -> float:
+        """Events in the sliding window that is ``frac`` into ``window``, as known here."""
+        return self.previous * (1.0 - frac) + self.synced + self.in_flight + self.local
+
 
 class WindowLimiter:
     """``limit`` events per ``window_s`` per key, counted by many processes together.
@@ -102,7 +106,7 @@ class WindowLimiter:
     def estimate(self, key: str, now: float) -> float:
         """Events of ``key`` in the sliding window ending ``now``, as far as known here."""
         entry, frac = self._entry(key, now)
-        return entry.previous * (1.0 - frac) + entry.synced + entry.in_flight + entry.local
+        return entry.used(frac)
 
     def allows(self, key: str, now: float) -> bool:
         """Whether one more event of ``key`` fits (nothing is counted)."""
@@ -119,8 +123,7 @@ class WindowLimiter:
         :meth:`commit` (one lookup for the check and the count: this is per message)."""
         entry, frac = self._entry(key, now)
         self._touched.add(key)
-        used = entry.previous * (1.0 - frac) + entry.synced + entry.in_flight + entry.local
-        return entry if used + 1 <= self.limit else None
+        return entry if entry.used(frac) + 1 <= self.limit else None
 
     @staticmethod
     def commit(entry: _Entry, now: float) -> None:
@@ -159,7 +162,7 @@ class WindowLimiter:
                 watched.add(key)
             elif now - entry.last_used > stale:
                 del self._entries[key]
-            elif (entry.previous * (1.0 - frac) + entry.synced + entry.in_flight) * 2 >= self.limit:
+            elif entry.used(frac) * 2 >= self.limit:  # (nothing local in this branch)
                 items.append(SyncItem(key, entry.window, 0))
                 watched.add(key)
         return items
