@@ -69,11 +69,19 @@ class EmbeddedRedis:
     """A private ``redis-server`` on loopback. Use as a context manager, or start()/stop()."""
 
     def __init__(
-        self, *, host: str = "127.0.0.1", port: int | None = None, workdir: Path | None = None
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        workdir: Path | None = None,
+        persistent: bool = False,
     ) -> None:
+        """``persistent``: keep an append-only file in ``workdir`` (fsync on every write),
+        so a restarted server comes back with its data; otherwise nothing is saved."""
         self.host = host
         self.port = port
         self._workdir = workdir
+        self.persistent = persistent
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -107,7 +115,9 @@ class EmbeddedRedis:
                     "--save",
                     "",
                     "--appendonly",
-                    "no",
+                    "yes" if self.persistent else "no",
+                    "--appendfsync",
+                    "always",
                     "--dir",
                     str(workdir),
                     "--protected-mode",
@@ -154,6 +164,13 @@ class EmbeddedRedis:
                         return True
             time.sleep(0.02)
         return False
+
+    def kill(self) -> None:
+        """SIGKILL the server (as a crash would); ``start()`` brings it back on its port."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
     def _kill(self) -> None:
         proc, self.process = self.process, None
