@@ -334,6 +334,23 @@ class LocalTopology:
         if wait_lb:
             self.wait_server_state(i, "UP")
 
+    def restart_runner(self, *, kill: bool = False) -> None:
+        """Stop the runner (SIGKILL with ``kill``: a crash) and start a new one with the same
+        environment (so the same ``TEAMDASH_RUNNER_ID``, if one is set)."""
+        assert self.runner is not None, "the topology is not started"
+        if kill:
+            self.runner.kill()
+        self.runner.stop(30)
+        self.runner = self._service("agent-runner", "runner").start()
+
+    def restart_collector(self, *, kill: bool = False) -> None:
+        """Stop the collector (SIGKILL with ``kill``) and start a new one."""
+        assert self.collector is not None, "the topology is not started"
+        if kill:
+            self.collector.kill()
+        self.collector.stop(15)
+        self.collector = self._service("metrics-collector", "collector").start()
+
     def dead(self) -> list[Process]:
         """Started processes that have exited."""
         return [p for p in self.processes() if not p.alive()]
