@@ -241,3 +241,55 @@ def test_a_taken_port_is_one_clear_line_and_nothing_starts(tmp_path: Path) -> No
     assert f"port {port} on 127.0.0.1 (gateway) is not available" in lines[0]
     assert "--port" in lines[0]
     assert not (tmp_path / "state" / "redis").exists()  # no Redis was started
+
+
+async def test_health_and_agent_tail_against_the_up_stack(tmp_path: Path) -> None:
+    """From another terminal (same state folder, no ``REDIS_URL``): the health commands find
+    the stack's Redis through ``up.json``; ``agent tail`` sees its agent's final status when
+    the stack stops (the runner stops first, the gateways after a drain) and exits 0."""
+    from tests.client.helpers import CliProcess, run_cli
+
+    port = free_port()
+    # run_cli lays this over the test's own environment: blank what would point elsewhere.
+    env = {**_env(tmp_path, port), "REDIS_URL": "", "TEAMDASH_URL": "", "TEAMDASH_TOKEN": ""}
+    up = _start_up(tmp_path, port)
+    services: list[psutil.Process] = []
+    tail: CliProcess | None = None
+
+    async def healthy(service: str) -> bool:
+        rc, _, _ = await run_cli(env, "health", service)
+        return rc == 0
+
+    try:
+        _read_until(up, b"Press Ctrl-C", timeout=30)
+        services = _services(up)
+        for service in ("runner", "collector", "gateway"):
+            await wait_for(lambda s=service: healthy(s), timeout=20, what=f"{service} healthy")
+            rc, out, err = await run_cli(env, "health", service)
+            assert rc == 0, (service, out, err)
+            assert out.startswith(f"ok: {service}"), out
+
+        client_env = {**env, "TEAMDASH_URL": f"ws://127.0.0.1:{port}/ws"}
+        rc, out, err = await run_cli(
+            client_env, "agent", "create", "tailed", "--model", "demo", "--workspace", "demo"
+        )
+        assert rc == 0, err
+        agent_id = out.split()[-1]
+        tail = await CliProcess.start(client_env, "agent", "tail", agent_id, "--quiet")
+        # The tail follows the agent once its answer to a command comes through.
+        rc, _, err = await run_cli(client_env, "agent", "command", agent_id, "ping")
+        assert rc == 0, err
+        await wait_for(lambda: "you said: ping" in tail.stdout, timeout=20, what="tail output")
+
+        os.killpg(up.pid, signal.SIGINT)
+        assert await tail.wait(40) == 0, tail.stderr
+        assert tail.stderr.strip() == f"teamdash: agent {agent_id} stopped (runner-stopped)"
+        assert up.wait(t(40)) == 0
+    finally:
+        if tail is not None:
+            await tail.kill()
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+        await _gone(services, "every service of `up` to exit")
+    assert not (tmp_path / "state" / "up.json").exists()
