@@ -20,7 +20,7 @@ import pytest
 from shared.topology import LocalTopology
 from tests.deploy.conftest import require
 from tests.gateway.conftest import token
-from tests.helpers import ROOT, free_port, port_open, t, wait_for
+from tests.helpers import ROOT, free_port, http_get, port_open, t, wait_for
 from tests.wsclient import WSClient
 
 
@@ -229,3 +229,18 @@ async def test_teamdash_up_lb_serves_through_haproxy_and_stops_on_ctrl_c(tmp_pat
     assert "teamdash: stopped" in text
     await asyncio.sleep(0.2)
     assert not still_running(descendants)
+
+
+async def test_the_public_frontend_refuses_the_gateways_metrics(topology: LocalTopology) -> None:
+    """Clients reach the gateways through HAProxy; the gateways' /metrics is the operator's,
+    scraped on each gateway's own port (docs/operations.md), and refused through HAProxy."""
+    lb = f"http://127.0.0.1:{topology.lb_port}"
+    for path in ("/metrics", "/metrics?format=prometheus", "/metrics/"):
+        status, _ = await asyncio.to_thread(http_get, lb + path)
+        assert status == 403, path
+    status, body = await asyncio.to_thread(
+        http_get, f"http://127.0.0.1:{topology.gateway_ports[0]}/metrics"
+    )
+    assert status == 200 and "teamdash_" in body
+    status, _ = await asyncio.to_thread(http_get, lb + "/healthz")  # the rest still passes
+    assert status == 200
