@@ -36,12 +36,30 @@ def _gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+#: In ``TEAMDASH_RUNNER_ID``, replaced by the host name (a container's own, in compose).
+HOSTNAME_PLACEHOLDER = "{hostname}"
+
+
+def service_env() -> Env:
+    """The environment of a service command, with :data:`HOSTNAME_PLACEHOLDER` in
+    ``TEAMDASH_RUNNER_ID`` replaced: compose sets ``runner-{hostname}`` once for every
+    replica, so ``--scale agent-runner=3`` gives three ids (one per container, kept across
+    that container's restarts) instead of three runners fencing each other on one."""
+    value = os.environ.get("TEAMDASH_RUNNER_ID", "")
+    if HOSTNAME_PLACEHOLDER not in value:
+        return Env()
+    import socket
+
+    host = socket.gethostname().split(".")[0] or "runner"
+    return Env({**os.environ, "TEAMDASH_RUNNER_ID": value.replace(HOSTNAME_PLACEHOLDER, host)})
+
+
 def _runner(args: argparse.Namespace) -> int:
     from agent_runner.service import main
     from agent_runner.settings import RunnerSettings
     from shared.service import run
 
-    settings = RunnerSettings.from_env(Env())
+    settings = RunnerSettings.from_env(service_env())
     run("runner", settings.common, lambda stop: main(settings, stop))
     return 0
 
@@ -128,7 +146,7 @@ def _health(args: argparse.Namespace) -> int:
     when its heartbeat key in Redis is fresh (those keys expire after a few missed beats)."""
     import socket
 
-    env = Env()
+    env = service_env()
     if args.service == "gateway":
         return _gateway_health(env, args.port)
 
