@@ -17,22 +17,66 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from shared.settings import CommonSettings, ConfigError, Env
+from shared.settings import PREFIX, CommonSettings, ConfigError, Env, unknown_variables
 
 if TYPE_CHECKING:
     from shared.client import DashboardClient, DashboardEvent, StateChange
     from shared.protocol import MetricsUpdatePayload, SystemAlertMessage
 
 
+#: Variables of the client commands (read here, not by a service's settings object).
+CLIENT_VARIABLES = ("TEAMDASH_URL", "TEAMDASH_TOKEN")
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``TEAMDASH_*`` variable that something reads: what each service's settings
+    object asks for (each ``from_env`` run against an empty environment and a throwaway
+    state folder, recording the names — no hand-kept list to forget a variable in), and the
+    client commands' :data:`CLIENT_VARIABLES`. Every service counts, not only the one
+    starting: ``teamdash up`` and compose's shared block give each service all of them."""
+    import tempfile
+
+    from agent_runner.settings import RunnerSettings
+    from gateway.settings import GatewaySettings
+    from metrics_collector.settings import CollectorSettings
+
+    with tempfile.TemporaryDirectory(prefix="teamdash-known-") as tmp:
+        probe = Env({"TEAMDASH_STATE_DIR": tmp, "HOME": tmp})
+        GatewaySettings.from_env(probe)
+        RunnerSettings.from_env(probe)
+        CollectorSettings.from_env(probe)
+    return frozenset(n for n in probe.asked if n.startswith(PREFIX)) | set(CLIENT_VARIABLES)
+
+
+def _serve(
+    service: str, common: CommonSettings, main: Callable[[asyncio.Event], Awaitable[None]]
+) -> None:
+    """Run a service; first, once, warn about every ``TEAMDASH_*`` variable nothing reads
+    (a typo would otherwise silently leave the default in force)."""
+    import logging
+
+    from shared.service import run
+
+    unknown = unknown_variables(os.environ, known_variables())
+
+    async def warned(stop: asyncio.Event) -> None:
+        log = logging.getLogger(f"{service}.config")
+        for name, closest in unknown:
+            hint = f"; did you mean {closest}?" if closest else ""
+            log.warning("unknown variable %s is ignored%s", name, hint)
+        await main(stop)
+
+    run(service, common, warned)
+
+
 def _gateway(args: argparse.Namespace) -> int:
     from gateway.server import main
     from gateway.settings import GatewaySettings
-    from shared.service import run
 
     settings = GatewaySettings.from_env(Env())
     if args.port is not None:
         settings = dataclasses.replace(settings, port=args.port)
-    run("gateway", settings.common, lambda stop: main(settings, stop))
+    _serve("gateway", settings.common, lambda stop: main(settings, stop))
     return 0
 
 
@@ -57,20 +101,18 @@ def service_env() -> Env:
 def _runner(args: argparse.Namespace) -> int:
     from agent_runner.service import main
     from agent_runner.settings import RunnerSettings
-    from shared.service import run
 
     settings = RunnerSettings.from_env(service_env())
-    run("runner", settings.common, lambda stop: main(settings, stop))
+    _serve("runner", settings.common, lambda stop: main(settings, stop))
     return 0
 
 
 def _collector(args: argparse.Namespace) -> int:
     from metrics_collector.service import main
     from metrics_collector.settings import CollectorSettings
-    from shared.service import run
 
     settings = CollectorSettings.from_env(Env())
-    run("collector", settings.common, lambda stop: main(settings, stop))
+    _serve("collector", settings.common, lambda stop: main(settings, stop))
     return 0
 
 
@@ -313,7 +355,7 @@ class _Progress:
 def _client_token(args: argparse.Namespace) -> str | Callable[[], str]:
     """``--token``, else ``$TEAMDASH_TOKEN``, else a provider minting a fresh dev token (user
     ``--user``, role admin) from the local secret for every connection, like ``teamdash token``."""
-    token = args.token or os.environ.get("TEAMDASH_TOKEN")
+    token = args.token or os.environ.get(CLIENT_VARIABLES[1])
     if token:
         return token
     from gateway.settings import jwt_secret
@@ -622,7 +664,7 @@ def _add_client_commands(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--url",
-        default=os.environ.get("TEAMDASH_URL") or DEFAULT_URL,
+        default=os.environ.get(CLIENT_VARIABLES[0]) or DEFAULT_URL,
         help=f"gateway WebSocket URL (default $TEAMDASH_URL or {DEFAULT_URL})",
     )
     common.add_argument(
