@@ -120,7 +120,7 @@ async def test_commands_output_and_completion(
     agent_id, reply = await gateway.create("echo-json")
     assert reply.success
     for i in range(3):
-        r = await gateway.command(agent_id, f"hello {i}\x00\x07 ✓", timeout=t(10) * 1000)
+        r = await gateway.command(agent_id, f"hello {i}\x00\x07 ✓", timeout=int(t(10) * 1000))
         assert r.success, r
     evs = await wait_events(
         bus,
