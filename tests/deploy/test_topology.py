@@ -244,3 +244,35 @@ async def test_the_public_frontend_refuses_the_gateways_metrics(topology: LocalT
     assert status == 200 and "teamdash_" in body
     status, _ = await asyncio.to_thread(http_get, lb + "/healthz")  # the rest still passes
     assert status == 200
+
+
+async def test_sigkill_of_up_lb_leaves_no_process_behind(tmp_path: Path) -> None:
+    """HAProxy and every service of ``up --lb`` start through the parent-death wrapper: a
+    SIGKILLed ``up --lb`` (which cannot stop anything itself) takes them all with it."""
+    require("haproxy", "haproxy")
+    port = free_port()
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("TEAMDASH_") and k != "REDIS_URL"
+    }
+    env.update(TEAMDASH_STATE_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1")
+    log_path = tmp_path / "up.log"
+    up = start_up_lb(env, port, log_path)
+    descendants: list[psutil.Process] = []
+    try:
+        await wait_for(
+            lambda: b"Press Ctrl-C" in log_path.read_bytes(), timeout=40, what="the banner"
+        )
+        descendants = psutil.Process(up.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in descendants)
+        assert "haproxy" in names and names.count("shared.cli gateway") == 2, names
+    finally:
+        up.kill()
+        await asyncio.to_thread(up.wait)
+        try:
+            await wait_for(
+                lambda: not still_running(descendants), timeout=30, what="every process to exit"
+            )
+        finally:
+            for p in still_running(descendants):
+                p.kill()
+    assert not port_open(port)
