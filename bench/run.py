@@ -49,9 +49,16 @@ async def _guard(result: dict[str, Any], name: str, coro: Any) -> Any:
     return value
 
 
+def new_run_id() -> str:
+    """A run id unique on the machine: the time (so results sort), this process's pid and a
+    random part. Two runs started in the same second (two ``.ci/run``s) must not share one:
+    the id marks a run's processes (``BENCH_RUN_ID``), and leftovers are counted by it."""
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 async def run(cfg: BenchConfig, argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the result (also written to ``cfg.out_dir``)."""
-    run_id = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_id = new_run_id()
     run_dir = cfg.out_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     # Every process of the run inherits this, so leftovers can be found (the smoke test does).

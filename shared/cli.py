@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import sys
@@ -17,42 +18,105 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from shared.settings import ConfigError, Env
+from shared.settings import PREFIX, CommonSettings, ConfigError, Env, unknown_variables
 
 if TYPE_CHECKING:
     from shared.client import DashboardClient, DashboardEvent, StateChange
     from shared.protocol import MetricsUpdatePayload, SystemAlertMessage
 
 
+#: Variables of the client commands (read here, not by a service's settings object).
+CLIENT_VARIABLES = ("TEAMDASH_URL", "TEAMDASH_TOKEN")
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``TEAMDASH_*`` variable that something reads: what each service's settings
+    object asks for (each ``from_env`` run against an empty environment and a throwaway
+    state folder, recording the names — no hand-kept list to forget a variable in), and the
+    client commands' :data:`CLIENT_VARIABLES`. Every service counts, not only the one
+    starting: ``teamdash up`` and compose's shared block give each service all of them."""
+    import tempfile
+
+    from agent_runner.settings import RunnerSettings
+    from gateway.settings import GatewaySettings
+    from metrics_collector.settings import CollectorSettings
+
+    with tempfile.TemporaryDirectory(prefix="teamdash-known-") as tmp:
+        probe = Env({"TEAMDASH_STATE_DIR": tmp, "HOME": tmp})
+        for settings in (GatewaySettings, RunnerSettings, CollectorSettings):
+            # The defaults are valid (tests/shared/test_settings.py); should one not be, the
+            # names asked so far still count and the service starts anyway: the warning is
+            # a help, not a gate.
+            with contextlib.suppress(ConfigError):
+                settings.from_env(probe)
+    return frozenset(n for n in probe.asked if n.startswith(PREFIX)) | set(CLIENT_VARIABLES)
+
+
+def _serve(
+    service: str, common: CommonSettings, main: Callable[[asyncio.Event], Awaitable[None]]
+) -> None:
+    """Run a service; first, once, warn about every ``TEAMDASH_*`` variable nothing reads
+    (a typo would otherwise silently leave the default in force)."""
+    import logging
+
+    from shared.service import run
+
+    unknown = unknown_variables(os.environ, known_variables())
+
+    async def warned(stop: asyncio.Event) -> None:
+        log = logging.getLogger(f"{service}.config")
+        for name, closest in unknown:
+            hint = f"; did you mean {closest}?" if closest else ""
+            log.warning("unknown variable %s is ignored%s", name, hint)
+        await main(stop)
+
+    run(service, common, warned)
+
+
 def _gateway(args: argparse.Namespace) -> int:
     from gateway.server import main
     from gateway.settings import GatewaySettings
-    from shared.service import run
 
     settings = GatewaySettings.from_env(Env())
     if args.port is not None:
         settings = dataclasses.replace(settings, port=args.port)
-    run("gateway", settings.common, lambda stop: main(settings, stop))
+    _serve("gateway", settings.common, lambda stop: main(settings, stop))
     return 0
+
+
+#: In ``TEAMDASH_RUNNER_ID``, replaced by the host name (a container's own, in compose).
+HOSTNAME_PLACEHOLDER = "{hostname}"
+
+
+def service_env() -> Env:
+    """The environment of a service command, with :data:`HOSTNAME_PLACEHOLDER` in
+    ``TEAMDASH_RUNNER_ID`` replaced: compose sets ``runner-{hostname}`` once for every
+    replica, so ``--scale agent-runner=3`` gives three ids (one per container, kept across
+    that container's restarts) instead of three runners fencing each other on one."""
+    value = os.environ.get("TEAMDASH_RUNNER_ID", "")
+    if HOSTNAME_PLACEHOLDER not in value:
+        return Env()
+    import socket
+
+    host = socket.gethostname().split(".")[0] or "runner"
+    return Env({**os.environ, "TEAMDASH_RUNNER_ID": value.replace(HOSTNAME_PLACEHOLDER, host)})
 
 
 def _runner(args: argparse.Namespace) -> int:
     from agent_runner.service import main
     from agent_runner.settings import RunnerSettings
-    from shared.service import run
 
-    settings = RunnerSettings.from_env(Env())
-    run("runner", settings.common, lambda stop: main(settings, stop))
+    settings = RunnerSettings.from_env(service_env())
+    _serve("runner", settings.common, lambda stop: main(settings, stop))
     return 0
 
 
 def _collector(args: argparse.Namespace) -> int:
     from metrics_collector.service import main
     from metrics_collector.settings import CollectorSettings
-    from shared.service import run
 
     settings = CollectorSettings.from_env(Env())
-    run("collector", settings.common, lambda stop: main(settings, stop))
+    _serve("collector", settings.common, lambda stop: main(settings, stop))
     return 0
 
 
@@ -71,7 +135,6 @@ def _token(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gateway.settings import jwt_secret
-    from shared.settings import CommonSettings
     from shared.tokens import (
         ASYMMETRIC_ALGORITHMS,
         ROLES,
@@ -129,7 +192,7 @@ def _health(args: argparse.Namespace) -> int:
     when its heartbeat key in Redis is fresh (those keys expire after a few missed beats)."""
     import socket
 
-    env = Env()
+    env = service_env()
     if args.service == "gateway":
         return _gateway_health(env, args.port)
 
@@ -138,12 +201,10 @@ def _health(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
     from shared.keys import Keys
-    from shared.settings import CommonSettings
 
-    common = CommonSettings.from_env(env)
-    keys = Keys(common.redis_prefix)
+    keys = Keys(CommonSettings.from_env(env).redis_prefix)
     host = socket.gethostname()
-    client = redis.Redis.from_url(common.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    client = redis.Redis.from_url(redis_url(env), socket_timeout=3, socket_connect_timeout=3)
     runner_id = env.opt_str("TEAMDASH_RUNNER_ID") if args.service == "runner" else None
     # With a runner id the key itself is this runner's; otherwise a heartbeat is this
     # host's when it names the host (in a container: the container's own hostname).
@@ -186,12 +247,31 @@ def _health(args: argparse.Namespace) -> int:
     return 0
 
 
+def redis_url(env: Env) -> str:
+    """The Redis of the CLI's commands: ``REDIS_URL``, else the one of the ``teamdash up``
+    running from this state folder (its ``up.json``), else the default (port 6379)."""
+    from shared.stack import read_up_state
+
+    common = CommonSettings.from_env(env)
+    if env.opt_str("REDIS_URL") is None:
+        state = read_up_state(common.state_dir)
+        if state is not None:
+            return state.redis_url
+    return common.redis_url
+
+
 def _gateway_health(env: Env, port: int | None) -> int:
     import http.client
+
+    from shared.stack import read_up_state
 
     host = env.str("TEAMDASH_GATEWAY_HOST", "127.0.0.1")
     if host in ("0.0.0.0", "::", "*"):
         host = "127.0.0.1"
+    if port is None and env.opt_str("TEAMDASH_GATEWAY_PORT") is None:
+        # The port of the ``teamdash up`` of this state folder (e.g. ``up --port 4000``).
+        state = read_up_state(CommonSettings.from_env(env).state_dir)
+        port = state.gateway_port if state is not None else None
     port = port if port is not None else env.int("TEAMDASH_GATEWAY_PORT", 3001, min=1)
     conn: http.client.HTTPConnection
     if env.opt_str("TEAMDASH_TLS_CERT_FILE"):
@@ -229,6 +309,8 @@ def _gateway_health(env: Env, port: int | None) -> int:
 # ---------------------------------------------------------------------------
 
 DEFAULT_URL = "ws://127.0.0.1:3001/ws"
+#: Seconds a client command keeps reconnecting before it gives up (``--give-up-after``).
+DEFAULT_GIVE_UP_AFTER_S = 60.0
 ALERT_LEVELS = ("info", "warning", "error", "critical")
 ALERT_CATEGORIES = ("resource", "performance", "security", "agent")
 
@@ -277,11 +359,10 @@ class _Progress:
 def _client_token(args: argparse.Namespace) -> str | Callable[[], str]:
     """``--token``, else ``$TEAMDASH_TOKEN``, else a provider minting a fresh dev token (user
     ``--user``, role admin) from the local secret for every connection, like ``teamdash token``."""
-    token = args.token or os.environ.get("TEAMDASH_TOKEN")
+    token = args.token or os.environ.get(CLIENT_VARIABLES[1])
     if token:
         return token
     from gateway.settings import jwt_secret
-    from shared.settings import CommonSettings
     from shared.tokens import mint_token
 
     env = Env()
@@ -302,21 +383,63 @@ def _client_command(body: ClientBody) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+class _OutageLimit:
+    """Ends a client command when the connection stays lost for ``limit_s`` (0 = never).
+
+    The client itself reconnects forever, which is right for a dashboard; a command in a
+    terminal or a script must instead say that the stack is gone and exit. The clock starts
+    at the first ``disconnected`` and stops at ``reconnected``; when it runs out, the
+    command's ``asyncio.timeout`` fires and :func:`_with_client` reports it."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.scope: asyncio.Timeout | None = None
+        self._lost = False
+
+    def on_state(self, change: StateChange) -> None:
+        if self.scope is None or self.limit_s <= 0:
+            return
+        if change.state == "disconnected" and not self._lost:
+            self._lost = True
+            self.scope.reschedule(asyncio.get_running_loop().time() + self.limit_s)
+        elif change.state == "reconnected":
+            self._lost = False
+            self.scope.reschedule(None)
+
+    @property
+    def expired(self) -> bool:
+        return self.scope is not None and self.scope.expired()
+
+
 async def _with_client(args: argparse.Namespace, body: ClientBody) -> int:
     from shared.client import ClientError, DashboardClient
 
     progress = _Progress(args.quiet)
+    outage = _OutageLimit(args.give_up_after)
+
+    def on_state(change: StateChange) -> None:
+        progress.on_state(change)
+        outage.on_state(change)
+
     token = _client_token(args)
     progress.say(f"connecting to {args.url}…")
-    client = DashboardClient(
-        args.url, token, client_id=f"cli-{os.getpid()}", on_state=progress.on_state
-    )
+    client = DashboardClient(args.url, token, client_id=f"cli-{os.getpid()}", on_state=on_state)
     try:
         async with client:
             progress.say(f"connected to gateway {client.gateway_id} as {client.user_id}")
-            return int(await body(client, args, progress))
+            async with asyncio.timeout(None) as outage.scope:
+                return int(await body(client, args, progress))
     except ClientError as e:
         print(f"teamdash: error: {e.code.name} ({int(e.code)}): {e.message}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        if not outage.expired:
+            raise
+        print(
+            f"teamdash: error: SERVICE_UNAVAILABLE (3002): no gateway at {args.url} answered "
+            f"for {args.give_up_after:g}s; giving up (is the stack running?)",
+            file=sys.stderr,
+        )
         return 1
 
 
@@ -476,12 +599,16 @@ async def _agent_tail(
         elif isinstance(event, AgentStatusMessage):
             state = event.payload.status
             progress.say(f"agent {state}")
+            d = event.payload.details
+            # A final status ends the tail, and is printed even with --quiet: a script
+            # learns why the agent ended (``stopped (runner-stopped)`` when the stack stops).
             if state == "crashed":
-                d = event.payload.details
                 why = f" ({d.reason or ''} exit code {d.exitCode} signal {d.signal})" if d else ""
                 print(f"teamdash: agent {args.agent_id} crashed{why}", file=sys.stderr)
                 return 1
             if state == "stopped":
+                why = f" ({d.reason})" if d is not None and d.reason else ""
+                print(f"teamdash: agent {args.agent_id} stopped{why}", file=sys.stderr)
                 return 0
         elif isinstance(event, AgentErrorMessage):
             e = event.payload.error
@@ -541,7 +668,7 @@ def _add_client_commands(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--url",
-        default=os.environ.get("TEAMDASH_URL") or DEFAULT_URL,
+        default=os.environ.get(CLIENT_VARIABLES[0]) or DEFAULT_URL,
         help=f"gateway WebSocket URL (default $TEAMDASH_URL or {DEFAULT_URL})",
     )
     common.add_argument(
@@ -551,6 +678,14 @@ def _add_client_commands(sub: Any) -> None:
     )
     common.add_argument("--user", default="dev", help="user of a minted token (default 'dev')")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    common.add_argument(
+        "--give-up-after",
+        type=float,
+        default=DEFAULT_GIVE_UP_AFTER_S,
+        metavar="SECONDS",
+        help="exit 1 when the connection stays lost this long (default "
+        f"{DEFAULT_GIVE_UP_AFTER_S:g}; 0 = reconnect forever)",
+    )
     counted = argparse.ArgumentParser(add_help=False)
     counted.add_argument(
         "--count", type=int, default=0, help="stop after N events (default: never)"

@@ -26,6 +26,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     StringConstraints,
     TypeAdapter,
     ValidationError,
@@ -51,6 +52,17 @@ def new_id() -> str:
 
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+#: The number and boolean fields of what clients send take JSON values as they are: ``true``
+#: is not an integer, ``0`` not a boolean, ``"5"`` and ``1.0`` not integers (pydantic's lax
+#: mode would convert them all), so a wrongly typed field is INVALID_MESSAGE as the docs
+#: say. Strict per field, not per call: validation in strict mode would also refuse the
+#: dict that ``AuthMessage._flat_to_payload`` builds. Only the inbound models (and the
+#: envelope) use them; the server's own messages are built in Python and never validated
+#: on the fan-out path, so their fields stay as they were.
+StrictInt = Annotated[int, Strict()]
+StrictBool = Annotated[bool, Strict()]
+#: A JSON integer is a number too (``"memory": 512``); strict float accepts it.
+StrictFloat = Annotated[float, Strict()]
 Priority = Literal["low", "normal", "high"]
 AgentState = Literal["starting", "running", "paused", "stopping", "stopped", "crashed"]
 OutputStream = Literal["stdout", "stderr"]
@@ -71,7 +83,7 @@ class Metadata(_Strict):
     agentId: str | None = None
     priority: Priority | None = None
     topic: str | None = None
-    offset: int | None = None
+    offset: StrictInt | None = None
     epoch: str | None = None
 
 
@@ -81,7 +93,7 @@ class WSMessage(_Strict):
 
     id: Identifier = Field(default_factory=new_id)
     type: str
-    timestamp: int = Field(default_factory=now_ms)
+    timestamp: StrictInt = Field(default_factory=now_ms)
     payload: Any = None
     metadata: Metadata | None = None
 
@@ -94,7 +106,7 @@ class WSMessage(_Strict):
 class StreamPosition(_Strict):
     """The position of the last event a client received on a topic (from its metadata)."""
 
-    offset: Annotated[int, Field(ge=0)]
+    offset: Annotated[StrictInt, Field(ge=0)]
     epoch: Annotated[str, StringConstraints(max_length=64)] | None = None
 
 
@@ -145,8 +157,8 @@ class AuthMessage(WSMessage):
 
 
 class ResourceLimits(_Strict):
-    memory: Annotated[float, Field(gt=0, le=1024 * 1024, description="MB")]
-    cpu: Annotated[float, Field(gt=0, le=1024, description="Cores")]
+    memory: Annotated[StrictFloat, Field(gt=0, le=1024 * 1024, description="MB")]
+    cpu: Annotated[StrictFloat, Field(gt=0, le=1024, description="Cores")]
 
 
 class CreateAgentPayload(_Strict):
@@ -171,9 +183,9 @@ class CreateAgentMessage(WSMessage):
 class AgentCommandPayload(_Strict):
     agentId: Identifier
     command: Annotated[str, StringConstraints(max_length=MAX_COMMAND_CHARS)]
-    interactive: bool | None = None
+    interactive: StrictBool | None = None
     #: Milliseconds the agent has to complete the command (AGENT_COMMAND_TIMEOUT after).
-    timeout: Annotated[int, Field(gt=0, le=24 * 3600 * 1000)] | None = None
+    timeout: Annotated[StrictInt, Field(gt=0, le=24 * 3600 * 1000)] | None = None
 
 
 class AgentCommandMessage(WSMessage):
@@ -183,7 +195,7 @@ class AgentCommandMessage(WSMessage):
 
 class TerminateAgentPayload(_Strict):
     agentId: Identifier
-    force: bool | None = None
+    force: StrictBool | None = None
 
 
 class TerminateAgentMessage(WSMessage):
@@ -222,7 +234,7 @@ class UnsubscribeMessage(WSMessage):
 
 
 class HeartbeatPayload(_Strict):
-    timestamp: int = Field(default_factory=now_ms)
+    timestamp: StrictInt = Field(default_factory=now_ms)
 
 
 class HeartbeatMessage(WSMessage):

@@ -10,8 +10,9 @@ Every variable is listed in the README's configuration table.
 from __future__ import annotations
 
 import builtins
+import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,12 @@ class Env:
 
     def __init__(self, environ: Mapping[builtins.str, builtins.str] | None = None) -> None:
         self._env = os.environ if environ is None else environ
+        #: Every name asked for, set or not: after a settings object's ``from_env``, the
+        #: variables it knows (what :func:`unknown_variables` compares against).
+        self.asked: set[builtins.str] = set()
 
     def raw(self, name: builtins.str) -> builtins.str | None:
+        self.asked.add(name)
         value = self._env.get(name)
         return value if value not in (None, "") else None
 
@@ -126,3 +131,26 @@ class CommonSettings:
             state_dir=default_state_dir(env),
             metrics_host=env.str("TEAMDASH_METRICS_HOST", "127.0.0.1"),
         )
+
+
+#: The prefix of the project's variables: one of these that nothing reads is a mistake.
+PREFIX = "TEAMDASH_"
+#: Prefixes of variables that are not a service's: the test suite's and HAProxy's
+#: (``deploy/haproxy.cfg`` reads ``TEAMDASH_LB_*`` itself).
+FOREIGN_PREFIXES = ("TEAMDASH_TEST_", "TEAMDASH_LB_")
+
+
+def unknown_variables(
+    environ: Mapping[str, str], known: Iterable[str]
+) -> list[tuple[str, str | None]]:
+    """``(name, closest known name or None)`` for every ``TEAMDASH_*`` variable in
+    ``environ`` that is not in ``known``, sorted by name. A misspelt variable is otherwise
+    silently ignored and its default used (``TEAMDASH_SEND_BUFER_BYTES``)."""
+    known = sorted(set(known))
+    out = []
+    for name in sorted(environ):
+        if not name.startswith(PREFIX) or name in known or name.startswith(FOREIGN_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        out.append((name, close[0] if close else None))
+    return out

@@ -4,7 +4,8 @@ A token is accepted when its signature verifies with the configured algorithm an
 ``exp`` is present and in the future, ``exp`` is at most ``max_lifetime_s`` after ``iat``
 (after now when ``iat`` is absent; an ``iat`` in the future is refused), ``iss`` / ``aud``
 match when the verifier is configured with them, and ``sub`` names the user. ``roles`` (a
-list, or one string) gives the user's roles; a token without it gets ``viewer`` (read-only).
+list, or one string) gives the user's roles; unknown ones are dropped, and a token without
+the claim, or with no known role in it, gets ``viewer`` (read-only).
 
 Algorithms: HS256 with a shared secret, or RS256 / ES256 with a public key (PEM). A verifier
 accepts exactly the algorithms it is configured with, never ``none``, and never mixes an
@@ -211,7 +212,10 @@ class TokenVerifier:
             raw_roles = [raw_roles]
         if not isinstance(raw_roles, list) or not all(isinstance(r, str) for r in raw_roles):
             raise TeamdashError(ErrorCode.AUTH_FAILED, "invalid token: bad 'roles' claim")
-        return Identity(sub, frozenset(r for r in raw_roles if r in ROLES), exp)
+        # Unknown roles are dropped; a token left with none (``["root"]``, ``[]``) is a
+        # viewer, like one without the claim, not a user with no role at all.
+        known = frozenset(r for r in raw_roles if r in ROLES)
+        return Identity(sub, known or frozenset({"viewer"}), exp)
 
 
 def mint_token(

@@ -16,9 +16,10 @@ so :meth:`LocalTopology.server_states` can tell which gateways HAProxy considers
 
 Every service is a ``teamdash <service>`` process (HAProxy the ``haproxy`` binary from PATH)
 in its own session, so a terminal's Ctrl-C reaches only the supervisor. :meth:`~LocalTopology.stop`
-stops them in order — HAProxy, gateways, runner (which stops its agents), collector, Redis —
-escalates to SIGKILL after a grace period, and kills whatever a service left behind, so
-nothing outlives the topology.
+stops them in order — runner (which stops its agents), collector, gateways after a short
+drain, HAProxy, Redis — escalates to SIGKILL after a grace period, and kills whatever a
+service left behind; every process is started through :func:`shared.lifeline.die_with_parent`,
+so even a SIGKILLed supervisor leaves nothing running.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Self
 
 import psutil
 
+from shared.lifeline import die_with_parent
 from shared.redis_server import EmbeddedRedis, free_port
 from shared.settings import Env, default_state_dir
 
@@ -50,6 +52,9 @@ HAPROXY_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy.cf
 #: Name of the backend (in deploy/haproxy.cfg) and prefix of its servers (gw1, gw2, …).
 BACKEND = "gateways"
 SERVER_PREFIX = "gw"
+#: Seconds the gateways keep running after the runner stopped, so its last events (every
+#: agent's ``stopped``) reach the clients.
+DRAIN_S = 1.0
 
 
 class TopologyError(RuntimeError):
@@ -93,7 +98,9 @@ class Process:
         log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - the child keeps it
         try:
             self.proc = subprocess.Popen(
-                self.argv,
+                # SIGTERM (a clean stop) to the service if the supervisor dies without
+                # stopping it: nothing outlives the topology, even a SIGKILLed ``up --lb``.
+                die_with_parent(self.argv),
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -290,17 +297,21 @@ class LocalTopology:
 
     def stop(self) -> None:
         """Stop everything (idempotent); nothing is left running afterwards."""
-        # HAProxy first (no new connections), then the gateways, the runner (it stops its
-        # agents), the collector, and Redis last.
-        if self.haproxy is not None:
-            self.haproxy.stop(10)
+        # The runner first (it stops its agents and publishes their final status), then the
+        # collector; the gateways after a short drain, so those last events reach the
+        # clients; HAProxy after the gateways (their 1001 close frames pass through it), and
+        # Redis last.
+        for service in (self.runner, self.collector):
+            if service is not None:
+                service.stop(30)
+        if any(g.alive() for g in self.gateway_processes):
+            time.sleep(DRAIN_S)
         for gateway in self.gateway_processes:
             gateway.terminate()  # all at once; stop() below waits for each
         for gateway in self.gateway_processes:
             gateway.stop(15)
-        for service in (self.runner, self.collector):
-            if service is not None:
-                service.stop(30)
+        if self.haproxy is not None:
+            self.haproxy.stop(10)
         if self.redis is not None:
             self.redis.stop()
             self.redis = None

@@ -1,11 +1,20 @@
-"""The documentation keeps up with the code: every Redis name is in docs/architecture.md."""
+"""The documentation keeps up with the code: every Redis name is in docs/architecture.md,
+and docs/client.md's quick start runs."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from shared.keys import Keys
-from tests.helpers import ROOT
+from shared.tokens import mint_token
+from tests.helpers import ROOT, free_port, port_open, t, wait_for
 
 PLACEHOLDERS = {
     "topic": "{topic}",
@@ -39,3 +48,53 @@ def test_every_redis_name_is_documented() -> None:
     text = (ROOT / "docs" / "architecture.md").read_text()
     missing = [n for n in documented_names() if f"`{n}`" not in text and n != "{p}:ch:"]
     assert not missing, f"add these Redis names to docs/architecture.md: {missing}"
+
+
+def _python_blocks(doc: str) -> list[str]:
+    text = (ROOT / "docs" / doc).read_text(encoding="utf-8")
+    return re.findall(r"^```python\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
+
+
+async def test_the_sdk_quick_start_runs_to_its_end_with_the_demo_model(
+    service_env: dict[str, str], start_service: Callable[..., Any], tmp_path: Path
+) -> None:
+    """docs/client.md's quick start, as a reader runs it: against a real gateway and runner
+    with the default models (the shipped ``demo``), it prints the answer and exits."""
+    quick_start = _python_blocks("client.md")[0]
+    assert "asyncio.run(main())" in quick_start
+    port = free_port()
+    env = {
+        **service_env,
+        "TEAMDASH_GATEWAY_PORT": str(port),
+        "TEAMDASH_MODELS_FILE": "",  # the default models: demo is one of them
+        "TEAMDASH_WORKSPACE_ROOT": str(tmp_path / "workspaces"),
+    }
+    start_service("gateway", env)
+    start_service("runner", env)
+    await wait_for(lambda: port_open(port), timeout=15, what="the gateway port")
+    script = tmp_path / "quick_start.py"
+    script.write_text(quick_start, encoding="utf-8")
+    token = mint_token(env["TEAMDASH_JWT_SECRET"], "alice", roles=("operator",))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "TEAMDASH_TOKEN": token,
+            "TEAMDASH_URL": f"ws://127.0.0.1:{port}/ws",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), t(60))
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    text = out.decode()
+    assert "[demo] you said: list the files" in text
+    assert text.rstrip().endswith("agent stopped"), text[-500:]

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import psutil
@@ -119,7 +120,7 @@ async def test_commands_output_and_completion(
     agent_id, reply = await gateway.create("echo-json")
     assert reply.success
     for i in range(3):
-        r = await gateway.command(agent_id, f"hello {i}\x00\x07 ✓", timeout=t(10) * 1000)
+        r = await gateway.command(agent_id, f"hello {i}\x00\x07 ✓", timeout=int(t(10) * 1000))
         assert r.success, r
     evs = await wait_events(
         bus,
@@ -418,9 +419,13 @@ async def test_spawn_failures(
 
 
 async def test_default_models_claude_missing_and_demo(
-    start_runner, gateway: Gateway, bus: EventBus, runner_env
+    start_runner, gateway: Gateway, bus: EventBus, runner_env, tmp_path: Path
 ) -> None:
-    runner = await start_runner(TEAMDASH_MODELS_FILE="", PATH="/usr/bin:/bin")
+    # The agents' PATH is an empty folder, so `claude` is missing even on a machine that has
+    # the Claude Code CLI installed (in /usr/bin, say); the demo model needs no PATH.
+    empty_bin = tmp_path / "empty-bin"
+    empty_bin.mkdir()
+    runner = await start_runner(TEAMDASH_MODELS_FILE="", PATH=str(empty_bin))
     assert "demo" in runner.settings.models.models
     _, reply = await gateway.create("claude-3-opus")
     assert not reply.success and reply.code == ErrorCode.AGENT_SPAWN_FAILED

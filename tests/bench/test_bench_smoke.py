@@ -6,6 +6,7 @@ the benchmark's business, not the test suite's."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,9 @@ LATENCY_KEYS = {"count", "mean", "p50", "p90", "p99", "p99.9", "max"}
 
 
 def _leftovers(run_id: str, run_dir: Path) -> list[str]:
+    """This run's processes still alive: marked with its id (unique per run, so another
+    bench run on the machine, e.g. a second ``.ci/run``, is not counted) or working in its
+    own output folder."""
     found = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
@@ -57,6 +61,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert (tmp_path / f"{result['id']}.md").read_text().count("## ") >= 5
 
     assert result["mode"] == "smoke" and result["errors"] == []
+    assert re.fullmatch(r"\d{8}-\d{6}-\d+-[0-9a-f]{6}", result["id"]), result["id"]
     for key in ("cpu_model", "logical_cpus", "memory_bytes", "kernel"):
         assert result["machine"][key]
     for key in ("python", "websockets", "redis_py", "redis_server", "pydantic", "uvloop"):

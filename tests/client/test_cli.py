@@ -159,3 +159,24 @@ async def test_an_unreachable_gateway_exits_1(stack: Stack) -> None:
 async def test_usage_errors_exit_2(stack: Stack, args: tuple[str, ...]) -> None:
     rc, _, err = await run_cli(stack.cli_env, *args)
     assert rc == 2, err
+
+
+async def test_a_command_gives_up_when_the_stack_stays_gone(stack: Stack) -> None:
+    """The client reconnects forever; a command in a terminal or a script says the stack is
+    gone and exits 1 once the outage outlasts ``--give-up-after``."""
+    cli = await CliProcess.start(stack.cli_env, "metrics", "watch", "--give-up-after", "1")
+    try:
+        await cli.wait_stderr("watching metrics")
+        assert stack.gateway is not None
+        stack.gateway.stop()
+        await cli.wait_stderr("connection lost")
+        rc = await cli.wait()
+    finally:
+        await cli.kill()
+    assert rc == 1, cli.stderr
+    last = cli.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"teamdash: error: SERVICE_UNAVAILABLE (3002): no gateway at {stack.url} answered "
+        "for 1s; giving up (is the stack running?)"
+    )
+    assert "reconnecting in" in cli.stderr

@@ -44,15 +44,17 @@ def service_env(service: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in env.items()}
 
 
-def documented_variables() -> set[str]:
+def documented_variables(sources: list[Path] | None = None) -> set[str]:
     """Every variable named in the first column of a Markdown table of the README, of
-    deploy/README.md, or of a service's settings module (the runner documents its own)."""
-    sources = [
-        ROOT / "README.md",
-        DEPLOY / "README.md",
-        ROOT / "agent_runner" / "settings.py",
-        ROOT / "metrics_collector" / "settings.py",
-    ]
+    deploy/README.md, or of a service's settings module (the runner documents its own);
+    or of ``sources`` only."""
+    if sources is None:
+        sources = [
+            ROOT / "README.md",
+            DEPLOY / "README.md",
+            ROOT / "agent_runner" / "settings.py",
+            ROOT / "metrics_collector" / "settings.py",
+        ]
     found: set[str] = set()
     for path in sources:
         if not path.exists():

@@ -20,7 +20,7 @@ import pytest
 from shared.topology import LocalTopology
 from tests.deploy.conftest import require
 from tests.gateway.conftest import token
-from tests.helpers import ROOT, free_port, port_open, t, wait_for
+from tests.helpers import ROOT, free_port, http_get, port_open, t, wait_for
 from tests.wsclient import WSClient
 
 
@@ -229,3 +229,50 @@ async def test_teamdash_up_lb_serves_through_haproxy_and_stops_on_ctrl_c(tmp_pat
     assert "teamdash: stopped" in text
     await asyncio.sleep(0.2)
     assert not still_running(descendants)
+
+
+async def test_the_public_frontend_refuses_the_gateways_metrics(topology: LocalTopology) -> None:
+    """Clients reach the gateways through HAProxy; the gateways' /metrics is the operator's,
+    scraped on each gateway's own port (docs/operations.md), and refused through HAProxy."""
+    lb = f"http://127.0.0.1:{topology.lb_port}"
+    for path in ("/metrics", "/metrics?format=prometheus", "/metrics/"):
+        status, _ = await asyncio.to_thread(http_get, lb + path)
+        assert status == 403, path
+    status, body = await asyncio.to_thread(
+        http_get, f"http://127.0.0.1:{topology.gateway_ports[0]}/metrics"
+    )
+    assert status == 200 and "teamdash_" in body
+    status, _ = await asyncio.to_thread(http_get, lb + "/healthz")  # the rest still passes
+    assert status == 200
+
+
+async def test_sigkill_of_up_lb_leaves_no_process_behind(tmp_path: Path) -> None:
+    """HAProxy and every service of ``up --lb`` start through the parent-death wrapper: a
+    SIGKILLed ``up --lb`` (which cannot stop anything itself) takes them all with it."""
+    require("haproxy", "haproxy")
+    port = free_port()
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("TEAMDASH_") and k != "REDIS_URL"
+    }
+    env.update(TEAMDASH_STATE_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1")
+    log_path = tmp_path / "up.log"
+    up = start_up_lb(env, port, log_path)
+    descendants: list[psutil.Process] = []
+    try:
+        await wait_for(
+            lambda: b"Press Ctrl-C" in log_path.read_bytes(), timeout=40, what="the banner"
+        )
+        descendants = psutil.Process(up.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in descendants)
+        assert "haproxy" in names and names.count("shared.cli gateway") == 2, names
+    finally:
+        up.kill()
+        await asyncio.to_thread(up.wait)
+        try:
+            await wait_for(
+                lambda: not still_running(descendants), timeout=30, what="every process to exit"
+            )
+        finally:
+            for p in still_running(descendants):
+                p.kill()
+    assert not port_open(port)

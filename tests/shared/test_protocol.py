@@ -885,3 +885,118 @@ def test_ping_and_pong_go_both_ways() -> None:
     data = p.encode(p.HeartbeatMessage(type="ping"))
     assert isinstance(p.decode_client_message(data), p.HeartbeatMessage)
     assert isinstance(p.decode_server_message(data), p.HeartbeatMessage)
+
+
+@pytest.mark.parametrize(
+    "data, where",
+    [
+        (frame(id="m1", type="ping", timestamp=True), "timestamp"),
+        (frame(id="m1", type="ping", payload={"timestamp": False}), "payload.timestamp"),
+        (frame(id="m1", type="ping", payload={"timestamp": "5"}), "payload.timestamp"),
+        (frame(id="m1", type="ping", timestamp=5.0), "timestamp"),
+        (frame(id="m1", type="ping", metadata={"offset": True}), "metadata.offset"),
+        (
+            frame(id="m1", type="agent:terminate", payload={"agentId": AGENT_ID, "force": 0}),
+            "payload.force",
+        ),
+        (
+            frame(id="m1", type="agent:terminate", payload={"agentId": AGENT_ID, "force": "true"}),
+            "payload.force",
+        ),
+        (
+            frame(
+                id="m1",
+                type="agent:command",
+                payload={"agentId": AGENT_ID, "command": "ls", "interactive": 1},
+            ),
+            "payload.interactive",
+        ),
+        (
+            frame(
+                id="m1",
+                type="agent:command",
+                payload={"agentId": AGENT_ID, "command": "ls", "timeout": True},
+            ),
+            "payload.timeout",
+        ),
+        (
+            frame(
+                id="m1",
+                type="agent:create",
+                payload={
+                    "name": "n",
+                    "model": "m",
+                    "workspace": "w",
+                    "resourceLimits": {"memory": True, "cpu": 1},
+                },
+            ),
+            "payload.resourceLimits.memory",
+        ),
+        (
+            frame(
+                id="m1",
+                type="agent:create",
+                payload={
+                    "name": "n",
+                    "model": "m",
+                    "workspace": "w",
+                    "resourceLimits": {"memory": 512, "cpu": "2"},
+                },
+            ),
+            "payload.resourceLimits.cpu",
+        ),
+        (
+            frame(
+                id="m1",
+                type="auth",
+                payload={
+                    "token": "t",
+                    "clientId": "c",
+                    "sessionId": "s",
+                    "positions": {"metrics": {"offset": True}},
+                },
+            ),
+            "payload.positions.metrics.offset",
+        ),
+    ],
+    ids=[
+        "timestamp-true",
+        "ping-timestamp-false",
+        "ping-timestamp-numeric-text",
+        "timestamp-integral-float",
+        "offset-true",
+        "force-zero",
+        "force-text-true",
+        "interactive-one",
+        "timeout-true",
+        "memory-true",
+        "cpu-numeric-text",
+        "position-offset-true",
+    ],
+)
+def test_json_types_are_taken_as_they_are(data: bytes, where: str) -> None:
+    """docs/protocol.md: a wrongly typed field is INVALID_MESSAGE. JSON ``true`` is not an
+    integer, ``0`` not a boolean, ``"2"`` not a number (pydantic's lax mode converts them)."""
+    err = refused(data)
+    assert (err.code, err.message_id) == (ErrorCode.INVALID_MESSAGE, "m1")
+    assert where in err.message, err.message
+
+
+def test_strict_types_still_take_what_json_means() -> None:
+    msg = p.decode_client_message(
+        frame(
+            type="agent:create",
+            payload={
+                "name": "n",
+                "model": "m",
+                "workspace": "w",
+                "resourceLimits": {"memory": 512, "cpu": 0.5},  # an integer is a number
+            },
+        )
+    )
+    assert isinstance(msg, p.CreateAgentMessage) and msg.payload.resourceLimits is not None
+    assert msg.payload.resourceLimits.memory == 512.0
+    term = p.decode_client_message(
+        frame(type="agent:terminate", payload={"agentId": AGENT_ID, "force": True})
+    )
+    assert isinstance(term, p.TerminateAgentMessage) and term.payload.force is True

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from shared.cli import known_variables
 from shared.logs import JsonFormatter, configure_logging, debug_loggers
-from shared.settings import CommonSettings, ConfigError, Env, default_state_dir
+from shared.settings import CommonSettings, ConfigError, Env, default_state_dir, unknown_variables
+from tests.deploy.conftest import documented_variables
+from tests.helpers import ROOT, free_port, port_open, wait_for
 
 # ---------------------------------------------------------------------------
 # Env
@@ -151,3 +155,74 @@ def test_json_log_format() -> None:
     assert (doc["level"], doc["service"], doc["logger"]) == ("info", "gateway", "ws.auth")
     assert doc["session_id"] == "s-1"
     assert doc["ts"].endswith("Z")
+
+
+# ---------------------------------------------------------------------------
+# Unknown TEAMDASH_* variables (a typo must not silently keep the default)
+# ---------------------------------------------------------------------------
+
+
+def test_env_records_every_name_asked_for() -> None:
+    env = Env({"A": "1"})
+    env.int("A", 0)
+    env.opt_str("B")
+    assert env.asked == {"A", "B"}
+
+
+def test_unknown_variables_name_the_closest_known_one() -> None:
+    known = ["TEAMDASH_SEND_BUFFER_BYTES", "TEAMDASH_GATEWAY_PORT"]
+    environ = {
+        "TEAMDASH_SEND_BUFER_BYTES": "1",
+        "TEAMDASH_GATEWAY_PORT": "3001",
+        "TEAMDASH_COMPLETELY_ELSE": "x",
+        "TEAMDASH_TEST_TIMEOUT_SCALE": "2",  # the test suite's
+        "TEAMDASH_LB_BIND": ":3001",  # HAProxy's
+        "PATH": "/usr/bin",
+    }
+    assert unknown_variables(environ, known) == [
+        ("TEAMDASH_COMPLETELY_ELSE", None),
+        ("TEAMDASH_SEND_BUFER_BYTES", "TEAMDASH_SEND_BUFFER_BYTES"),
+    ]
+
+
+def test_known_variables_come_from_the_settings_objects() -> None:
+    known = known_variables()
+    # One of each service's, and the client commands'.
+    assert {
+        "TEAMDASH_SEND_BUFFER_BYTES",
+        "TEAMDASH_CURSOR_FLUSH_INTERVAL_S",
+        "TEAMDASH_AGENT_OUTPUT_EVENTS_PER_SECOND",
+        "TEAMDASH_ALERT_DISK_CRITICAL",
+        "TEAMDASH_URL",
+    } <= known
+    assert all(name.startswith("TEAMDASH_") for name in known)
+
+
+def test_every_variable_a_settings_object_reads_is_in_the_readme_table() -> None:
+    documented = documented_variables([ROOT / "README.md"])
+    missing = sorted(known_variables() - documented)
+    assert not missing, f"not in the README's configuration table: {missing}"
+
+
+@pytest.mark.parametrize("service", ["gateway", "runner", "collector"])
+async def test_each_service_warns_once_about_a_misspelt_variable(
+    service: str, service_env: dict[str, str], start_service: Any, tmp_path: Path
+) -> None:
+    env = {
+        **service_env,
+        "TEAMDASH_GATEWAY_PORT": str(free_port()),
+        "TEAMDASH_WORKSPACE_ROOT": str(tmp_path / "workspaces"),
+        "TEAMDASH_SEND_BUFER_BYTES": "65536",
+        "TEAMDASH_RUNNER_HEARTBAET_S": "1",
+    }
+    proc = start_service(service, env)
+    warning = "unknown variable TEAMDASH_SEND_BUFER_BYTES is ignored; did you mean TEAMDASH_SEND_BUFFER_BYTES?"
+    await wait_for(lambda: warning in proc.log_text(), timeout=20, what="the warning")
+    other = "unknown variable TEAMDASH_RUNNER_HEARTBAET_S is ignored; did you mean TEAMDASH_RUNNER_HEARTBEAT_S?"
+    assert other in proc.log_text()
+    # Once, at start-up, before the service is up; then the service runs normally.
+    if service == "gateway":
+        await wait_for(lambda: port_open(int(env["TEAMDASH_GATEWAY_PORT"])), what="the port")
+    text = proc.log_text()
+    assert text.count(warning) == 1 and text.count(other) == 1
+    assert proc.alive()

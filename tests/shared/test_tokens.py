@@ -192,3 +192,13 @@ def test_dev_secret_is_created_once_and_private(tmp_path: Path) -> None:
     path = state / "jwt-secret"
     assert path.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in state.iterdir()] == ["jwt-secret"]  # no temp files left
+
+
+@pytest.mark.parametrize("roles", [["root"], "superuser", [], ["Admin", "guest"]])
+def test_a_token_with_no_known_role_is_a_viewer(roles: object) -> None:
+    """docs/protocol.md: ``viewer`` is the default; unknown roles must not leave the user
+    with no role at all (``roles: []`` in connection:status)."""
+    now = int(time.time())
+    identity = verifier.verify(raw({"sub": "a", "iat": now, "exp": now + 60, "roles": roles}))
+    assert identity.roles == frozenset({"viewer"})
+    assert not identity.can_control_agents() and not identity.is_admin
