@@ -90,7 +90,17 @@ async def mark_agent_lost(
             create_time = float(fields.get("procCreateTime", "0"))
         except ValueError:
             create_time = 0.0
-        if kill_orphaned(pid, create_time):
+        keeper = fields.get("keeperPid", "")
+        try:
+            keeper_create_time = float(fields.get("keeperCreateTime", "0"))
+        except ValueError:
+            keeper_create_time = 0.0
+        if kill_orphaned(
+            pid,
+            create_time,
+            keeper_pid=int(keeper) if keeper.isdigit() else None,
+            keeper_create_time=keeper_create_time,
+        ):
             log.warning("killed the leftovers of agent %s (pid %d)", agent_id, pid)
     new = next_status(state, Event.LOST)
     ended = now_ms()

@@ -17,6 +17,8 @@ field               meaning
 ``startTime``       Unix ms when it started
 ``procCreateTime``  the process's create time (psutil, seconds) — with ``pid`` it
                     identifies the process across runner restarts
+``keeperPid``       pid of the agent's keeper (:mod:`agent_runner.launch`), with
+                    ``keeperCreateTime``: what restart reconciliation kills first
 ``memoryMb``        memory limit (MB), absent when unlimited
 ``cpuCores``        CPU limit (cores) and ``cpus``: the CPUs it is pinned to
 ``requestId``       the create request's id

@@ -397,6 +397,8 @@ class Runner:
             "pid": process.pid,
             "startTime": info.start_time,
             "procCreateTime": repr(process.create_time),
+            "keeperPid": process.keeper_pid,
+            "keeperCreateTime": repr(process.keeper_create_time),
             "requestId": request.requestId,
         }
         if memory_mb is not None:
@@ -539,14 +541,19 @@ class Runner:
 
     async def sample_stats(self) -> list[dict[str, object]]:
         """Sample every agent's process tree and publish it to ``Keys.agent_stats``."""
-        targets = [(a.agent_id, a.process.pid, a.process.create_time) for a in self.agents.values()]
-        samples = await asyncio.to_thread(self._sampler.sample, targets)
+        targets = [
+            (a.agent_id, a.process.keeper_pid, a.process.keeper_create_time)
+            for a in self.agents.values()
+        ]
+        samples = await asyncio.to_thread(self._sampler.sample, targets, include_root=False)
         docs = []
         for sample in samples:
             agent = self.agents.get(sample.agent_id)
             if agent is not None:
                 agent.peak_memory = max(agent.peak_memory, sample.memory)
-                agent.process.descendants = sample.descendants
+                agent.process.descendants = [
+                    p for p in sample.descendants if p.pid != agent.process.pid
+                ]
                 # The gateway shows an operator only their own agents' figures.
                 docs.append({**sample.to_json(), "owner": agent.info.owner})
         try:
