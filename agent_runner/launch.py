@@ -134,7 +134,7 @@ def _child(command: list[str], err_w: int, mem_mb: str | None, keeper: int) -> N
 
 
 def _read_all(fd: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = os.read(fd, 4096)
         if not chunk:
