@@ -155,10 +155,20 @@ async def reap_dead_runners(
     exclude: str | None = None,
     local_host: str | None = None,
     history_ttl_s: int = 24 * 3600,
+    redis_ok_for_ms: float | None = None,
+    heartbeat_ms: int = 0,
 ) -> int:
     """Find runners whose heartbeat is older than ``ttl_ms``, mark their live agents
     ``crashed`` (``runner-lost``) and remove the runners' entries. Returns the number of
-    agents marked. ``exclude``: a runner id never to reap (the caller's own)."""
+    agents marked. ``exclude``: a runner id never to reap (the caller's own).
+
+    ``redis_ok_for_ms``: how long the caller has been talking to Redis without a failure
+    (see :class:`agent_runner.health.RedisHealth`; None = not tracked). Unless that is at
+    least ``ttl_ms + heartbeat_ms``, nothing is reaped: heartbeats that aged while Redis
+    was unreachable (for the caller, and so maybe for everyone) say nothing about the
+    runners, which beat again within a heartbeat once Redis is back."""
+    if redis_ok_for_ms is not None and redis_ok_for_ms < ttl_ms + heartbeat_ms:
+        return 0
     cutoff = now_ms() - ttl_ms
     found: list[Any] = await redis.zrangebyscore(keys.runners, "-inf", f"({cutoff}")
     dead = [_text(r) for r in found]
