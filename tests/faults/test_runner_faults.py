@@ -210,7 +210,8 @@ async def test_redis_restarted_with_its_data_after_an_outage_reaps_nothing(fault
             # Nothing lost, nothing twice: every output event in the stream once, in order.
             seqs = [o["sequence"] for o in outputs(evs)]
             assert seqs == list(range(1, len(seqs) + 1))
-            assert ticks(outputs(evs)) == list(range(1, len(seqs) + 1))
+            numbers = ticks(outputs(evs))  # after its "ready" line
+            assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) == len(seqs) - 1
         for runner in stack.runners:
             log = runner.log_text()
             assert "taken for dead" not in log
