@@ -1,11 +1,13 @@
-"""The outbox across connection failures, on a real Redis behind a TCP proxy that cuts the
-connection at a chosen moment: a publish whose reply was lost after Redis ran it is not
-sent again (no duplicate), one that never reached Redis is (nothing lost), in order."""
+"""The outbox and the runner's replies across connection failures, on a real Redis behind
+a TCP proxy that cuts the connection at a chosen moment: a publish whose reply was lost
+after Redis ran it is not sent again (no duplicate), one that never reached Redis is
+(nothing lost), in order; a reply to a gateway is sent again on a new connection."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlparse
 
@@ -15,8 +17,13 @@ import redis.asyncio as aioredis
 from agent_runner import events
 from agent_runner.events import Item
 from agent_runner.outbox import Outbox
+from agent_runner.runner import Runner
+from agent_runner.settings import RunnerSettings
 from shared.bus import EventBus
 from shared.keys import AGENTS_TOPIC, Keys, agent_topic
+from shared.protocol import now_ms
+from shared.runner_protocol import RunnerReply, RunnerRequest
+from shared.settings import Env
 from tests.helpers import t
 
 
@@ -63,7 +70,10 @@ class CuttingProxy:
                     await dst.drain()
             dst.close()
 
-        await asyncio.gather(pump(reader, up_writer, "request"), pump(up_reader, writer, "reply"))
+        with contextlib.suppress(asyncio.CancelledError):  # the proxy closed under it
+            await asyncio.gather(
+                pump(reader, up_writer, "request"), pump(up_reader, writer, "reply")
+            )
 
 
 @pytest.fixture
@@ -133,3 +143,54 @@ async def test_found_published_counts_only_what_reached_the_stream(
     left = await outbox._unpublished([*sent, *unsent])
     assert left == unsent
     assert outbox.found_published == len(sent)
+
+
+async def test_a_reply_is_retried_on_a_new_connection_until_its_deadline(
+    proxied: tuple[CuttingProxy, aioredis.Redis],
+    redis: aioredis.Redis,
+    keys: Keys,
+    runner_env: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The connection drops under a reply (Redis restarted, a blip): the reply is sent again
+    on a new connection, so the gateway gets it; past its deadline it is only logged."""
+    proxy, client = proxied
+    runner = Runner(RunnerSettings.from_env(Env(runner_env)), client)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.reply_channel("gw-test"))
+    await client.ping()
+
+    def request(request_id: str, deadline_ms: int) -> RunnerRequest:
+        return RunnerRequest(
+            kind="command",
+            requestId=request_id,
+            gatewayId="gw-test",
+            userId="alice",
+            roles=["operator"],
+            agentId="a1",
+            payload={"agentId": "a1", "command": "x"},
+            deadlineMs=deadline_ms,
+        )
+
+    async def next_reply() -> RunnerReply:
+        deadline = time.monotonic() + t(5)
+        while time.monotonic() < deadline:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if msg is not None:
+                return RunnerReply.model_validate_json(msg["data"])
+        raise AssertionError("no reply")
+
+    try:
+        proxy.cut = "request"
+        await runner.reply(request("req-1", now_ms() + 5000))
+        assert proxy.cuts == 1
+        assert (await next_reply()).requestId == "req-1"
+        proxy.cut = "request"
+        await runner.reply(request("req-2", now_ms() - 1))  # the gateway no longer waits
+        assert proxy.cuts == 2
+        assert "req-2 not sent (past its deadline" in caplog.text
+        await runner.reply(request("req-3", now_ms() + 5000))  # marker: req-2 never came
+        assert (await next_reply()).requestId == "req-3"
+        assert runner.health.ok_for(time.monotonic()) < 60  # the failures were recorded
+    finally:
+        await pubsub.aclose()
