@@ -184,6 +184,10 @@ async def reap_dead_runners(
             score = await redis.zscore(keys.runners, runner_id)
             if score is None or score >= cutoff or await redis.exists(keys.runner(runner_id)):
                 continue  # reaped meanwhile, or alive after all
+            # Score 0 before anything is reported: a gateway that learns of the crash and
+            # sends a request at once must already see this runner as gone (not wait for
+            # its reply); the entry stays, so a reaper that dies half-way is followed.
+            await redis.zadd(keys.runners, {runner_id: 0}, xx=True)
             agent_ids = sorted(
                 _text(a) for a in await redis.smembers(keys.runner_agents(runner_id))
             )
