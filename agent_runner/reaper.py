@@ -9,8 +9,13 @@ hosts from killing a live runner. One caller at a time handles a given runner (a
 ``SET NX PX`` lock, :meth:`shared.keys.Keys.runner_lock`). Each of its agents still
 ``starting``/``running``/``paused``/``stopping`` becomes ``crashed`` (reason
 ``runner-lost``, ``details.runnerId``) with an ``agent:error`` (``AGENT_LOST``) and a
-``system:alert``; then the runner's heartbeat, zset entry, agent set, command stream and
-stats are removed.
+``system:alert`` — after its score was set to 0, so that nobody reacting to those events
+still takes the runner for alive; then the runner's heartbeat, zset entry, agent set,
+command stream and stats are removed.
+
+A caller that tracks its own Redis failures passes ``redis_ok_for_ms`` (and
+``heartbeat_ms``): nothing is reaped until it has been talking to Redis without a failure
+for a TTL plus a heartbeat, so heartbeats that aged during an outage kill nobody.
 
 :func:`mark_agent_lost` does the marking for one agent; restart reconciliation
 (:meth:`agent_runner.runner.Runner.reconcile`) uses it too, with reason
