@@ -149,6 +149,7 @@ class Agent:
         grace_s: float,
         on_ended: Callable[[Agent], None],
         output_events_per_second: int = 0,
+        output_bytes_per_second: int = 0,
     ) -> None:
         self.info = info
         self.process = process
@@ -160,7 +161,11 @@ class Agent:
         self._on_ended = on_ended
         self._seq = 0
         #: Shared by the stdout and stderr pumps (None: unlimited).
-        self._pacer = OutputPacer(output_events_per_second) if output_events_per_second else None
+        self._pacer = (
+            OutputPacer(output_events_per_second, output_bytes_per_second)
+            if output_events_per_second or output_bytes_per_second
+            else None
+        )
         self._lock = asyncio.Lock()
         self._inbox: asyncio.Queue[RunnerRequest] = asyncio.Queue(maxsize=INBOX_SIZE)
         self.tasks = OwnedTasks(log, f"agent {info.agent_id}")
@@ -175,6 +180,9 @@ class Agent:
         self.ended = asyncio.Event()
         self.peak_memory = 0
         self.last_activity: int | None = None
+        #: The registry record of this agent's end when writing it failed (Redis was
+        #: unreachable): the runner writes it again once Redis is back.
+        self.unrecorded_end: dict[str, str | int] | None = None
 
     # -- identity -----------------------------------------------------------------
     @property
@@ -455,8 +463,10 @@ class Agent:
                 return
             now = loop.time()
             emitted = self._emit(stream, splitter.feed(data, now))
-            if self._pacer is not None and emitted:
-                delay = self._pacer.delay_after(emitted, now)
+            if self._pacer is not None:
+                # Paced by events and by bytes: an agent printing without newlines makes
+                # few events but many bytes, and subscribers' send buffers hold bytes.
+                delay = self._pacer.delay_after(emitted, now, len(data))
                 if delay > 0:
                     await asyncio.sleep(delay)
 
@@ -544,7 +554,12 @@ class Agent:
                     self.agent_id, self.info.owner, self.info.runner_id, record
                 )
             except RedisError as e:
-                log.warning("agent %s: recording its end failed: %s", self.agent_id, e)
+                self.unrecorded_end = record
+                log.warning(
+                    "agent %s: recording its end failed (%s); retried when Redis is back",
+                    self.agent_id,
+                    e,
+                )
             details = events.ended_details(
                 pid=self.process.pid,
                 start_time=self.info.start_time,
@@ -595,15 +610,30 @@ class Agent:
             ),
         ]
 
+    def republish_status(self) -> None:
+        """Publish the current ``agent:status`` again (after Redis lost its data: the
+        topics start a new epoch with the truth, and subscribers learn it)."""
+        self._outbox.put_many(self._status_items(None))
+
     async def abandon(self) -> None:
-        """The registry says this agent was lost (our runner was taken for dead and reaped):
-        kill it without reporting anything more; its end was already published."""
+        """The registry says this agent was lost (our runner was taken for dead and reaped,
+        which published ``crashed``): kill it, and say so with an ``agent:error``; its end
+        was already published."""
         async with self._lock:
             if self.state.status in FINAL or self._abandoned:
                 return
             self._abandoned = True
             await asyncio.to_thread(self.process.snapshot)
             self.process.signal_group(signal.SIGKILL)
+            info = self.info
+            text = (
+                f"agent {info.name!r} was killed: its runner {info.runner_id} had been taken "
+                "for dead and the agent reported crashed, so it may not run on unseen"
+            )
+            log.error("agent %s (pid %d) killed: %s", self.agent_id, self.process.pid, text)
+            self._outbox.put_many(
+                events.error(self.agent_id, info.owner, events.CODE_LOST, text, None)
+            )
 
     async def close(self) -> None:
         """Cancel and await every task of this agent; answer requests still queued. The

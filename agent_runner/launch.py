@@ -1,33 +1,64 @@
-"""The exec wrapper every agent is started through (stdlib only; run as a script).
+"""The per-agent *keeper* every agent is started through (stdlib only; run as a script).
 
 The runner starts ``python -I -S launch.py --status-fd N [--mem-mb M] [--cpus 0,1]
 [--parent-pid P] -- argv...`` in a new session (``start_new_session``), with the agent's
-pipes, working directory and environment already in place. This wrapper then, in order:
+pipes, working directory and environment already in place. The keeper stays between the
+runner and the agent for the agent's whole life, so that a runner killed with SIGKILL takes
+*every* process of its agents with it — also children that left the agent's process group
+(``setsid``) or were double-forked away from it. Cgroups would do this too, but they are not
+delegated to the runner everywhere (cgroup v1 hosts); a child subreaper works unprivileged.
 
-1. makes sure it leads its own session and process group (so signals reach every child);
-2. sets ``PR_SET_PDEATHSIG = SIGKILL`` (via ``prctl``) so the agent dies with the runner,
-   and exits if the runner already died;
-3. pins itself to the given CPUs (``sched_setaffinity``) — the CPU limit;
-4. marks the status fd close-on-exec and sets ``RLIMIT_DATA`` (the memory limit; not
-   ``RLIMIT_AS``, which breaks runtimes that reserve large address ranges, like Node);
-5. ``execvp``\\ s the agent, which keeps the pid, pipes and limits.
+In order, the keeper:
 
-If any step fails, it writes ``"<errno>\\t<message>"`` to the status fd and exits 127.
-The runner reads the status pipe until EOF: EOF with no data = the exec succeeded (the fd
-was closed by exec), so the runner only reports success for an agent that really started.
-The runner does all this without ``preexec_fn`` (unsafe with threads and asyncio).
+1. makes sure it leads its own session and process group;
+2. sets ``PR_SET_CHILD_SUBREAPER`` (every orphaned descendant of the agent re-parents to the
+   keeper, its nearest subreaper, instead of init) and ``PR_SET_PDEATHSIG = SIGTERM`` (a
+   catchable signal, so it can clean up when the runner dies), and exits if the runner
+   already died;
+3. pins itself to the given CPUs (``sched_setaffinity``, inherited by the agent);
+4. forks the agent into a session and process group of its own (pid = pgid; so the
+   runner's SIGSTOP, SIGTERM and SIGKILL to the agent's group never reach the keeper; the
+   runner learns the pid only after the exec, so the group exists by then). The child sets
+   ``PR_SET_PDEATHSIG = SIGKILL`` (it dies with the keeper), ``RLIMIT_DATA`` (the memory
+   limit; not ``RLIMIT_AS``, which breaks runtimes that reserve large address ranges, like
+   Node), restores ``SIGPIPE`` and ``execvp``\\ s the agent;
+5. writes ``"ok\\t<agent pid>"`` to the status fd once the exec succeeded (the child's
+   close-on-exec error pipe reached EOF with no data) and closes it; points its own
+   stdin/stdout/stderr at ``/dev/null`` so the agent's pipes end when the agent's do;
+6. reaps every child (its own and adopted orphans) until the agent leader exits, or until
+   the runner dies (SIGTERM by ``PDEATHSIG``; SIGHUP/SIGINT likewise);
+7. then kills the agent's group and every process still below it (SIGKILL, repeated until it
+   has no child left), reaps them, and exits with the leader's status: the same exit code,
+   or the same signal re-raised (with core dumps off), so the runner still sees "killed by
+   SIGKILL" (an OOM kill) or a non-zero exit.
+
+If a step before the exec fails, it writes ``"<errno>\\t<message>"`` to the status fd and
+exits 127. The runner does all this without ``preexec_fn`` (unsafe with threads and asyncio).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import resource
 import signal
 import sys
+import time
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 EXIT_LAUNCH_FAILED = 127
+#: What the keeper writes on the status fd when the agent is running: ``ok\t<pid>``.
+STARTED = "ok"
+#: Signals on which the keeper ends the agent and exits (SIGTERM is its PDEATHSIG).
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+#: Rounds of "SIGKILL everything below us, reap" before giving up on a fork bomb.
+_MAX_KILL_ROUNDS = 2000
+
+
+class _Stop(Exception):
+    """Raised by the signal handler: interrupts the keeper's blocking ``waitpid``."""
 
 
 def _fail(status_fd: int, errno: int, message: str) -> None:
@@ -37,11 +68,122 @@ def _fail(status_fd: int, errno: int, message: str) -> None:
         os._exit(EXIT_LAUNCH_FAILED)
 
 
-def _set_pdeathsig() -> None:
+def _prctl(option: int, value: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if libc.prctl(option, value, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def _parent_map() -> dict[int, list[int]]:
+    """ppid → child pids, from ``/proc/*/stat`` (field 4, after the ``)`` of the name)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(name))
+    return children
+
+
+def _below(root: int) -> list[int]:
+    """Every process below ``root`` (children, grandchildren, …)."""
+    tree = _parent_map()
+    out: list[int] = []
+    todo = list(tree.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(tree.get(pid, ()))
+    return out
+
+
+def _child(command: list[str], err_w: int, mem_mb: str | None, keeper: int) -> None:
+    """In the forked child: become the agent (never returns)."""
+    step = "setsid"
+    try:
+        os.setsid()  # its own session and group (pid = pgid = sid), as without a keeper
+        step = "prctl(PR_SET_PDEATHSIG)"
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != keeper:
+            raise OSError(3, "the keeper exited before the agent started")
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        # Python ignores SIGPIPE; an exec'd program expects the default (die on EPIPE).
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        if mem_mb:
+            step = "setrlimit(RLIMIT_DATA)"
+            limit = int(mem_mb) * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+        step = "exec"
+        os.execvp(command[0], command)
+    except OSError as e:
+        where = f"cannot run {command[0]!r}" if step == "exec" else f"{step} failed"
+        message = f"{e.errno or 0}\t{where}: {e.strerror or e}"
+    except ValueError as e:
+        message = f"22\t{step} failed: {e}"
+    with contextlib.suppress(OSError):
+        os.write(err_w, message.encode("utf-8", "replace"))
+    os._exit(EXIT_LAUNCH_FAILED)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _end_everything(leader: int, status: int | None) -> int | None:
+    """SIGKILL the agent's group and everything below the keeper until nothing is left;
+    reap all of it. Returns the leader's wait status (if it was reaped here or before)."""
+    me = os.getpid()
+    for _ in range(_MAX_KILL_ROUNDS):
+        with contextlib.suppress(OSError):
+            os.killpg(leader, signal.SIGKILL)
+        for pid in _below(me):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        while True:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return status
+            if pid == 0:
+                break
+            if pid == leader:
+                status = wait_status
+        time.sleep(0.005)
+    return status
+
+
+def _exit_like(status: int | None) -> None:
+    """Exit with the leader's wait status: its code, or by the same signal."""
+    if status is None:
+        os._exit(EXIT_LAUNCH_FAILED)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL has no handler to reset
+            signal.signal(sig, signal.SIG_DFL)
+        with contextlib.suppress(OSError, ValueError):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)
+    os._exit(os.waitstatus_to_exitcode(status))
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stop
 
 
 def main(argv: list[str]) -> None:
@@ -61,8 +203,13 @@ def main(argv: list[str]) -> None:
         step = "setsid"
         if os.getsid(0) != os.getpid():
             os.setsid()
+        os.set_inheritable(status_fd, False)
+        step = "prctl(PR_SET_CHILD_SUBREAPER)"
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, _stop)
         step = "prctl(PR_SET_PDEATHSIG)"
-        _set_pdeathsig()
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         parent = values.get("--parent-pid")
         if parent is not None and os.getppid() != int(parent):
             raise OSError(3, "the runner exited before the agent started")
@@ -70,20 +217,52 @@ def main(argv: list[str]) -> None:
         if cpus:
             step = "sched_setaffinity"
             os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
-        step = "close-on-exec"
-        os.set_inheritable(status_fd, False)
-        mem_mb = values.get("--mem-mb")
-        if mem_mb:
-            step = "setrlimit(RLIMIT_DATA)"
-            limit = int(mem_mb) * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-        step = "exec"
-        os.execvp(command[0], command)
+        step = "fork"
+        err_r, err_w = os.pipe()  # both close-on-exec: EOF on err_r = the exec succeeded
+        keeper = os.getpid()
+        leader = os.fork()
+        if leader == 0:
+            os.close(err_r)
+            _child(command, err_w, values.get("--mem-mb"), keeper)
+        os.close(err_w)
+    except _Stop:
+        _fail(status_fd, 4, f"{step} interrupted: the runner is stopping")
+        return
     except OSError as e:
-        where = f"cannot run {command[0]!r}" if step == "exec" else f"{step} failed"
-        _fail(status_fd, e.errno or 0, f"{where}: {e.strerror or e}")
+        _fail(status_fd, e.errno or 0, f"{step} failed: {e.strerror or e}")
+        return
     except (ValueError, KeyError) as e:
         _fail(status_fd, 22, f"{step} failed: {e}")
+        return
+    status: int | None = None
+    try:
+        failure = _read_all(err_r)
+        os.close(err_r)
+        if failure:
+            _, status = os.waitpid(leader, 0)
+            with contextlib.suppress(OSError):
+                os.write(status_fd, failure)
+            os._exit(EXIT_LAUNCH_FAILED)
+        os.write(status_fd, f"{STARTED}\t{leader}".encode())
+        os.close(status_fd)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        while status is None:
+            pid, wait_status = os.waitpid(-1, 0)  # adopted orphans are reaped here too
+            if pid == leader:
+                status = wait_status
+    except (_Stop, ChildProcessError, OSError):
+        pass
+    while True:  # cleaning up already: nothing more to interrupt
+        try:
+            for sig in _STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
+            break
+        except _Stop:
+            continue
+    _exit_like(_end_everything(leader, status))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,14 @@ quiet, and under a burst every batch is full. Output pumps call :meth:`Outbox.wa
 before reading more: if Redis falls behind, the pumps stop reading and the agent blocks on
 its pipe, instead of the runner's memory growing without bound. A failed batch is retried
 (with backoff) — events are not dropped on a Redis blip.
+
+A failed call may still have published: the connection can drop after Redis ran the
+publish script and before its reply arrived (Redis killed right after an fsync'ed write, a
+network cut). Each script call is atomic — all of its events or none — so before a batch is
+sent again, :meth:`Outbox._unpublished` looks at the tail of each of its topics' streams
+for the last event of each call: the calls found there are not sent again (no event is
+published twice), the others are (none is lost). After a Redis that restarted empty, nothing
+is found and everything is sent again, in order, in a new epoch.
 """
 
 from __future__ import annotations
@@ -17,24 +25,55 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from redis.exceptions import RedisError
 
 from agent_runner.events import Item
-from shared.bus import MAX_EVENTS_PER_CALL, EventBus
+from shared.bus import MAX_EVENTS_PER_CALL, EventBus, event_prefix
 from shared.tasks import raise_if_cancelled
 
 log = logging.getLogger("runner.outbox")
 
+#: Stream entries looked at, per topic, to find out whether a call published after all
+#: (other publishers may have added some since: the ``agents`` and ``logs`` topics are
+#: shared by every runner).
+CHECK_TAIL = 256
+
+
+def runs(batch: list[Item]) -> list[list[Item]]:
+    """The batch cut as :meth:`EventBus.publish_many` cuts it into script calls: runs of
+    consecutive items of one topic (batches are at most ``MAX_EVENTS_PER_CALL`` long, so a
+    run is one call)."""
+    out: list[list[Item]] = []
+    for item in batch:
+        if out and out[-1][0][0] == item[0]:
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out
+
+
+def stored_prefix(item: Item) -> bytes:
+    """How the stored event of ``item`` starts (the script appends offset and epoch)."""
+    topic, message, _ = item
+    encoded = message if isinstance(message, bytes) else event_prefix(message, topic)
+    return encoded + b',"offset":'
+
 
 class Outbox:
     def __init__(
-        self, bus: EventBus, *, batch_size: int = MAX_EVENTS_PER_CALL, high_water: int = 10_000
+        self,
+        bus: EventBus,
+        *,
+        batch_size: int = MAX_EVENTS_PER_CALL,
+        high_water: int = 10_000,
+        on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._bus = bus
+        self._on_failure = on_failure
         self._items: deque[Item] = deque()
-        self._batch_size = batch_size
+        self._batch_size = min(batch_size, MAX_EVENTS_PER_CALL)
         self._high_water = high_water
         self._low_water = high_water // 2
         self._wake = asyncio.Event()
@@ -43,6 +82,8 @@ class Outbox:
         self._idle = asyncio.Event()
         self._idle.set()
         self.published = 0
+        #: Events of failed calls found published after all (not sent again).
+        self.found_published = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -71,9 +112,26 @@ class Outbox:
         """Wait until everything queued so far has been published."""
         await self._idle.wait()
 
+    async def _unpublished(self, batch: list[Item]) -> list[Item]:
+        """The items of ``batch`` (whose publishing failed) that did not reach Redis."""
+        calls = runs(batch)
+        async with self._bus.redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                pipe.xrevrange(self._bus.keys.topic_stream(call[0][0]), count=CHECK_TAIL)
+            tails = await pipe.execute()
+        left: list[Item] = []
+        for call, tail in zip(calls, tails, strict=True):
+            last = stored_prefix(call[-1])
+            if any(fields.get(b"d", b"").startswith(last) for _, fields in tail or ()):
+                self.found_published += len(call)
+            else:
+                left += call
+        return left
+
     async def run(self) -> None:
         """Publish forever (cancel to stop; call :meth:`drain` first to flush)."""
         backoff = 0.05
+        uncertain = False  # the last call failed: it may have published anyway
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -81,10 +139,20 @@ class Outbox:
                 n = min(self._batch_size, len(self._items))
                 batch = [self._items.popleft() for _ in range(n)]
                 try:
-                    await self._bus.publish_many(batch)
+                    if uncertain:
+                        batch = await self._unpublished(batch)
+                        if len(batch) < n:
+                            log.info("%d events were published before the failure", n - len(batch))
+                        uncertain = False
+                    if batch:
+                        uncertain = True
+                        await self._bus.publish_many(batch)
+                        uncertain = False
                     raise_if_cancelled()
                 except (RedisError, OSError) as e:
                     self._items.extendleft(reversed(batch))
+                    if self._on_failure is not None:
+                        self._on_failure(e)
                     log.warning(
                         "publishing %d events failed (%s); retrying in %.2fs", n, e, backoff
                     )

@@ -37,27 +37,52 @@ class Piece:
     line_end: bool
 
 
-class OutputPacer:
-    """At most ``rate`` output events per second per agent, on average, with bursts of up
-    to one second's worth (a token bucket; no I/O).
+class _Bucket:
+    """A token bucket: ``rate`` per second on average, bursts of up to one second's worth."""
 
-    Why: one agent printing as fast as it can produces events faster than gateways can
-    deliver them; Redis would then drop the gateways' pub/sub connections (output buffer
-    limit) and everyone would resync. Paced, the runner simply reads the agent's pipe
-    later, so the agent blocks on its own writes and nothing is lost."""
+    __slots__ = ("_at", "_tokens", "rate")
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self._tokens = float(rate)
         self._at: float | None = None
 
-    def delay_after(self, events: int, now: float) -> float:
-        """Count ``events`` just emitted at ``now``; seconds to wait before reading more."""
+    def take(self, amount: int, now: float) -> float:
+        """Take ``amount`` at ``now``; seconds until the bucket is no longer in debt."""
         if self._at is not None:
             self._tokens = min(float(self.rate), self._tokens + (now - self._at) * self.rate)
         self._at = now
-        self._tokens -= events
+        self._tokens -= amount
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
+class OutputPacer:
+    """At most ``rate`` output events and ``byte_rate`` bytes per second per agent, on
+    average, with bursts of up to one second's worth (token buckets; 0 = no limit of that
+    kind; no I/O).
+
+    Why: one agent printing as fast as it can produces events faster than gateways can
+    deliver them; Redis would then drop the gateways' pub/sub connections (output buffer
+    limit), or the gateways would close every subscriber whose send buffer overflowed
+    (1013). Counting events alone is not enough: output without newlines comes as few,
+    large events (16 KiB each), so bytes are paced too. Paced, the runner simply reads the
+    agent's pipe later, so the agent blocks on its own writes and nothing is lost."""
+
+    def __init__(self, rate: int, byte_rate: int = 0) -> None:
+        self.rate = rate
+        self.byte_rate = byte_rate
+        self._events = _Bucket(rate) if rate > 0 else None
+        self._bytes = _Bucket(byte_rate) if byte_rate > 0 else None
+
+    def delay_after(self, events: int, now: float, nbytes: int = 0) -> float:
+        """Count ``events`` emitted and ``nbytes`` read at ``now``; seconds to wait before
+        reading more."""
+        delay = 0.0
+        if self._events is not None:
+            delay = self._events.take(events, now)
+        if self._bytes is not None:
+            delay = max(delay, self._bytes.take(nbytes, now))
+        return delay
 
 
 class OutputSplitter:

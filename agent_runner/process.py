@@ -1,11 +1,16 @@
-"""The subprocess adapter: start an agent through the exec wrapper, signal its process group,
+"""The subprocess adapter: start an agent through its keeper, signal its process group,
 kill it and make sure nothing of it is left.
 
-Each agent runs in its own session and process group (``start_new_session``), led by the
-agent process itself (pid = pgid), so one ``killpg`` reaches every child that did not leave
-the group on purpose. Children that did (their own ``setsid``) are remembered from the
-latest process-tree snapshot and killed one by one. Zombies do not count as "left": the
-runner makes itself a child subreaper and reaps the group's orphans after the leader.
+Each agent is started through a per-agent *keeper* (:mod:`agent_runner.launch`): the
+runner's direct child, in a session of its own, a child subreaper with ``PDEATHSIG``. The
+keeper forks the agent into its own process group (agent pid = pgid, the pid reported to
+clients), so one ``killpg`` reaches every child that did not leave the group on purpose,
+and SIGSTOP/SIGTERM to the agent never stop the keeper. Children that did leave (their own
+``setsid``, double forks) re-parent to the keeper once orphaned; the keeper kills all of
+them when the agent leader exits or when the runner dies (even by SIGKILL), and only then
+exits, with the leader's status. So ``wait()`` returning means the whole tree is gone; the
+runner still kills the group and the descendants of the latest snapshot itself and checks
+that nothing is left, in case the keeper was killed too.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from agent_runner.errors import SpawnFailed
 log = logging.getLogger("runner.process")
 
 LAUNCH_PATH = str(Path(__file__).resolve().parent / "launch.py")
+#: The status line of a started agent (see :mod:`agent_runner.launch`).
+STARTED = b"ok"
 PR_SET_CHILD_SUBREAPER = 36
 #: How long the wrapper may take to exec the agent.
 LAUNCH_TIMEOUT_S = 15.0
@@ -114,13 +121,22 @@ async def _read_to_eof(fd: int) -> bytes:
 
 
 class AgentProcess:
-    """One started agent: its asyncio process (pipes), pid = pgid, and create time."""
+    """One started agent: the keeper's asyncio process (pipes, exit status), the agent's
+    own pid (= its pgid) and create time, and the keeper's pid and create time."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, create_time: float) -> None:
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        pid: int,
+        create_time: float,
+        keeper_create_time: float = 0.0,
+    ) -> None:
         self.proc = proc
-        self.pid: int = proc.pid
-        self.pgid: int = proc.pid
+        self.pid: int = pid
+        self.pgid: int = pid
         self.create_time = create_time
+        self.keeper_pid: int = proc.pid
+        self.keeper_create_time = keeper_create_time
         #: Descendants seen in the latest snapshot (kept to kill those that left the group).
         self.descendants: list[psutil.Process] = []
 
@@ -145,22 +161,28 @@ class AgentProcess:
         finally:
             os.close(write_fd)
         try:
-            create_time = psutil.Process(proc.pid).create_time()
+            keeper_create_time = psutil.Process(proc.pid).create_time()
         except psutil.NoSuchProcess:
-            create_time = 0.0
+            keeper_create_time = 0.0
         try:
             status = await asyncio.wait_for(_read_to_eof(read_fd), timeout_s)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGTERM)  # the keeper kills what it started
             await proc.wait()
             raise SpawnFailed(f"the agent did not start within {timeout_s:g}s") from None
-        if status:
-            await proc.wait()
-            code, _, message = status.decode("utf-8", "replace").partition("\t")
-            log.info("agent exec failed (errno %s): %s", code, message)
-            raise SpawnFailed(message or f"cannot run {spec.argv[0]!r}")
-        return cls(proc, create_time)
+        head, _, rest = status.partition(b"\t")
+        if head == STARTED and rest.isdigit():
+            pid = int(rest)
+            try:
+                create_time = psutil.Process(pid).create_time()
+            except psutil.NoSuchProcess:
+                create_time = 0.0  # already gone: the keeper reports its exit
+            return cls(proc, pid, create_time, keeper_create_time)
+        await proc.wait()
+        code, _, message = status.decode("utf-8", "replace").partition("\t")
+        log.info("agent exec failed (errno %s): %s", code, message)
+        raise SpawnFailed(message or f"cannot run {spec.argv[0]!r}")
 
     # -- pipes --------------------------------------------------------------------
     @property
@@ -181,13 +203,14 @@ class AgentProcess:
     # -- state and signals ------------------------------------------------------
     @property
     def returncode(self) -> int | None:
+        """The agent leader's exit status (the keeper exits with it), once all is gone."""
         return self.proc.returncode
 
     async def wait(self) -> int:
         return await self.proc.wait()
 
     def signal_group(self, sig: int) -> bool:
-        """Send ``sig`` to the whole process group; False when the group is gone."""
+        """Send ``sig`` to the agent's process group; False when the group is gone."""
         try:
             os.killpg(self.pgid, sig)
             return True
@@ -197,30 +220,52 @@ class AgentProcess:
             log.warning("cannot signal process group %d: %s", self.pgid, e)
             return False
 
-    def snapshot(self) -> list[psutil.Process]:
-        """Refresh and return the descendants of the agent process."""
+    def _keeper(self) -> psutil.Process | None:
+        if self.returncode is not None:
+            return None
         try:
-            leader = psutil.Process(self.pid)
-            if abs(leader.create_time() - self.create_time) > 0.01:
-                return self.descendants
-            self.descendants = leader.children(recursive=True)
+            keeper = psutil.Process(self.keeper_pid)
+            if abs(keeper.create_time() - self.keeper_create_time) > 0.01:
+                return None
+            return keeper
         except psutil.NoSuchProcess:
-            pass
+            return None
+
+    def snapshot(self) -> list[psutil.Process]:
+        """Refresh and return every process of the agent but its leader: the leader's
+        descendants and the orphans the keeper adopted."""
+        keeper = self._keeper()
+        if keeper is None:
+            return self.descendants
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self.descendants = [p for p in keeper.children(recursive=True) if p.pid != self.pid]
         return self.descendants
 
     async def kill_everything(self, *, timeout_s: float = 5.0) -> list[int]:
-        """SIGKILL the group and every known descendant, reap what is ours, and wait until
-        no live process is left. Returns the pids still alive after ``timeout_s`` (none,
-        unless something resists SIGKILL)."""
+        """SIGKILL the group and every known descendant, wait for the keeper to reap them
+        and exit, and check that no live process is left. Returns the pids still alive after
+        ``timeout_s`` (none, unless something resists SIGKILL)."""
         self.signal_group(signal.SIGKILL)
         escaped = [p for p in self.descendants if _outside_group(p, self.pgid)]
         kill_processes(escaped)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        keeper_killed = False
         while True:
             if self.returncode is not None:
                 reap_group(self.pgid)
+            elif not keeper_killed and loop.time() > deadline - timeout_s / 2:
+                # The keeper should have exited long ago: kill it and its whole tree.
+                keeper = self._keeper()
+                if keeper is not None:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        tree = keeper.children(recursive=True)
+                        kill_processes([*tree, keeper])
+                        escaped += tree
+                keeper_killed = True
             left = live_group_members(self.pgid) + [p.pid for p in escaped if _alive(p)]
+            if self.returncode is None and self._keeper() is not None:
+                left.append(self.keeper_pid)
             if not left or loop.time() > deadline:
                 return left
             await asyncio.sleep(0.02)
@@ -251,21 +296,35 @@ def process_matches(pid: int, create_time: float) -> bool:
         return False
 
 
-def kill_orphaned(pid: int, create_time: float) -> bool:
-    """Kill what is left of an agent started by a previous runner: its process tree (if
+def kill_orphaned(
+    pid: int,
+    create_time: float,
+    *,
+    keeper_pid: int | None = None,
+    keeper_create_time: float = 0.0,
+) -> bool:
+    """Kill what is left of an agent started by a previous runner: its keeper and all
+    below it (if ``keeper_pid`` with that create time is still alive), its process tree (if
     ``pid`` with that create time is still alive) and its process group (pgid = pid). A pid
     is not reused while a group with that id has members, so when ``pid`` is free, or is
     still our (zombie) leader, every member of group ``pid`` is ours; when ``pid`` now
     belongs to another process, nothing is touched. Returns True if anything was killed."""
+    killed = False
+    if keeper_pid is not None and process_matches(keeper_pid, keeper_create_time):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            keeper = psutil.Process(keeper_pid)
+            kill_processes(keeper.children(recursive=True))
+            keeper.terminate()  # the keeper reaps (and kills again) whatever is below it
+            killed = True
     try:
         proc: psutil.Process | None = psutil.Process(pid)
         assert proc is not None
         if abs(proc.create_time() - create_time) >= 0.01:
-            return False  # the pid was reused: not ours
+            return killed  # the pid was reused: not ours
     except psutil.NoSuchProcess:
         proc = None
     except psutil.AccessDenied:
-        return False
+        return killed
     tree: list[psutil.Process] = []
     if proc is not None:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -273,7 +332,7 @@ def kill_orphaned(pid: int, create_time: float) -> bool:
                 tree = [proc, *proc.children(recursive=True)]
     members = live_group_members(pid)
     if not tree and not members:
-        return False
+        return killed
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
     kill_processes(tree)

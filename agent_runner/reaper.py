@@ -9,8 +9,13 @@ hosts from killing a live runner. One caller at a time handles a given runner (a
 ``SET NX PX`` lock, :meth:`shared.keys.Keys.runner_lock`). Each of its agents still
 ``starting``/``running``/``paused``/``stopping`` becomes ``crashed`` (reason
 ``runner-lost``, ``details.runnerId``) with an ``agent:error`` (``AGENT_LOST``) and a
-``system:alert``; then the runner's heartbeat, zset entry, agent set, command stream and
-stats are removed.
+``system:alert`` — after its score was set to 0, so that nobody reacting to those events
+still takes the runner for alive; then the runner's heartbeat, zset entry, agent set,
+command stream and stats are removed.
+
+A caller that tracks its own Redis failures passes ``redis_ok_for_ms`` (and
+``heartbeat_ms``): nothing is reaped until it has been talking to Redis without a failure
+for a TTL plus a heartbeat, so heartbeats that aged during an outage kill nobody.
 
 :func:`mark_agent_lost` does the marking for one agent; restart reconciliation
 (:meth:`agent_runner.runner.Runner.reconcile`) uses it too, with reason
@@ -90,7 +95,17 @@ async def mark_agent_lost(
             create_time = float(fields.get("procCreateTime", "0"))
         except ValueError:
             create_time = 0.0
-        if kill_orphaned(pid, create_time):
+        keeper = fields.get("keeperPid", "")
+        try:
+            keeper_create_time = float(fields.get("keeperCreateTime", "0"))
+        except ValueError:
+            keeper_create_time = 0.0
+        if kill_orphaned(
+            pid,
+            create_time,
+            keeper_pid=int(keeper) if keeper.isdigit() else None,
+            keeper_create_time=keeper_create_time,
+        ):
             log.warning("killed the leftovers of agent %s (pid %d)", agent_id, pid)
     new = next_status(state, Event.LOST)
     ended = now_ms()
@@ -145,10 +160,20 @@ async def reap_dead_runners(
     exclude: str | None = None,
     local_host: str | None = None,
     history_ttl_s: int = 24 * 3600,
+    redis_ok_for_ms: float | None = None,
+    heartbeat_ms: int = 0,
 ) -> int:
     """Find runners whose heartbeat is older than ``ttl_ms``, mark their live agents
     ``crashed`` (``runner-lost``) and remove the runners' entries. Returns the number of
-    agents marked. ``exclude``: a runner id never to reap (the caller's own)."""
+    agents marked. ``exclude``: a runner id never to reap (the caller's own).
+
+    ``redis_ok_for_ms``: how long the caller has been talking to Redis without a failure
+    (see :class:`agent_runner.health.RedisHealth`; None = not tracked). Unless that is at
+    least ``ttl_ms + heartbeat_ms``, nothing is reaped: heartbeats that aged while Redis
+    was unreachable (for the caller, and so maybe for everyone) say nothing about the
+    runners, which beat again within a heartbeat once Redis is back."""
+    if redis_ok_for_ms is not None and redis_ok_for_ms < ttl_ms + heartbeat_ms:
+        return 0
     cutoff = now_ms() - ttl_ms
     found: list[Any] = await redis.zrangebyscore(keys.runners, "-inf", f"({cutoff}")
     dead = [_text(r) for r in found]
@@ -164,6 +189,10 @@ async def reap_dead_runners(
             score = await redis.zscore(keys.runners, runner_id)
             if score is None or score >= cutoff or await redis.exists(keys.runner(runner_id)):
                 continue  # reaped meanwhile, or alive after all
+            # Score 0 before anything is reported: a gateway that learns of the crash and
+            # sends a request at once must already see this runner as gone (not wait for
+            # its reply); the entry stays, so a reaper that dies half-way is followed.
+            await redis.zadd(keys.runners, {runner_id: 0}, xx=True)
             agent_ids = sorted(
                 _text(a) for a in await redis.smembers(keys.runner_agents(runner_id))
             )

@@ -17,6 +17,8 @@ field               meaning
 ``startTime``       Unix ms when it started
 ``procCreateTime``  the process's create time (psutil, seconds) — with ``pid`` it
                     identifies the process across runner restarts
+``keeperPid``       pid of the agent's keeper (:mod:`agent_runner.launch`), with
+                    ``keeperCreateTime``: what restart reconciliation kills first
 ``memoryMb``        memory limit (MB), absent when unlimited
 ``cpuCores``        CPU limit (cores) and ``cpus``: the CPUs it is pinned to
 ``requestId``       the create request's id
@@ -83,6 +85,18 @@ class Registry:
             pipe.persist(self.keys.agent(agent_id))
             pipe.sadd(self.keys.agents, agent_id)
             pipe.sadd(self.keys.runner_agents(runner_id), agent_id)
+            await pipe.execute()
+
+    async def restore(self, agent_id: str, runner_id: str, owner: str, fields: Fields) -> None:
+        """Write ``fields`` of a live agent and (re-)add it to the three live sets: after
+        Redis lost its data (restarted empty, a replica without recent writes) or missed an
+        update while it was unreachable. Idempotent."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.agent(agent_id), mapping=_mapping(fields))
+            pipe.persist(self.keys.agent(agent_id))
+            pipe.sadd(self.keys.agents, agent_id)
+            pipe.sadd(self.keys.runner_agents(runner_id), agent_id)
+            pipe.sadd(self.keys.user_agents(owner), agent_id)
             await pipe.execute()
 
     async def update(self, agent_id: str, fields: Fields) -> None:

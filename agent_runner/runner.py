@@ -33,6 +33,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,10 +41,13 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agent_runner.agent import Agent, AgentInfo
 from agent_runner.errors import AgentNotFound, InvalidRequest, LimitExceeded, SpawnFailed
+from agent_runner.health import RedisHealth
 from agent_runner.metrics import RunnerMetrics
 from agent_runner.outbox import Outbox
 from agent_runner.policy import (
@@ -72,6 +76,11 @@ log = logging.getLogger("runner")
 BLOCK_MS = 1000
 #: Longest the runner waits for its agents to end when it stops (beyond the grace period).
 STOP_EXTRA_S = 10.0
+#: Pauses between attempts to send a reply after a connection error (the last one repeats
+#: until the request's deadline).
+REPLY_RETRY_S = (0.05, 0.2, 0.5, 1.0)
+#: Errors after which the outcome of a Redis call is unknown and the connection is new.
+CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 Entry = tuple[bytes, dict[bytes, bytes] | None]
@@ -99,7 +108,9 @@ class Runner:
         self.bus = EventBus(
             redis, self.keys, maxlen=common.history_size, ttl_s=common.history_ttl_s
         )
-        self.outbox = Outbox(self.bus)
+        #: When this runner last failed to talk to Redis (the reaper's guard).
+        self.health = RedisHealth()
+        self.outbox = Outbox(self.bus, on_failure=self._redis_failed)
         self.registry = Registry(redis, self.keys, history_ttl_s=common.history_ttl_s)
         self.metrics = RunnerMetrics(
             lambda: [a.state.status.value for a in list(self.agents.values())]
@@ -114,6 +125,18 @@ class Runner:
         self._sampler = TreeSampler()
         self._started_ms = now_ms()
         self._beats = 0
+        #: A Redis call failed since the registry was last checked against our agents.
+        self._registry_suspect = False
+        #: Each live agent's registry hash as written at its start (to re-register it).
+        self._fields: dict[str, dict[str, str | int | float]] = {}
+        #: Ends of agents that could not be recorded (Redis was unreachable): agent id →
+        #: (owner, record); written again after the next good heartbeat.
+        self._unrecorded: dict[str, tuple[str, dict[str, str | int]]] = {}
+        #: Command stream entries handled but not yet deleted (XDEL failed): skipped when
+        #: read again, deleted on the next pass.
+        self._handled: set[str] = set()
+        #: Create stream entries handled but not yet acknowledged (XACK failed).
+        self._unacked: set[str] = set()
 
     # -- capacity -------------------------------------------------------------------
     @property
@@ -148,6 +171,12 @@ class Runner:
         finally:
             await self._shutdown(intake, background)
 
+    def _redis_failed(self, error: BaseException | None = None) -> None:
+        """A Redis call failed: remember when (no reaping for a while) and check the
+        registry against our agents after the next good heartbeat."""
+        self.health.failed(time.monotonic())
+        self._registry_suspect = True
+
     def _spawn(self, loop_fn: Callable[[], Awaitable[None]], name: str) -> asyncio.Task[None]:
         return asyncio.create_task(self._forever(loop_fn, name), name=f"runner-{name}")
 
@@ -160,6 +189,11 @@ class Runner:
                 return
             except asyncio.CancelledError:
                 raise
+            except CONNECTION_ERRORS as e:
+                self._redis_failed(e)
+                log.warning(
+                    "runner loop %s: Redis unreachable (%s); retrying in %.1fs", name, e, backoff
+                )
             except Exception:
                 log.exception("runner loop %s failed; restarting in %.1fs", name, backoff)
             await asyncio.sleep(backoff)
@@ -214,13 +248,41 @@ class Runner:
             result=result if result is not None else {"agentId": request.agentId},
             runnerId=self.runner_id,
         )
-        try:
-            await self.redis.publish(
-                self.keys.reply_channel(request.gatewayId),
-                message.model_dump_json(exclude_none=True),
-            )
-        except RedisError as e:
-            log.warning("reply to %s failed: %s", request.gatewayId, e)
+        channel = self.keys.reply_channel(request.gatewayId)
+        data = message.model_dump_json(exclude_none=True)
+        attempt = 0
+        while True:
+            try:
+                await self.redis.publish(channel, data)
+                return
+            except CONNECTION_ERRORS as e:
+                # The pooled connection died (Redis restarted, a blip): the gateway waits
+                # for this reply until the deadline, and a client retrying a command that
+                # ran would run it twice, so try again on a new connection meanwhile.
+                self._redis_failed(e)
+                pause = REPLY_RETRY_S[min(attempt, len(REPLY_RETRY_S) - 1)]
+                left_s = (request.deadlineMs - now_ms()) / 1000
+                if left_s <= 0:
+                    log.error(
+                        "reply to %s for %s %s not sent (past its deadline, %d attempts): %s",
+                        request.gatewayId,
+                        request.kind,
+                        request.requestId,
+                        attempt + 1,
+                        e,
+                    )
+                    return
+                attempt += 1
+                await asyncio.sleep(min(pause, left_s))
+            except RedisError as e:
+                log.error(
+                    "reply to %s for %s %s not sent: %s",
+                    request.gatewayId,
+                    request.kind,
+                    request.requestId,
+                    e,
+                )
+                return
 
     # -- creates ----------------------------------------------------------------------------
     async def _ensure_group(self) -> None:
@@ -235,7 +297,12 @@ class Runner:
     async def _create_loop(self) -> None:
         await self._ensure_group()
         stream = self.keys.create_stream
-        cursor = "0"  # first our own unacknowledged entries (from an earlier run), then new ones
+        if self._unacked:
+            await self._ack_creates(list(self._unacked))
+        # First our own unacknowledged entries (an earlier run's, or ones read before a
+        # connection error), then new ones. After a Redis restart that lost the stream, the
+        # group is created again (NOGROUP below) and this starts over.
+        cursor = "0"
         while True:
             free = self.free_slots
             if free <= 0:
@@ -260,9 +327,11 @@ class Runner:
                 await self._ensure_group()
                 continue
             entries = _entries(response)
-            if cursor == "0" and not entries:
-                cursor = ">"
-                continue
+            if cursor == "0":
+                entries = [(eid, f) for eid, f in entries if _text(eid) not in self._unacked]
+                if not entries:
+                    cursor = ">"
+                    continue
             if entries:
                 await asyncio.gather(*(self._take_create(eid, fields) for eid, fields in entries))
 
@@ -282,10 +351,20 @@ class Runner:
                 return
             await self._create(request)
         finally:
+            await self._ack_creates([_text(entry_id)])
+
+    async def _ack_creates(self, entry_ids: list[str]) -> None:
+        """Acknowledge and delete handled create entries; remember those that could not be
+        (so that they are never handled twice) and try again when the loop restarts."""
+        self._unacked.update(entry_ids)
+        try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xack(self.keys.create_stream, RUNNERS_GROUP, entry_id)
-                pipe.xdel(self.keys.create_stream, entry_id)
+                pipe.xack(self.keys.create_stream, RUNNERS_GROUP, *entry_ids)
+                pipe.xdel(self.keys.create_stream, *entry_ids)
                 await pipe.execute()
+        except ResponseError as e:  # NOGROUP: the stream is gone with its entries
+            log.info("create entries %s not acknowledged: %s", ", ".join(entry_ids), e)
+        self._unacked.difference_update(entry_ids)
 
     async def _create(self, request: RunnerRequest) -> None:
         replied = False
@@ -379,6 +458,7 @@ class Runner:
                 grace_s=settings.terminate_grace_s,
                 on_ended=self._agent_ended,
                 output_events_per_second=settings.output_events_per_second,
+                output_bytes_per_second=settings.output_bytes_per_second,
             )
             self.agents[agent_id] = agent
             self._cpu_use.update(cpus or ())
@@ -397,6 +477,8 @@ class Runner:
             "pid": process.pid,
             "startTime": info.start_time,
             "procCreateTime": repr(process.create_time),
+            "keeperPid": process.keeper_pid,
+            "keeperCreateTime": repr(process.keeper_create_time),
             "requestId": request.requestId,
         }
         if memory_mb is not None:
@@ -405,9 +487,11 @@ class Runner:
             fields["cpuCores"] = limits.cpu
         if cpus:
             fields["cpus"] = ",".join(map(str, cpus))
+        self._fields[agent_id] = fields
         try:
             await self.registry.register(agent_id, self.runner_id, fields)
         except BaseException:
+            self._fields.pop(agent_id, None)
             self.agents.pop(agent_id, None)
             await agent.close()
             await process.kill_everything()
@@ -426,8 +510,12 @@ class Runner:
 
     def _agent_ended(self, agent: Agent) -> None:
         self.metrics.agents_ended.labels(agent.state.status.value).inc()
+        if agent.unrecorded_end is not None:
+            self._unrecorded[agent.agent_id] = (agent.info.owner, agent.unrecorded_end)
+            self._registry_suspect = True
         if self.agents.get(agent.agent_id) is agent:
             del self.agents[agent.agent_id]
+            self._fields.pop(agent.agent_id, None)
             self._cpu_use.subtract(agent.info.cpus or ())
             self._closing.add(agent)
             self._ended.put_nowait(agent)
@@ -441,18 +529,29 @@ class Runner:
 
     # -- agent requests ---------------------------------------------------------------------
     async def _command_loop(self) -> None:
+        """Read from the start of the stream each time the loop (re)starts: handled entries
+        are deleted, so what is there is new — also after a Redis restart or a fail-over,
+        whose stream may hold ids lower than the last one seen. Entries handled but not yet
+        deleted (the XDEL failed) are skipped and deleted first."""
         stream = self.keys.runner_commands(self.runner_id)
+        if self._handled:
+            await self.redis.xdel(stream, *self._handled)
+            self._handled.clear()
         last_id = "0-0"
         while True:
             response = await self.redis.xread({stream: last_id}, count=100, block=BLOCK_MS)
             raise_if_cancelled()
-            handled: list[bytes] = []
+            handled: list[str] = []
             for entry_id, fields in _entries(response):
                 last_id = _text(entry_id)
-                handled.append(entry_id)
+                if last_id in self._handled:
+                    continue
+                handled.append(last_id)
+                self._handled.add(last_id)
                 await self._dispatch(entry_id, fields)
             if handled:
                 await self.redis.xdel(stream, *handled)
+                self._handled.difference_update(handled)
 
     async def _dispatch(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
         raw = (fields or {}).get(REQUEST_FIELD.encode())
@@ -494,24 +593,56 @@ class Runner:
             pipe.set(self.keys.runner(self.runner_id), orjson.dumps(doc), px=settings.ttl_ms)
             pipe.zadd(self.keys.runners, {self.runner_id: ts})
             _, added = await pipe.execute()
-        if added and self._beats:
-            log.error(
-                "runner %s was taken for dead (heartbeat late by more than %gs); agents "
-                "already reported crashed will be killed",
-                self.runner_id,
-                settings.ttl_s,
-            )
-            await self._fence()
+        if self._beats and (added or self._registry_suspect):
+            await self._check_registry(bool(added))
         self._beats += 1
 
-    async def _fence(self) -> None:
-        """After being reaped while alive: kill the agents the registry no longer has as
-        ours (the reaper reported them crashed), so none runs unseen."""
+    async def _check_registry(self, added: bool) -> None:
+        """Our heartbeat entry was gone (``added``), or a Redis call failed: compare each
+        local agent with its registry hash. A hash that is missing, or holds only fields
+        written since it went missing (no ``agentId``), means Redis lost its data (restarted
+        empty, a replica without recent writes): the agent is registered again with its
+        current status, which is published again on its topics (new epochs), so clients
+        learn the truth. Only a hash that says ``crashed``/``stopped`` or names another
+        runner is a real reap (this runner was taken for dead, its agents were reported
+        crashed): those agents are fenced — killed, and the kill reported."""
+        self._registry_suspect = False
+        lost: list[Agent] = []
+        fenced: list[Agent] = []
         for agent in list(self.agents.values()):
+            if not agent.state.live:
+                continue
             fields = await self.registry.get(agent.agent_id)
-            lost = fields.get("status") in (None, "crashed", "stopped")
-            if lost or fields.get("runnerId") != self.runner_id:
-                await agent.abandon()
+            if "agentId" not in fields:
+                lost.append(agent)
+            elif fields.get("status") in ("crashed", "stopped") or (
+                fields.get("runnerId") != self.runner_id
+            ):
+                fenced.append(agent)
+            elif fields.get("status") != agent.status.value:
+                # An update that failed while Redis was unreachable.
+                await self.registry.update(agent.agent_id, {"status": agent.status.value})
+        for agent in lost:
+            record = {**self._fields.get(agent.agent_id, {}), "status": agent.status.value}
+            await self.registry.restore(agent.agent_id, self.runner_id, agent.info.owner, record)
+            agent.republish_status()
+        if lost:
+            log.warning(
+                "registry lost (Redis restarted empty?): re-registered %d agents", len(lost)
+            )
+        if fenced:
+            log.error(
+                "runner %s was taken for dead (heartbeat late by more than %gs): killing %d "
+                "agent(s) already reported crashed",
+                self.runner_id,
+                self.settings.ttl_s,
+                len(fenced),
+            )
+        for agent in fenced:
+            await agent.abandon()
+        for agent_id, (owner, end) in list(self._unrecorded.items()):
+            await self.registry.finish(agent_id, owner, self.runner_id, end)
+            del self._unrecorded[agent_id]
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -526,8 +657,11 @@ class Runner:
                     exclude=self.runner_id,
                     local_host=self.settings.host,
                     history_ttl_s=self.settings.common.history_ttl_s,
+                    redis_ok_for_ms=self.health.ok_for(time.monotonic()) * 1000,
+                    heartbeat_ms=int(self.settings.heartbeat_s * 1000),
                 )
             except RedisError as e:
+                self._redis_failed(e)
                 log.warning("heartbeat failed: %s", e)
             raise_if_cancelled()
 
@@ -539,14 +673,19 @@ class Runner:
 
     async def sample_stats(self) -> list[dict[str, object]]:
         """Sample every agent's process tree and publish it to ``Keys.agent_stats``."""
-        targets = [(a.agent_id, a.process.pid, a.process.create_time) for a in self.agents.values()]
-        samples = await asyncio.to_thread(self._sampler.sample, targets)
+        targets = [
+            (a.agent_id, a.process.keeper_pid, a.process.keeper_create_time)
+            for a in self.agents.values()
+        ]
+        samples = await asyncio.to_thread(self._sampler.sample, targets, include_root=False)
         docs = []
         for sample in samples:
             agent = self.agents.get(sample.agent_id)
             if agent is not None:
                 agent.peak_memory = max(agent.peak_memory, sample.memory)
-                agent.process.descendants = sample.descendants
+                agent.process.descendants = [
+                    p for p in sample.descendants if p.pid != agent.process.pid
+                ]
                 # The gateway shows an operator only their own agents' figures.
                 docs.append({**sample.to_json(), "owner": agent.info.owner})
         try:
@@ -556,6 +695,7 @@ class Runner:
                 orjson.dumps({"ts": now_ms(), "runnerId": self.runner_id, "agents": docs}),
             )
         except RedisError as e:
+            self._redis_failed(e)
             log.warning("writing agent stats failed: %s", e)
         return docs
 

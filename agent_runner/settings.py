@@ -12,6 +12,8 @@
 | `TEAMDASH_TERMINATE_GRACE_S` | `5` | Seconds between SIGTERM and SIGKILL when an agent is terminated without `force`. |
 | `TEAMDASH_AGENT_DEFAULT_MEMORY_MB` | none | Memory limit (MB) for agents created without `resourceLimits`; none = unlimited. |
 | `TEAMDASH_STATS_INTERVAL_S` | `1` | Seconds between per-agent resource samples (`{prefix}:agent-stats`). |
+| `TEAMDASH_AGENT_OUTPUT_EVENTS_PER_SECOND` | `20000` | Output events (lines, or 16 KiB pieces of a line) one agent may produce per second on average, bursts of one second's worth; over it the runner reads the agent's pipe later (the agent blocks, nothing is dropped). `0` = unlimited. |
+| `TEAMDASH_AGENT_OUTPUT_BYTES_PER_SECOND` | `1048576` | Output bytes one agent may produce per second on average (bursts of one second's worth), paced the same way: kept well under a subscriber's send buffer (`TEAMDASH_SEND_BUFFER_BYTES`, 4 MiB), so one agent printing without newlines cannot get subscribers closed with 1013. `0` = unlimited. |
 | `TEAMDASH_RUNNER_METRICS_PORT` | not served | Port of the runner's Prometheus `/metrics` (on `TEAMDASH_METRICS_HOST`). |
 
 Besides these, the runner reads the common settings (`REDIS_URL`, `TEAMDASH_REDIS_PREFIX`,
@@ -32,6 +34,8 @@ from agent_runner.models import ModelConfigError, ModelRegistry, load_models
 from shared.settings import CommonSettings, ConfigError, Env
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: 1 MiB/s: a second's burst is a quarter of a subscriber's default send buffer (4 MiB).
+DEFAULT_OUTPUT_BYTES_PER_SECOND = 1024 * 1024
 
 
 def default_runner_id() -> str:
@@ -56,6 +60,8 @@ class RunnerSettings:
     metrics_port: int | None
     #: Output events per second one agent may produce on average (0 = unlimited).
     output_events_per_second: int = 20_000
+    #: Output bytes per second one agent may produce on average (0 = unlimited).
+    output_bytes_per_second: int = DEFAULT_OUTPUT_BYTES_PER_SECOND
     #: ``PATH`` and ``LANG`` given to agents.
     agent_path: str = DEFAULT_PATH
     agent_lang: str = "C.UTF-8"
@@ -119,6 +125,9 @@ class RunnerSettings:
             ),
             output_events_per_second=env.int(
                 "TEAMDASH_AGENT_OUTPUT_EVENTS_PER_SECOND", 20_000, min=0
+            ),
+            output_bytes_per_second=env.int(
+                "TEAMDASH_AGENT_OUTPUT_BYTES_PER_SECOND", DEFAULT_OUTPUT_BYTES_PER_SECOND, min=0
             ),
             agent_path=env.str("PATH", DEFAULT_PATH),
             agent_lang=env.str("LANG", "C.UTF-8"),

@@ -42,8 +42,13 @@ class TreeSampler:
             cached = self._procs[key] = proc
         return cached
 
-    def sample(self, agents: list[tuple[str, int, float]]) -> list[TreeSample]:
-        """Sample ``(agent_id, pid, create_time)`` trees; gone agents are skipped."""
+    def sample(
+        self, agents: list[tuple[str, int, float]], *, include_root: bool = True
+    ) -> list[TreeSample]:
+        """Sample ``(agent_id, pid, create_time)`` trees; gone agents are skipped. With
+        ``include_root=False`` the root itself is not counted (the runner samples each
+        agent's keeper, whose tree holds every process of the agent, but not the keeper's
+        own few MB)."""
         seen: set[tuple[int, float]] = set()
         out: list[TreeSample] = []
         for agent_id, pid, create_time in agents:
@@ -56,7 +61,7 @@ class TreeSampler:
                 continue
             cpu = 0.0
             memory = threads = 0
-            for proc in [leader, *descendants]:
+            for proc in [leader, *descendants] if include_root else descendants:
                 with contextlib.suppress(
                     psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied
                 ):

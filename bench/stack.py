@@ -34,6 +34,7 @@ BENCH_LIMITS = {
     "TEAMDASH_IP_CONNECTIONS_PER_MINUTE": "0",
     # The agent-output scenario measures how fast output can go, not the runner's pace.
     "TEAMDASH_AGENT_OUTPUT_EVENTS_PER_SECOND": "0",
+    "TEAMDASH_AGENT_OUTPUT_BYTES_PER_SECOND": "0",
 }
 
 

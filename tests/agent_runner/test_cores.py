@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections import Counter
@@ -11,8 +12,9 @@ import orjson
 import pytest
 
 from agent_runner.errors import InvalidRequest, SpawnFailed
+from agent_runner.health import RedisHealth
 from agent_runner.models import ModelConfigError, load_models, parse_models
-from agent_runner.output import LineRegex, OutputSplitter, Piece, StreamJsonResult
+from agent_runner.output import LineRegex, OutputPacer, OutputSplitter, Piece, StreamJsonResult
 from agent_runner.policy import (
     agent_environment,
     memory_limit_mb,
@@ -451,3 +453,42 @@ def test_settings_defaults_and_overrides(tmp_path: Path) -> None:
         )
     with pytest.raises(ConfigError, match="TEAMDASH_MODELS_FILE"):
         RunnerSettings.from_env(Env({**env, "TEAMDASH_MODELS_FILE": str(tmp_path / "none.toml")}))
+
+
+# ---------------------------------------------------------------------------
+# Output pacing by bytes, and the Redis health the reaper's guard relies on
+# ---------------------------------------------------------------------------
+
+
+def test_output_pacer_bounds_bytes_as_well_as_events() -> None:
+    # 1 MiB/s: few events (16 KiB pieces without newlines) but many bytes are paced too.
+    pacer = OutputPacer(20_000, 1024 * 1024)
+    assert pacer.delay_after(64, now=0.0, nbytes=1024 * 1024) == 0.0  # a second's burst
+    assert pacer.delay_after(4, now=0.0, nbytes=512 * 1024) == pytest.approx(0.5)
+    assert pacer.delay_after(0, now=0.5, nbytes=0) == pytest.approx(0.0, abs=1e-9)
+    # Whichever limit is further in debt decides.
+    events_only = OutputPacer(100)
+    assert events_only.delay_after(150, now=0.0, nbytes=10**9) == pytest.approx(0.5)
+    bytes_only = OutputPacer(0, 1000)
+    assert bytes_only.delay_after(10**6, now=0.0, nbytes=3000) == pytest.approx(2.0)
+    # The refill is capped at one second's worth.
+    assert bytes_only.delay_after(0, now=100.0, nbytes=1000) == pytest.approx(0.0, abs=1e-9)
+    assert bytes_only.delay_after(0, now=100.0, nbytes=1000) == pytest.approx(1.0)
+
+
+def test_output_bytes_setting(tmp_path: Path) -> None:
+    env = {"TEAMDASH_STATE_DIR": str(tmp_path / "state"), "PATH": "/bin"}
+    assert RunnerSettings.from_env(Env(env)).output_bytes_per_second == 1024 * 1024
+    custom = {**env, "TEAMDASH_AGENT_OUTPUT_BYTES_PER_SECOND": "0"}
+    assert RunnerSettings.from_env(Env(custom)).output_bytes_per_second == 0
+
+
+def test_redis_health_counts_time_since_the_last_failure() -> None:
+    health = RedisHealth()
+    assert health.ok_for(5.0) == math.inf  # never failed
+    health.failed(10.0)
+    assert health.ok_for(10.0) == 0.0
+    assert health.ok_for(13.5) == 3.5
+    health.failed(12.0)  # a later failure restarts the count
+    assert health.ok_for(13.5) == 1.5
+    assert health.failures == 2

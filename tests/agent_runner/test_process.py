@@ -3,6 +3,7 @@ reported distinctly (never as a started agent), the whole group killed and verif
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -12,9 +13,17 @@ import psutil
 import pytest
 
 from agent_runner.errors import SpawnFailed
-from agent_runner.process import AgentProcess, LaunchSpec, kill_orphaned, live_group_members
+from agent_runner.process import (
+    AgentProcess,
+    LaunchSpec,
+    kill_orphaned,
+    kill_processes,
+    live_group_members,
+)
 from shared.errors import ErrorCode
+from tests.helpers import AGENTS_DIR, ROOT, t, wait_for
 
+FORKER = str(AGENTS_DIR / "forker.py")
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
 
 
@@ -82,3 +91,71 @@ async def test_kill_orphaned_checks_the_create_time(tmp_path: Path) -> None:
     finally:
         proc.signal_group(signal.SIGKILL)
         await proc.wait()
+
+
+def marked(marker: str) -> list[psutil.Process]:
+    """Live processes whose environment holds ``TD_TEST_MARK=marker``."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("TD_TEST_MARK") == marker and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+async def test_leader_exit_ends_escaped_children_and_keeps_the_status(tmp_path: Path) -> None:
+    """When the agent leader exits by itself, the keeper kills the children that left its
+    group (setsid, double fork) and exits with the leader's own code or signal."""
+    marker = f"leader-exit-{os.getpid()}"
+    env = {**ENV, "TD_TEST_MARK": marker}
+    proc = await AgentProcess.start(LaunchSpec([sys.executable, "-u", FORKER, "10"], env, tmp_path))
+    line = (await proc.stdout.readline()).decode()
+    assert line.startswith("ready ")
+    pids = [int(p) for p in line.split()[1:]]
+    assert len(pids) == 10 and all(os.getpgid(p) != proc.pgid for p in pids)
+    assert len(marked(marker)) == 12  # the sleeps, the agent and its keeper
+    proc.stdin.close()  # the agent's loop ends: it exits 0, the sleeps are still there
+    assert await proc.wait() == 0
+    assert marked(marker) == []
+    for code, expected in (
+        ("raise SystemExit(3)", 3),
+        ("import os; os.kill(os.getpid(), 15)", -15),
+    ):
+        p = await AgentProcess.start(LaunchSpec([sys.executable, "-c", code], ENV, tmp_path))
+        assert await p.wait() == expected
+
+
+async def test_runner_sigkill_takes_every_agent_process_with_it(tmp_path: Path) -> None:
+    """A "runner" (a process that started an agent through the keeper) is SIGKILLed: the
+    keeper (PDEATHSIG) kills the agent, its group and every process that left it."""
+    marker = f"runner-kill-{os.getpid()}"
+    code = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from agent_runner.process import AgentProcess, LaunchSpec\n"
+        "async def main():\n"
+        f"    spec = LaunchSpec([sys.executable, '-u', {FORKER!r}, '30'], {{**{ENV!r},"
+        f" 'TD_TEST_MARK': {marker!r}}}, Path({str(tmp_path)!r}))\n"
+        "    proc = await AgentProcess.start(spec)\n"
+        "    print((await proc.stdout.readline()).decode().strip(), flush=True)\n"
+        "    await asyncio.sleep(300)\n"
+        "asyncio.run(main())\n"
+    )
+    runner = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, cwd=str(ROOT)
+    )
+    try:
+        assert runner.stdout is not None
+        line = (await asyncio.wait_for(runner.stdout.readline(), t(20))).decode()
+        assert line.startswith("ready "), line
+        assert len(marked(marker)) == 32
+        runner.kill()
+        await runner.wait()
+        await wait_for(lambda: not marked(marker), timeout=5, what="no agent process left")
+    finally:
+        kill_processes(marked(marker))
+        if runner.returncode is None:
+            runner.kill()
+            await runner.wait()

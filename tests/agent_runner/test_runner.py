@@ -644,11 +644,21 @@ async def test_runner_reaped_while_alive_kills_its_lost_agents(
     # What another runner's reaper does when this runner's heartbeat is late:
     await redis.zrem(keys.runners, runner.runner_id)
     assert await mark_agent_lost(redis, keys, bus, runner.runner_id, agent_id, reason="runner-lost")
-    # The next heartbeat notices and kills the agent that is no longer accounted for.
+    # The next heartbeat notices and kills the agent that is no longer accounted for, and
+    # says so (after the reaper's own AGENT_LOST error).
     await wait_for(lambda: not live_group_members(pid), what="the lost agent to be killed")
-    await asyncio.sleep(0.3)
-    evs = await topic_events(bus, agent_topic(agent_id))
-    assert statuses(evs) == ["starting", "running", "crashed"]  # nothing more was reported
+
+    def killed(evs: list[dict]) -> bool:
+        return any(
+            e["type"] == "agent:error" and "was killed" in e["payload"]["error"]["message"]
+            for e in evs
+        )
+
+    evs = await wait_events(bus, agent_topic(agent_id), killed, what="the fence's agent:error")
+    errors = [e["payload"]["error"] for e in evs if e["type"] == "agent:error"]
+    assert [e["code"] for e in errors] == ["AGENT_LOST", "AGENT_LOST"]
+    assert "taken for dead" in errors[1]["message"]
+    assert statuses(evs) == ["starting", "running", "crashed"]  # no second status
     assert await redis.hget(keys.agent(agent_id), "status") == b"crashed"
     _, again = await gateway.create("echo", workspace="again")
     assert again.success

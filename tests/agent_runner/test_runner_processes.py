@@ -91,9 +91,12 @@ async def test_restarted_runner_kills_leftovers(
     pgid = reply.result["pid"]
     await wait_events(bus, agent_topic(agent_id), lambda e: "children" in output_text(e))
     first.kill()
-    # The agent itself dies with the runner (PDEATHSIG); its children are still there.
-    await wait_for(lambda: _gone(pgid), what="the agent to die with its runner")
-    assert live_group_members(pgid)
+    # The agent and its children die with the runner: its keeper gets PDEATHSIG and kills
+    # everything below it.
+    await wait_for(
+        lambda: _gone(pgid) and not live_group_members(pgid),
+        what="the agent and its children to die with their runner",
+    )
     second = start_runner_process("r-restart")
     await _heartbeat(redis, keys, "r-restart", second)
     evs = await wait_events(bus, agent_topic(agent_id), has_status("crashed"))
