@@ -51,6 +51,7 @@ from shared.protocol import (
     SystemMetrics,
     now_ms,
 )
+from shared.redis_conn import redis_client, wait_for_redis
 from shared.tasks import raise_if_cancelled
 
 log = logging.getLogger("collector")
@@ -291,7 +292,7 @@ class Collector:
 
 async def main(settings: CollectorSettings, stop: asyncio.Event) -> None:
     """Run the collector until ``stop`` is set, then clean up and return."""
-    redis = aioredis.Redis.from_url(settings.common.redis_url)
+    redis = redis_client(settings.common.redis_url)
     collector = Collector(settings, redis)
     log.info(
         "collector %s: every %gs, disk %s, redis prefix %r",
@@ -301,6 +302,10 @@ async def main(settings: CollectorSettings, stop: asyncio.Event) -> None:
         settings.common.redis_prefix,
     )
     try:
+        # The same start-up wait as every service (its ticks would retry anyway, but one
+        # line "waiting for Redis" says more than a row of failed ticks).
+        if not await wait_for_redis(redis, settings.common.redis_url, stop=stop):
+            return
         with serve_metrics(
             collector.metrics.registry, settings.common.metrics_host, settings.metrics_port
         ):
