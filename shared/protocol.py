@@ -475,11 +475,7 @@ TopicEvent: TypeAlias = (
 )
 
 ServerMessage: TypeAlias = Annotated[
-    TopicEvent
-    | AckMessage
-    | HeartbeatMessage
-    | ConnectionStatusMessage
-    | SubscriptionGapMessage,
+    TopicEvent | AckMessage | HeartbeatMessage | ConnectionStatusMessage | SubscriptionGapMessage,
     Field(discriminator="type"),
 ]
 
