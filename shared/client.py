@@ -75,6 +75,7 @@ from shared.protocol import (
     StreamPosition,
     SubscribeMessage,
     SubscribePayload,
+    SubscriptionGapMessage,
     SystemAlertMessage,
     TerminateAgentMessage,
     TerminateAgentPayload,
@@ -105,8 +106,9 @@ AUTH_CODES = frozenset(
     {ErrorCode.AUTH_FAILED, ErrorCode.TOKEN_EXPIRED, ErrorCode.INSUFFICIENT_PERMISSIONS}
 )
 
-#: What a subscription or ``events()`` yields: the typed topic events of the protocol.
-DashboardEvent: TypeAlias = TopicEvent
+#: What a subscription or ``events()`` yields: the typed topic events of the protocol, and
+#: the notice that some of them were lost (``subscription:gap``, in order with the events).
+DashboardEvent: TypeAlias = TopicEvent | SubscriptionGapMessage
 SubscriptionKind = Literal["agent", "metrics", "logs"]
 TokenProvider: TypeAlias = Callable[[], "str | Awaitable[str]"]
 Sleep: TypeAlias = Callable[[float], Awaitable[Any]]
@@ -191,6 +193,20 @@ class SeenWindow:
                 self._seen = {o for o in self._seen if o > floor}
         return True
 
+    def reset(self, epoch: str | None, offset: int) -> None:
+        """A gap: delivery goes on after ``(offset, epoch)`` (a new epoch is taken as the
+        topic's current one, whatever was seen before)."""
+        if epoch is None:
+            return
+        if epoch != self.epoch:
+            if self.epoch is not None:
+                self._old_epochs.add(self.epoch)
+            self._old_epochs.discard(epoch)
+            self.epoch, self.last = epoch, offset
+            self._seen.clear()
+        elif offset > self.last:
+            self.last = offset
+
     @property
     def position(self) -> StreamPosition | None:
         """The position of the newest event received (what a resume continues after)."""
@@ -247,6 +263,8 @@ def metrics_sections(event: MetricsUpdateMessage, filters: Sequence[str]) -> Met
 
 def topic_of(event: DashboardEvent) -> str:
     """The event's topic: ``metadata.topic``, or derived from its type for events without one."""
+    if isinstance(event, SubscriptionGapMessage):
+        return event.payload.topic
     if event.metadata is not None and event.metadata.topic is not None:
         return event.metadata.topic
     if isinstance(event, MetricsUpdateMessage):
@@ -347,6 +365,8 @@ class Subscription:
         self.filters = filters
         self._queue: _DropOldestQueue[DashboardEvent] = _DropOldestQueue(queue_size)
         self._seen = SeenWindow()
+        #: Every ``subscription:gap`` notice this subscription got (also yielded in order).
+        self.gaps: list[SubscriptionGapMessage] = []
 
     def __repr__(self) -> str:
         return f"Subscription(id={self.id!r}, topic={self.topic!r}, filters={list(self.filters)})"
@@ -394,6 +414,12 @@ class Subscription:
         if isinstance(event, MetricsUpdateMessage):
             event = metrics_sections(event, self.filters)
         self._queue.put(event)
+
+    def _gap(self, notice: SubscriptionGapMessage) -> None:
+        position = notice.payload.position
+        self._seen.reset(position.epoch, position.offset)
+        self.gaps.append(notice)
+        self._queue.put(notice)
 
     def _end(self, error: BaseException | None = None) -> None:
         self._queue.end(error)
@@ -1124,8 +1150,31 @@ class DashboardClient:
         elif isinstance(msg, ConnectionStatusMessage):
             self.status = msg.payload
             self.session_id = msg.payload.sessionId
+        elif isinstance(msg, SubscriptionGapMessage):
+            self._on_gap(msg)
         else:
             self._route(msg)
+
+    def _on_gap(self, notice: SubscriptionGapMessage) -> None:
+        """Events of a topic were lost on the server: tell the subscriptions it names (all
+        of the topic's when it names none) and every event stream, and continue the topic's
+        duplicate window after the notice's position (its new epoch, if any)."""
+        p = notice.payload
+        log.warning(
+            "topic %s: %s, %s events missed; continuing after %s:%s",
+            p.topic,
+            p.reason,
+            "unknown" if p.missed is None else p.missed,
+            p.position.offset,
+            p.position.epoch,
+        )
+        self._topics.setdefault(p.topic, SeenWindow()).reset(p.position.epoch, p.position.offset)
+        named = set(p.subscriptionIds)
+        for sub in self._subs.values():
+            if sub.topic == p.topic and (not named or sub.id in named):
+                sub._gap(notice)
+        for stream in self._streams:
+            stream._queue.put(notice)
 
     def _on_ack(self, msg: AckMessage) -> None:
         p = msg.payload

@@ -111,7 +111,8 @@ class FaultStack:
 
 @pytest.fixture
 def fault_stack(
-    fault_redis: Callable[..., FaultRedis], start_service: Callable[..., ServiceProcess],
+    fault_redis: Callable[..., FaultRedis],
+    start_service: Callable[..., ServiceProcess],
     tmp_path: Path,
 ) -> Callable[..., FaultStack]:
     """``fault_stack(persistent=False, **env)`` → a :class:`FaultStack` on a new Redis, with
