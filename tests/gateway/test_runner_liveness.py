@@ -1,0 +1,60 @@
+"""Runner liveness at the gateway: a request to an agent whose runner stopped answering
+fails once the runner's heartbeat expires (not after the reply timeout), later requests
+fail at once, and with no runner alive the gateway itself marks the agents ``crashed``."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from shared.client import ClientError, DashboardClient
+from shared.errors import ErrorCode
+from shared.protocol import AgentStatusMessage
+from tests.e2e.conftest import runner_env, start_runner  # noqa: F401 - fixtures
+from tests.gateway.conftest import token, ws_url
+from tests.helpers import t
+
+#: Far longer than the runner TTL: a request failing before it proves the heartbeat watch.
+REPLY_TIMEOUT_S = 60
+
+
+async def test_a_frozen_then_killed_runner_fails_requests_and_its_agents_crash(
+    make_gateway: Callable[..., Any], start_runner: Callable[..., Any]
+) -> None:
+    gateway = await make_gateway(
+        TEAMDASH_RUNNER_TTL_S="2",
+        TEAMDASH_RUNNER_HEARTBEAT_S="0.5",
+        TEAMDASH_RUNNER_REPLY_TIMEOUT_S=str(REPLY_TIMEOUT_S),
+    )
+    runner = await start_runner("r-frozen")
+    async with DashboardClient(
+        ws_url(gateway), token("alice"), request_timeout=REPLY_TIMEOUT_S + 10
+    ) as client:
+        created = await client.create_agent("worker", "slow", "ws")
+        sub = await client.subscribe_agent(created.agent_id, filters=["status"])
+        # Frozen: connected to nothing, answers nothing, its heartbeat ages.
+        os.kill(runner.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(ClientError) as waiting:
+                await client.send_command(created.agent_id, "0")
+        finally:
+            runner.kill()
+        assert waiting.value.code == ErrorCode.SERVICE_UNAVAILABLE
+        assert "runner r-frozen is gone" in waiting.value.message
+        assert "waited for its reply" in waiting.value.message
+        with pytest.raises(ClientError) as at_once:
+            await client.pause(created.agent_id)
+        assert at_once.value.code == ErrorCode.SERVICE_UNAVAILABLE
+        assert at_once.value.message.startswith("runner r-frozen is gone")
+        # No runner is left to reap: the gateway marks the agent crashed (runner-lost).
+        while True:
+            event = await sub.next(t(20))
+            if isinstance(event, AgentStatusMessage) and event.payload.status == "crashed":
+                break
+        assert event.payload.details is not None
+        assert event.payload.details.reason == "runner-lost"
+        assert event.payload.details.runnerId == "r-frozen"
