@@ -623,7 +623,7 @@ class Gateway:
                             since=_stream_position(gap.since),
                             position=_stream_position(gap.position),
                         ),
-                        metadata=Metadata(priority="high", topic=route.topic),
+                        metadata=Metadata(priority="high"),
                     )
                     notices.append(([conn], encode(notice), False))
             log.debug("resynced %s with %d events", route.topic, len(replay.events))

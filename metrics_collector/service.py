@@ -301,14 +301,17 @@ async def main(settings: CollectorSettings, stop: asyncio.Event) -> None:
         settings.disk_path,
         settings.common.redis_prefix,
     )
+    # The same start-up wait and message as every service, but beside the ticks, not
+    # before them: the collector samples and queues alerts while Redis is still away.
+    waiting = asyncio.create_task(
+        wait_for_redis(redis, settings.common.redis_url, stop=stop), name="wait-for-redis"
+    )
     try:
-        # The same start-up wait as every service (its ticks would retry anyway, but one
-        # line "waiting for Redis" says more than a row of failed ticks).
-        if not await wait_for_redis(redis, settings.common.redis_url, stop=stop):
-            return
         with serve_metrics(
             collector.metrics.registry, settings.common.metrics_host, settings.metrics_port
         ):
             await collector.run(stop)
     finally:
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
         await redis.aclose()

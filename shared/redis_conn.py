@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -55,6 +56,13 @@ def is_connection_error(error: BaseException) -> bool:
 
 def describe(error: BaseException) -> str:
     """A one-line reason for a connection error ("Connection refused", "Timeout…")."""
+    cause: BaseException | None = error
+    for _ in range(5):  # the socket error under redis-py's wrapper names the reason best
+        if cause is None:
+            break
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
+        cause = cause.__cause__ or cause.__context__
     text = str(error) or type(error).__name__
     # redis-py says "Error 111 connecting to host:port. Connection refused." — keep the
     # reason, the URL is logged next to it.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import time
 import uuid
@@ -38,8 +39,9 @@ from tests.helpers import http_get, t, wait_for
 from tests.wsclient import WSClient
 
 PREFIX = "fault"
-#: Lines printed before Redis is killed, and after it is back.
-BEFORE, AFTER = 100, 100
+#: Lines printed before Redis is killed, and after it is back. A longer variant (more
+#: traffic around the outage): ``TEAMDASH_FAULT_LINES=2000`` (and a larger timeout scale).
+BEFORE = AFTER = int(os.environ.get("TEAMDASH_FAULT_LINES", "100"))
 
 
 @dataclass

@@ -23,7 +23,8 @@ REPLY_TIMEOUT_S = 60
 
 
 async def test_a_frozen_then_killed_runner_fails_requests_and_its_agents_crash(
-    make_gateway: Callable[..., Any], start_runner: Callable[..., Any]
+    make_gateway: Callable[..., Any],
+    start_runner: Callable[..., Any],  # noqa: F811 - the fixture imported above
 ) -> None:
     gateway = await make_gateway(
         TEAMDASH_RUNNER_TTL_S="2",

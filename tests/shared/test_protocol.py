@@ -833,7 +833,7 @@ SERVER_MESSAGES: list[p.WSMessage] = [
             since=p.StreamPosition(offset=155, epoch="e1"),
             position=p.StreamPosition(offset=0, epoch="e2"),
         ),
-        metadata=p.Metadata(priority="high", topic="agent:a1"),
+        metadata=p.Metadata(priority="high"),
     ),
 ]
 
