@@ -4,16 +4,20 @@ fail at once, and with no runner alive the gateway itself marks the agents ``cra
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from gateway.runners import OUTCOME_UNKNOWN, RunnerClient
 from shared.client import ClientError, DashboardClient
-from shared.errors import ErrorCode
+from shared.errors import ErrorCode, TeamdashError
 from shared.protocol import AgentStatusMessage
+from shared.tokens import Identity
 from tests.e2e.conftest import runner_env, start_runner  # noqa: F401 - fixtures
 from tests.gateway.conftest import token, ws_url
 from tests.helpers import t
@@ -59,3 +63,47 @@ async def test_a_frozen_then_killed_runner_fails_requests_and_its_agents_crash(
         assert event.payload.details is not None
         assert event.payload.details.reason == "runner-lost"
         assert event.payload.details.runnerId == "r-frozen"
+
+
+async def test_a_reply_lost_in_an_outage_is_an_unknown_outcome(redis, keys) -> None:
+    """A request whose wait saw a Redis outage and got no reply: the runner may have done
+    it, and the answer says so (not the plain "no runner answered")."""
+    outages = [0]
+    client = RunnerClient(
+        redis,
+        keys,
+        "gw-test",
+        reply_timeout_s=t(0.5),
+        runner_ttl_s=2,
+        commands_per_second=10,
+        outages=lambda: outages[0],
+    )
+    identity = Identity("alice", frozenset({"operator"}), expires_at=time.time() + 60)
+
+    async def outage_meanwhile() -> None:
+        await asyncio.sleep(0.05)
+        outages[0] += 1
+
+    bump = asyncio.create_task(outage_meanwhile())
+    with pytest.raises(TeamdashError) as lost:
+        await client.request(
+            "command",
+            request_id="m1",
+            identity=identity,
+            agent_id="a1",
+            payload={"agentId": "a1", "command": "x"},
+            runner_id="r1",
+        )
+    await bump
+    assert lost.value.code == ErrorCode.SERVICE_UNAVAILABLE
+    assert lost.value.message == OUTCOME_UNKNOWN
+    with pytest.raises(TeamdashError) as plain:  # no outage this time
+        await client.request(
+            "command",
+            request_id="m2",
+            identity=identity,
+            agent_id="a1",
+            payload={"agentId": "a1", "command": "x"},
+            runner_id="r1",
+        )
+    assert plain.value.message.startswith("no agent runner answered within")
