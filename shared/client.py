@@ -16,10 +16,14 @@ resolves the request whose ``ack`` arrived, and routes events:
   connection, not once per subscription), and to every :meth:`DashboardClient.events`
   stream;
 * queues are bounded and *drop the oldest* event when full (counted in ``dropped``): the
-  reader never blocks on a slow consumer, so heartbeats keep flowing.
+  reader never blocks on a slow consumer, so heartbeats keep flowing;
+* a ``subscription:gap`` notice (events the server lost) is yielded, in order, by the
+  subscriptions it names and by every ``events()`` stream, and moves the topic's duplicate
+  window to the notice's position (a new epoch included).
 
 When the connection drops (anything but a close by the user, an authentication refusal or a
-1008 policy close), the supervisor fails the requests that were waiting for an ack with
+1008 policy close; a 1013 "try again later", e.g. an ``auth`` refused with SERVICE_UNAVAILABLE
+while the gateway cannot reach Redis, is retried like any drop), the supervisor fails the requests that were waiting for an ack with
 :class:`ConnectionLost` (they may or may not have been carried out; nothing is re-sent
 automatically), then reconnects with the spec's backoff — 1, 2, 4, 8, 16, then 30 s
 repeatedly, each ± ``jitter`` — and resumes the session (``sessionId`` + ``positions``).
