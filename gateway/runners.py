@@ -17,6 +17,7 @@ from shared.bus import as_text
 from shared.errors import ErrorCode, TeamdashError
 from shared.keys import Keys
 from shared.runner_protocol import REQUEST_FIELD, RequestKind, RunnerReply, RunnerRequest
+from shared.tasks import raise_if_cancelled
 from shared.tokens import Identity
 
 log = logging.getLogger("ws.runners")
@@ -158,6 +159,7 @@ class RunnerClient:
                     for rid in runner_ids:
                         pipe.zscore(self.keys.runners, rid)
                     scores = await pipe.execute()
+                raise_if_cancelled()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - Redis trouble: the reply timeout still holds

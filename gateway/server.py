@@ -298,6 +298,7 @@ class Gateway:
             self._check_redis.clear()
             try:
                 await asyncio.wait_for(self.redis.ping(), REDIS_WATCH_TIMEOUT_S)
+                raise_if_cancelled()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure to answer is an outage
@@ -328,9 +329,12 @@ class Gateway:
             if not self.heartbeats_trusted():
                 continue
             try:
-                if await self.runners.alive_runners():
+                alive = await self.runners.alive_runners()
+                raise_if_cancelled()
+                if alive:
                     continue
                 marked = await reap_dead_runners(self.redis, self.keys, self.bus, ttl_ms)
+                raise_if_cancelled()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the next round tries again
@@ -354,12 +358,16 @@ class Gateway:
                 continue
             try:
                 head = await self.bus.head(METRICS_TOPIC)
+                raise_if_cancelled()
                 change = watch.observe(time.monotonic(), head.offset, head.epoch)
                 if change is None:
                     continue
-                if not await self._hold(lock, hold_ms):
+                held = await self._hold(lock, hold_ms)
+                raise_if_cancelled()
+                if not held:
                     continue
                 await self.bus.publish(LOGS_TOPIC, *self._collector_alert(change))
+                raise_if_cancelled()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - next check; the state is kept
