@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import asyncio
 
-import redis.asyncio as aioredis
-
 from agent_runner.runner import Runner
 from agent_runner.settings import RunnerSettings
 from shared.metrics_http import serve_metrics
+from shared.redis_conn import redis_client, wait_for_redis
 
 
 async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
-    redis = aioredis.Redis.from_url(settings.common.redis_url, health_check_interval=30)
+    redis = redis_client(settings.common.redis_url)
     runner = Runner(settings, redis)
     try:
+        # Started before Redis (compose, a reboot): wait for it instead of dying.
+        if not await wait_for_redis(redis, settings.common.redis_url, stop=stop):
+            return
         with serve_metrics(
             runner.metrics.registry, settings.common.metrics_host, settings.metrics_port
         ):

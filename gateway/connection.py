@@ -74,6 +74,7 @@ from shared.protocol import (
     new_id,
     now_ms,
 )
+from shared.redis_conn import describe, is_connection_error
 from shared.tasks import OwnedTasks
 from shared.tokens import Identity
 
@@ -85,6 +86,9 @@ auth_log = logging.getLogger("ws.auth")
 
 #: Close code for policy violations (auth failures, abuse).
 CLOSE_POLICY = 1008
+#: Close code of an ``auth`` that cannot be served now (Redis unreachable): RFC 6455's
+#: "try again later"; clients reconnect with their backoff.
+CLOSE_TRY_AGAIN = 1013
 #: Consecutive rate-limited messages after which a flooding client is disconnected.
 FLOOD_DISCONNECT_AFTER = 200
 #: A rate-limit trip is audited once; a new one only after this long without refusals.
@@ -263,6 +267,14 @@ class Connection:
                 auth_log.info("connection %s: %s", self.id, e.message)
                 await self.send_ack(message.id, error=e)
                 await self.ws.close(CLOSE_POLICY, e.code.name)
+                return False
+            except Exception as e:
+                if not is_connection_error(e):
+                    raise
+                # No session without Redis: say so, then close with "try again later" (the
+                # client's reconnect, with backoff, is the retry).
+                await self.send_ack(message.id, error=self.gateway_unavailable(e, "auth"))
+                await self.ws.close(CLOSE_TRY_AGAIN, "SERVICE_UNAVAILABLE: try again later")
                 return False
             self._start_expiry_timer()
             return True
@@ -613,6 +625,9 @@ class Connection:
         except ConnectionClosed:
             raise
         except Exception as e:
+            if is_connection_error(e):
+                await self.send_ack(message.id, error=self.gateway_unavailable(e, message.type))
+                return
             log.exception("connection %s: %s failed", self.id, message.type)
             await self.send_ack(
                 message.id,
@@ -620,6 +635,17 @@ class Connection:
                     ErrorCode.INTERNAL_ERROR, f"internal error: {type(e).__name__}"
                 ),
             )
+
+    def gateway_unavailable(self, error: BaseException, what: str) -> TeamdashError:
+        """SERVICE_UNAVAILABLE for a request that failed because Redis is unreachable: one
+        warning line (no traceback), and the gateway's Redis watch is told."""
+        self.gateway.redis_failed(error)
+        reason = describe(error)
+        log.warning("connection %s: %s failed: Redis unreachable (%s)", self.id, what, reason)
+        return TeamdashError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            f"the gateway cannot reach Redis ({reason}); try again later",
+        )
 
     async def _dispatch(self, message: ClientMessage) -> None:
         if isinstance(message, HeartbeatMessage):
@@ -852,11 +878,7 @@ class Connection:
             )
         if isinstance(message, AgentCommandMessage):
             await runners.count_command(agent_id)
-        if not await runners.runner_alive(record.runner_id):
-            raise TeamdashError(
-                ErrorCode.SERVICE_UNAVAILABLE,
-                f"the runner of agent {agent_id!r} is not responding",
-            )
+        await runners.check_runner(record.runner_id)
         kind = (
             "command"
             if isinstance(message, AgentCommandMessage)

@@ -235,6 +235,44 @@ class TopicRoute(Generic[C]):
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Events a route could not deliver: the stream lost them (``events-lost``, ``missed``
+    of them) or the topic's history was reset (``epoch-changed``: how many is unknown).
+    Delivery goes on after ``position``."""
+
+    reason: Literal["events-lost", "epoch-changed"]
+    missed: int | None
+    since: Position
+    position: Position
+
+
+def find_gap(
+    since: Position, events: list[Event], head: Position | None, missed: int
+) -> Gap | None:
+    """The gap a resync from ``since`` found, given what the stream returned (``events``,
+    its ``head`` and the count of ``missed`` events it no longer holds); None when nothing
+    was lost. A route that never saw an event (no epoch) has nothing to lose."""
+    if head is None or head.epoch is None:
+        return None
+    resume = Position(events[0].offset - 1 if events else head.offset, head.epoch)
+    if since.epoch is not None and since.epoch != head.epoch:
+        return Gap("epoch-changed", None, since, resume)
+    if missed > 0:
+        return Gap("events-lost", missed, since, resume)
+    return None
+
+
+def gap_recipients(subscriptions: Iterable[Subscription[C]]) -> list[tuple[C, list[str]]]:
+    """Each connection following the topic once, with its visible subscription ids."""
+    by_conn: dict[int, tuple[C, list[str]]] = {}
+    for sub in subscriptions:
+        _, ids = by_conn.setdefault(id(sub.conn), (sub.conn, []))
+        if not sub.hidden:
+            ids.append(sub.id)
+    return list(by_conn.values())
+
+
 def plan_catch_up(
     group: list[Subscription[C]], events: Iterable[Event]
 ) -> tuple[list[bytes], Position | None]:

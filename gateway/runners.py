@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -16,12 +17,19 @@ from shared.bus import as_text
 from shared.errors import ErrorCode, TeamdashError
 from shared.keys import Keys
 from shared.runner_protocol import REQUEST_FIELD, RequestKind, RunnerReply, RunnerRequest
+from shared.tasks import raise_if_cancelled
 from shared.tokens import Identity
 
 log = logging.getLogger("ws.runners")
 
 #: Statuses of an agent that has no process any more.
 ENDED = frozenset({"stopped", "crashed"})
+
+#: The answer to a request whose reply never came while Redis failed during its wait.
+OUTCOME_UNKNOWN = (
+    "the runner may have carried out this request; its reply was lost in a Redis outage "
+    "— check the agent's status before retrying"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +50,8 @@ class RunnerClient:
         reply_timeout_s: float,
         runner_ttl_s: float,
         commands_per_second: int,
+        outages: Callable[[], int] = lambda: 0,
+        heartbeats_trusted: Callable[[], bool] = lambda: True,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -53,6 +63,12 @@ class RunnerClient:
         # A reply goes to the waiter with the same agentId when it names one, else the
         # oldest waiter.
         self._pending: dict[str, list[tuple[str, asyncio.Future[RunnerReply]]]] = {}
+        #: Requests waiting for a reply from a known runner (watched for its heartbeat).
+        self._waiting_on: dict[asyncio.Future[RunnerReply], str] = {}
+        #: How many Redis outages this gateway saw so far (see gateway.health).
+        self._outages = outages
+        #: False while heartbeats may have aged in an outage (nothing is judged dead then).
+        self._heartbeats_trusted = heartbeats_trusted
 
     @property
     def pending_count(self) -> int:
@@ -114,7 +130,54 @@ class RunnerClient:
 
     async def runner_alive(self, runner_id: str) -> bool:
         score = await self.redis.zscore(self.keys.runners, runner_id)
+        return self._fresh(score)
+
+    def _fresh(self, score: float | None) -> bool:
         return score is not None and score >= time.time() * 1000 - self.runner_ttl_ms
+
+    async def check_runner(self, runner_id: str) -> None:
+        """SERVICE_UNAVAILABLE at once when the runner's heartbeat has expired (unless this
+        gateway's own Redis connection failed too recently to trust heartbeats)."""
+        if not self._heartbeats_trusted():
+            return
+        if not await self.runner_alive(runner_id):
+            raise TeamdashError(
+                ErrorCode.SERVICE_UNAVAILABLE,
+                f"runner {runner_id} is gone (its heartbeat expired): the agent cannot be reached",
+            )
+
+    async def watch_pending(self, interval_s: float) -> None:
+        """Fail the requests whose runner's heartbeat expired while they waited for its
+        reply, instead of letting them wait for the whole reply timeout."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if not self._waiting_on or not self._heartbeats_trusted():
+                continue
+            runner_ids = sorted(set(self._waiting_on.values()))
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for rid in runner_ids:
+                        pipe.zscore(self.keys.runners, rid)
+                    scores = await pipe.execute()
+                raise_if_cancelled()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - Redis trouble: the reply timeout still holds
+                log.debug("runner watch failed: %s", e)
+                continue
+            gone = {
+                rid for rid, score in zip(runner_ids, scores, strict=True) if not self._fresh(score)
+            }
+            for fut, rid in list(self._waiting_on.items()):
+                if rid in gone and not fut.done():
+                    fut.set_exception(
+                        TeamdashError(
+                            ErrorCode.SERVICE_UNAVAILABLE,
+                            f"runner {rid} is gone (its heartbeat expired while this request "
+                            "waited for its reply): the request may or may not have been "
+                            "carried out",
+                        )
+                    )
 
     async def count_command(self, agent_id: str) -> None:
         """Count one command for the agent in this second, across all gateways."""
@@ -157,17 +220,23 @@ class RunnerClient:
         fut: asyncio.Future[RunnerReply] = asyncio.get_running_loop().create_future()
         waiter = (agent_id, fut)
         self._pending.setdefault(request_id, []).append(waiter)
+        if runner_id is not None:
+            self._waiting_on[fut] = runner_id
+        outages = self._outages()
         try:
             await self.redis.xadd(
                 stream, {REQUEST_FIELD: req.model_dump_json()}, maxlen=10000, approximate=True
             )
             return await asyncio.wait_for(fut, self.reply_timeout_s)
         except TimeoutError:
+            if self._outages() != outages:
+                raise TeamdashError(ErrorCode.SERVICE_UNAVAILABLE, OUTCOME_UNKNOWN) from None
             raise TeamdashError(
                 ErrorCode.SERVICE_UNAVAILABLE,
                 f"no agent runner answered within {self.reply_timeout_s:g}s",
             ) from None
         finally:
+            self._waiting_on.pop(fut, None)
             waiters = self._pending.get(request_id)
             if waiters is not None:
                 if waiter in waiters:

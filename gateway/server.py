@@ -24,19 +24,35 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+# Layering wart: the gateway reaps dead runners with the runners' own reaper (the one
+# place that knows how to mark an agent lost). Another issue moves it to shared/.
+from agent_runner.reaper import reap_dead_runners
 from gateway.audit import SecurityAudit
 from gateway.connection import Connection
 from gateway.fanout import Outbox
 from gateway.guard import client_ip, limit_key, origin_allowed
+from gateway.health import CollectorWatch, RedisHealth, degraded_alert, recovered_alert
 from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from gateway.redis_limits import SharedLimits
-from gateway.router import Subscription, TopicRoute, catch_up
+from gateway.router import Subscription, TopicRoute, catch_up, find_gap, gap_recipients
 from gateway.runners import RunnerClient
 from gateway.sessions import SessionStore
 from gateway.settings import GatewaySettings
-from shared.bus import EventBus, Position, PubSubHub, Replay, parse_channel_message
-from shared.keys import LOGS_TOPIC, Keys
-from shared.protocol import HeartbeatMessage, SystemAlertMessage, encode
+from shared.bus import EventBus, Position, PubSubHub, Replay, as_text, parse_channel_message
+from shared.keys import LOGS_TOPIC, METRICS_TOPIC, Keys
+from shared.protocol import (
+    HeartbeatMessage,
+    Metadata,
+    StreamPosition,
+    SubscriptionGapMessage,
+    SubscriptionGapPayload,
+    SystemAlertMessage,
+    SystemAlertPayload,
+    WSMessage,
+    encode,
+    now_ms,
+)
+from shared.redis_conn import describe, is_connection_error, redis_client, wait_for_redis
 from shared.tasks import OwnedTasks, raise_if_cancelled
 from shared.tokens import TokenVerifier
 
@@ -47,6 +63,12 @@ REDIS_POOL_SIZE = 256
 REDIS_POOL_WAIT_S = 10.0
 #: Pending TCP connections the kernel queues for the gateway's listening socket.
 LISTEN_BACKLOG = 4096
+#: Seconds between two PINGs of the Redis watch (an outage is seen within this, or at once
+#: when a request or the pub/sub connection fails first).
+REDIS_WATCH_INTERVAL_S = 1.0
+REDIS_WATCH_TIMEOUT_S = 2.0
+#: Seconds between two checks of the metrics topic for the collector's silence.
+COLLECTOR_CHECK_INTERVAL_S = 1.0
 
 Deliveries = Iterable[tuple[list[ServerConnection], bytes, bool]]
 
@@ -58,13 +80,15 @@ class Gateway:
         # A bounded pool that makes callers wait for a free connection: a burst of
         # connections (each auth writes its session) must queue, not fail with "Too many
         # connections" (redis-py's default pool refuses the 101st at once).
-        self.redis = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
-                settings.common.redis_url,
-                max_connections=REDIS_POOL_SIZE,
-                timeout=REDIS_POOL_WAIT_S,
-            )
+        # Commands are retried once on a connection error (a pooled socket Redis closed
+        # while it restarted), see shared.redis_conn.
+        self.redis = redis_client(
+            settings.common.redis_url,
+            max_connections=REDIS_POOL_SIZE,
+            pool_timeout_s=REDIS_POOL_WAIT_S,
         )
+        self.health = RedisHealth()
+        self._check_redis = asyncio.Event()
         self.bus = EventBus(
             self.redis,
             self.keys,
@@ -72,7 +96,10 @@ class Gateway:
             ttl_s=settings.common.history_ttl_s,
         )
         self.hub = PubSubHub(
-            settings.common.redis_url, self._on_pubsub, on_reconnect=self._on_hub_reconnect
+            settings.common.redis_url,
+            self._on_pubsub,
+            on_reconnect=self._on_hub_reconnect,
+            on_lost=self._on_hub_lost,
         )
         self.runners = RunnerClient(
             self.redis,
@@ -81,7 +108,10 @@ class Gateway:
             reply_timeout_s=settings.runner_reply_timeout_s,
             runner_ttl_s=settings.runner_ttl_s,
             commands_per_second=settings.agent_commands_per_second,
+            outages=lambda: self.health.outages,
+            heartbeats_trusted=self.heartbeats_trusted,
         )
+        self.collector_watch = CollectorWatch(settings.collector_silence_s)
         self.verifier = TokenVerifier(
             settings.jwt_key,
             settings.jwt_algorithms,
@@ -128,9 +158,21 @@ class Gateway:
         return int(self._server.sockets[0].getsockname()[1])
 
     # -- lifecycle ----------------------------------------------------------------
-    async def start(self) -> None:
-        await self.redis.ping()
-        await self.hub.start()
+    async def start(self, stop: asyncio.Event | None = None) -> bool:
+        """Connect to Redis (waiting for it, one log line at a time, until it answers or
+        ``stop`` is set: then False) and start serving."""
+        url = self.settings.common.redis_url
+        while True:
+            if not await wait_for_redis(self.redis, url, stop=stop, logger=log):
+                return False
+            try:
+                await self.hub.start()
+                break
+            except Exception as e:  # noqa: BLE001 - gone again between the PING and this
+                if not is_connection_error(e):
+                    raise
+                log.warning("Redis pub/sub connection failed (%s); retrying", describe(e))
+                await asyncio.sleep(0.5)
         await self.hub.subscribe(self.runners.reply_channel)
         await self.hub.subscribe(self._probe_channel)
         # Before the first connection: every session write goes through it.
@@ -156,6 +198,10 @@ class Gateway:
         self.tasks.spawn(self._heartbeat_forever(), "heartbeat")
         self.tasks.spawn(self.limits.run(), "sync-rate-limits")
         self.tasks.spawn(self._audit_ticks(), "security-audit")
+        self.tasks.spawn(self._watch_redis(), "redis-watch")
+        self.tasks.spawn(self.runners.watch_pending(self._watch_interval), "runner-watch")
+        self.tasks.spawn(self._reap_forever(), "reap-dead-runners")
+        self.tasks.spawn(self._watch_collector(), "collector-watch")
         log.info(
             "gateway %s listening on %s://%s:%d%s", self.id, s.scheme, s.host, self.port, s.path
         )
@@ -164,6 +210,7 @@ class Gateway:
                 "TEAMDASH_ALLOWED_ORIGINS is not set: web pages from any origin may open "
                 "WebSockets to this gateway (set it to your dashboard's origin in production)"
             )
+        return True
 
     async def close(self) -> None:
         if self._server is not None:
@@ -182,6 +229,10 @@ class Gateway:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - Redis hiccup: the next round writes it
+                if is_connection_error(e):
+                    self.redis_failed(e)
+                    if not self.health.up:
+                        continue  # the outage is announced once, not every flush
                 log.warning("could not flush session cursors: %s", e)
             raise_if_cancelled()
 
@@ -202,6 +253,165 @@ class Gateway:
         while True:
             await asyncio.sleep(1.0)
             self.audit.tick()
+
+    # -- Redis health -----------------------------------------------------------------
+    def redis_failed(self, error: BaseException) -> None:
+        """A Redis call failed on a connection error: start an outage now if the watch
+        confirms it (one PING; a pool that is merely busy is no outage)."""
+        self.health.last_failure = time.monotonic()
+        if self.health.up:
+            self._check_redis.set()
+
+    def _on_hub_lost(self, error: Exception | None) -> None:
+        # The pub/sub connection is this gateway's most sensitive sensor: no PING needed.
+        self._redis_down(describe(error) if error is not None else "connection closed by Redis")
+
+    def _redis_down(self, reason: str) -> None:
+        if not self.health.failed(time.monotonic(), reason):
+            return
+        log.warning("Redis is unreachable (%s): requests get SERVICE_UNAVAILABLE", reason)
+        self.send_to_clients(degraded_alert(self.id, reason))
+
+    def _redis_up(self) -> None:
+        down_s = self.health.recovered(time.monotonic())
+        if down_s is None:
+            return
+        log.info("Redis is reachable again after %.1fs", down_s)
+        self.collector_watch.pause(time.monotonic())
+        self.send_to_clients(recovered_alert(self.id, down_s))
+
+    def send_to_clients(self, message: WSMessage) -> None:
+        """One message to every authenticated connection of this gateway, straight from
+        here (not through the bus: it may be Redis that is down)."""
+        conns = [c.ws for c in self.connections if c.identity is not None]
+        if conns:
+            self.send_all(((conns, encode(message), False),))
+
+    async def _watch_redis(self) -> None:
+        """PING Redis every second (at once when a request failed): the one place that
+        decides when an outage starts (with the hub's loss) and ends."""
+        while True:
+            try:
+                await asyncio.wait_for(self._check_redis.wait(), REDIS_WATCH_INTERVAL_S)
+            except TimeoutError:
+                pass
+            self._check_redis.clear()
+            try:
+                await asyncio.wait_for(self.redis.ping(), REDIS_WATCH_TIMEOUT_S)
+                raise_if_cancelled()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure to answer is an outage
+                raise_if_cancelled()
+                self._redis_down(describe(e) if is_connection_error(e) else repr(e))
+                continue
+            if self.hub.connected.is_set():
+                self._redis_up()
+
+    def heartbeats_trusted(self) -> bool:
+        """Runner heartbeats mean something only when this gateway has reached Redis
+        without failure for a runner TTL plus a heartbeat: during an outage (and after an
+        empty restart) every heartbeat ages, so nothing may be judged dead on them."""
+        s = self.settings
+        return self.health.stable_for(time.monotonic()) >= s.runner_ttl_s + s.runner_heartbeat_s
+
+    @property
+    def _watch_interval(self) -> float:
+        return max(0.1, min(self.settings.runner_heartbeat_s, self.settings.runner_ttl_s / 4))
+
+    async def _reap_forever(self) -> None:
+        """With no runner alive, nobody else marks a dead runner's agents ``crashed``: this
+        gateway does (the reaper locks per runner, so several gateways are safe). With a
+        live runner left, that runner reaps (it can also kill leftovers on its host)."""
+        ttl_ms = int(self.settings.runner_ttl_s * 1000)
+        while True:
+            await asyncio.sleep(self.settings.runner_heartbeat_s)
+            if not self.heartbeats_trusted():
+                continue
+            try:
+                alive = await self.runners.alive_runners()
+                raise_if_cancelled()
+                if alive:
+                    continue
+                marked = await reap_dead_runners(self.redis, self.keys, self.bus, ttl_ms)
+                raise_if_cancelled()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the next round tries again
+                raise_if_cancelled()
+                if is_connection_error(e):
+                    self.redis_failed(e)
+                log.warning("could not reap dead runners: %s", describe(e))
+                continue
+            if marked:
+                log.warning("no runner alive: marked %d agent(s) of dead runners crashed", marked)
+
+    async def _watch_collector(self) -> None:
+        """Announce on ``logs`` when the collector falls silent and when it is back (one
+        gateway announces: the holder of ``Keys.collector_announcer``)."""
+        watch = self.collector_watch
+        lock = self.keys.collector_announcer
+        hold_ms = int(max(3 * COLLECTOR_CHECK_INTERVAL_S, watch.silence_s) * 1000)
+        while True:
+            await asyncio.sleep(COLLECTOR_CHECK_INTERVAL_S)
+            if not self.health.up:
+                continue
+            try:
+                head = await self.bus.head(METRICS_TOPIC)
+                raise_if_cancelled()
+                change = watch.observe(time.monotonic(), head.offset, head.epoch)
+                if change is None:
+                    continue
+                held = await self._hold(lock, hold_ms)
+                raise_if_cancelled()
+                if not held:
+                    continue
+                await self.bus.publish(LOGS_TOPIC, *self._collector_alert(change))
+                raise_if_cancelled()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - next check; the state is kept
+                raise_if_cancelled()
+                if is_connection_error(e):
+                    self.redis_failed(e)
+                log.warning("collector check failed: %s", describe(e))
+
+    async def _hold(self, key: str, ttl_ms: int) -> bool:
+        """Take or keep the announcer role (SET NX PX; refreshed while held)."""
+        if await self.redis.set(key, self.id, nx=True, px=ttl_ms):
+            return True
+        holder = await self.redis.get(key)
+        if holder is not None and as_text(holder) == self.id:
+            await self.redis.pexpire(key, ttl_ms)
+            return True
+        return False
+
+    def _collector_alert(self, change: str) -> tuple[SystemAlertMessage, tuple[str, str]]:
+        watch = self.collector_watch
+        if change == "silent":
+            quiet_s = time.monotonic() - (watch.silent_since or time.monotonic())
+            since_ms = now_ms() - int(quiet_s * 1000)
+            when = time.strftime("%H:%M:%S", time.localtime(since_ms / 1000))
+            payload = SystemAlertPayload(
+                level="warning",
+                category="performance",
+                message=(
+                    f"metrics collector is silent since {when} (no metrics:update for "
+                    f"{quiet_s:.0f}s): metrics are stale"
+                ),
+                details={"collector": "silent", "sinceMs": since_ms, "gatewayId": self.id},
+            )
+        else:
+            payload = SystemAlertPayload(
+                level="info",
+                category="performance",
+                message="metrics collector is publishing again",
+                details={"collector": "back", "gatewayId": self.id},
+            )
+        alert = SystemAlertMessage(
+            type="system:alert", payload=payload, metadata=Metadata(priority="high")
+        )
+        return alert, (payload.level, payload.category)
 
     def _publish_alert(self, alert: SystemAlertMessage) -> None:
         tags = (alert.payload.level, alert.payload.category)
@@ -281,8 +491,10 @@ class Gateway:
     async def ready(self, timeout_s: float = 2.0) -> tuple[bool, str]:
         """Ready = Redis answers AND this gateway's pub/sub subscription really delivers: a
         message published to its probe channel must come back through the hub."""
+        if not self.health.up:
+            return False, f"redis unreachable: {self.health.reason}"
         if not self.hub.connected.is_set():
-            return False, "redis pub/sub not connected"
+            return False, "redis unreachable: pub/sub connection lost, reconnecting"
         nonce = uuid.uuid4().hex.encode()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._probes[nonce] = fut
@@ -391,18 +603,40 @@ class Gateway:
                 replay = await self.bus.read_since(route.topic, route.position)
                 raise_if_cancelled()
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as e:
+                self.redis_failed(e)
                 log.warning("resync of %s failed (%s); retrying", route.topic, e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
-            if replay.missed:
+            gap = find_gap(route.position, replay.events, replay.head, replay.missed)
+            notices: list[tuple[list[ServerConnection], bytes, bool]] = []
+            if gap is not None:
                 log.warning(
-                    "topic %s: %d events were lost before the resync could read them",
+                    "topic %s: %s (%s events missed) after %s; resuming after %s",
                     route.topic,
-                    replay.missed,
+                    gap.reason,
+                    "unknown" if gap.missed is None else gap.missed,
+                    gap.since.to_str(),
+                    gap.position.to_str(),
                 )
+                self.metrics.missed.inc(gap.missed or 0)
+                for conn, ids in gap_recipients(route.subscriptions.values()):
+                    notice = SubscriptionGapMessage(
+                        type="subscription:gap",
+                        payload=SubscriptionGapPayload(
+                            topic=route.topic,
+                            subscriptionIds=ids,
+                            reason=gap.reason,
+                            missed=gap.missed,
+                            since=_stream_position(gap.since),
+                            position=_stream_position(gap.position),
+                        ),
+                        metadata=Metadata(priority="high"),
+                    )
+                    notices.append(([conn], encode(notice), False))
             log.debug("resynced %s with %d events", route.topic, len(replay.events))
-            self.send_all(route.resynced(replay.events, replay.head))
+            # The notice first: the client learns of the hole, then gets what follows it.
+            self.send_all([*notices, *route.resynced(replay.events, replay.head)])
 
     # -- subscriptions -------------------------------------------------------------
     async def attach(
@@ -524,6 +758,10 @@ class Gateway:
             self._closing.discard(ws)
 
 
+def _stream_position(position: Position) -> StreamPosition:
+    return StreamPosition(offset=position.offset, epoch=position.epoch)
+
+
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
     return Response(status.value, status.phrase, headers, body)
@@ -545,7 +783,9 @@ def tls_context(settings: GatewaySettings) -> ssl.SSLContext | None:
 
 async def main(settings: GatewaySettings, stop: asyncio.Event) -> None:
     gateway = Gateway(settings)
-    await gateway.start()
+    if not await gateway.start(stop):
+        await gateway.close()
+        return
     # Thousands of long-lived connection objects make full garbage collections stall the
     # loop for hundreds of ms: keep start-up objects out of them and collect less often.
     gc.freeze()

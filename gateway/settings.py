@@ -76,6 +76,11 @@ class GatewaySettings:
     security_alert_threshold: int
     security_alert_window_s: float
     security_alert_cooldown_s: float
+    #: Seconds between runner heartbeats (the runners' setting, read here too): a runner's
+    #: heartbeat may be this late on top of its TTL.
+    runner_heartbeat_s: float = 2.0
+    #: Seconds without a ``metrics:update`` after which the collector is announced silent.
+    collector_silence_s: float = 5.0
 
     @property
     def scheme(self) -> str:
@@ -147,6 +152,8 @@ class GatewaySettings:
             security_alert_cooldown_s=env.float(
                 "TEAMDASH_SECURITY_ALERT_COOLDOWN_S", 60.0, min=0.0
             ),
+            runner_heartbeat_s=env.float("TEAMDASH_RUNNER_HEARTBEAT_S", 2.0, min=0.05),
+            collector_silence_s=env.float("TEAMDASH_COLLECTOR_SILENCE_S", 5.0, min=0.5),
         )
 
 

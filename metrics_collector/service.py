@@ -51,6 +51,7 @@ from shared.protocol import (
     SystemMetrics,
     now_ms,
 )
+from shared.redis_conn import redis_client, wait_for_redis
 from shared.tasks import raise_if_cancelled
 
 log = logging.getLogger("collector")
@@ -291,7 +292,7 @@ class Collector:
 
 async def main(settings: CollectorSettings, stop: asyncio.Event) -> None:
     """Run the collector until ``stop`` is set, then clean up and return."""
-    redis = aioredis.Redis.from_url(settings.common.redis_url)
+    redis = redis_client(settings.common.redis_url)
     collector = Collector(settings, redis)
     log.info(
         "collector %s: every %gs, disk %s, redis prefix %r",
@@ -300,10 +301,17 @@ async def main(settings: CollectorSettings, stop: asyncio.Event) -> None:
         settings.disk_path,
         settings.common.redis_prefix,
     )
+    # The same start-up wait and message as every service, but beside the ticks, not
+    # before them: the collector samples and queues alerts while Redis is still away.
+    waiting = asyncio.create_task(
+        wait_for_redis(redis, settings.common.redis_url, stop=stop), name="wait-for-redis"
+    )
     try:
         with serve_metrics(
             collector.metrics.registry, settings.common.metrics_host, settings.metrics_port
         ):
             await collector.run(stop)
     finally:
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
         await redis.aclose()

@@ -478,7 +478,8 @@ class PubSubHub:
     exception it raises is logged and delivery goes on. When the connection is lost the hub
     reconnects with backoff, subscribes again to every channel, and calls
     ``on_reconnect()`` so the owner can resync from the streams what it may have missed
-    meanwhile: a lost subscription is never silent.
+    meanwhile: a lost subscription is never silent; ``on_lost(error)`` is called as soon as
+    the connection is found gone (before the reconnect attempts).
 
     The connection is not redis-py's: it is an :class:`asyncio.Protocol` on its own socket
     (``redis://``, ``rediss://`` or ``unix://``, from ``redis_url``) that feeds each read to
@@ -496,10 +497,12 @@ class PubSubHub:
         handler: Handler,
         *,
         on_reconnect: Callable[[], None] | None = None,
+        on_lost: Callable[[Exception | None], None] | None = None,
     ) -> None:
         self._endpoint = _Endpoint.from_url(redis_url)
         self._handler = handler
         self._on_reconnect = on_reconnect
+        self._on_lost = on_lost
         self._channels: set[str] = set()
         self._private_channel = f"__hub__:{id(self)}"
         self._protocol: _PubSubProtocol | None = None
@@ -620,6 +623,11 @@ class PubSubHub:
             assert protocol is not None
             error = await asyncio.shield(protocol.closed)
             self.connected.clear()
+            if self._on_lost is not None:
+                try:
+                    self._on_lost(error)
+                except Exception:
+                    log.exception("pub/sub on_lost failed")
             log.warning(
                 "pub/sub connection lost (%s); reconnecting in %.1fs",
                 error or "closed by the server",

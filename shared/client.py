@@ -16,10 +16,14 @@ resolves the request whose ``ack`` arrived, and routes events:
   connection, not once per subscription), and to every :meth:`DashboardClient.events`
   stream;
 * queues are bounded and *drop the oldest* event when full (counted in ``dropped``): the
-  reader never blocks on a slow consumer, so heartbeats keep flowing.
+  reader never blocks on a slow consumer, so heartbeats keep flowing;
+* a ``subscription:gap`` notice (events the server lost) is yielded, in order, by the
+  subscriptions it names and by every ``events()`` stream, and moves the topic's duplicate
+  window to the notice's position (a new epoch included).
 
 When the connection drops (anything but a close by the user, an authentication refusal or a
-1008 policy close), the supervisor fails the requests that were waiting for an ack with
+1008 policy close; a 1013 "try again later", e.g. an ``auth`` refused with SERVICE_UNAVAILABLE
+while the gateway cannot reach Redis, is retried like any drop), the supervisor fails the requests that were waiting for an ack with
 :class:`ConnectionLost` (they may or may not have been carried out; nothing is re-sent
 automatically), then reconnects with the spec's backoff — 1, 2, 4, 8, 16, then 30 s
 repeatedly, each ± ``jitter`` — and resumes the session (``sessionId`` + ``positions``).
@@ -75,6 +79,7 @@ from shared.protocol import (
     StreamPosition,
     SubscribeMessage,
     SubscribePayload,
+    SubscriptionGapMessage,
     SystemAlertMessage,
     TerminateAgentMessage,
     TerminateAgentPayload,
@@ -105,8 +110,9 @@ AUTH_CODES = frozenset(
     {ErrorCode.AUTH_FAILED, ErrorCode.TOKEN_EXPIRED, ErrorCode.INSUFFICIENT_PERMISSIONS}
 )
 
-#: What a subscription or ``events()`` yields: the typed topic events of the protocol.
-DashboardEvent: TypeAlias = TopicEvent
+#: What a subscription or ``events()`` yields: the typed topic events of the protocol, and
+#: the notice that some of them were lost (``subscription:gap``, in order with the events).
+DashboardEvent: TypeAlias = TopicEvent | SubscriptionGapMessage
 SubscriptionKind = Literal["agent", "metrics", "logs"]
 TokenProvider: TypeAlias = Callable[[], "str | Awaitable[str]"]
 Sleep: TypeAlias = Callable[[float], Awaitable[Any]]
@@ -191,6 +197,20 @@ class SeenWindow:
                 self._seen = {o for o in self._seen if o > floor}
         return True
 
+    def reset(self, epoch: str | None, offset: int) -> None:
+        """A gap: delivery goes on after ``(offset, epoch)`` (a new epoch is taken as the
+        topic's current one, whatever was seen before)."""
+        if epoch is None:
+            return
+        if epoch != self.epoch:
+            if self.epoch is not None:
+                self._old_epochs.add(self.epoch)
+            self._old_epochs.discard(epoch)
+            self.epoch, self.last = epoch, offset
+            self._seen.clear()
+        elif offset > self.last:
+            self.last = offset
+
     @property
     def position(self) -> StreamPosition | None:
         """The position of the newest event received (what a resume continues after)."""
@@ -247,6 +267,8 @@ def metrics_sections(event: MetricsUpdateMessage, filters: Sequence[str]) -> Met
 
 def topic_of(event: DashboardEvent) -> str:
     """The event's topic: ``metadata.topic``, or derived from its type for events without one."""
+    if isinstance(event, SubscriptionGapMessage):
+        return event.payload.topic
     if event.metadata is not None and event.metadata.topic is not None:
         return event.metadata.topic
     if isinstance(event, MetricsUpdateMessage):
@@ -347,6 +369,8 @@ class Subscription:
         self.filters = filters
         self._queue: _DropOldestQueue[DashboardEvent] = _DropOldestQueue(queue_size)
         self._seen = SeenWindow()
+        #: Every ``subscription:gap`` notice this subscription got (also yielded in order).
+        self.gaps: list[SubscriptionGapMessage] = []
 
     def __repr__(self) -> str:
         return f"Subscription(id={self.id!r}, topic={self.topic!r}, filters={list(self.filters)})"
@@ -394,6 +418,12 @@ class Subscription:
         if isinstance(event, MetricsUpdateMessage):
             event = metrics_sections(event, self.filters)
         self._queue.put(event)
+
+    def _gap(self, notice: SubscriptionGapMessage) -> None:
+        position = notice.payload.position
+        self._seen.reset(position.epoch, position.offset)
+        self.gaps.append(notice)
+        self._queue.put(notice)
 
     def _end(self, error: BaseException | None = None) -> None:
         self._queue.end(error)
@@ -1124,8 +1154,31 @@ class DashboardClient:
         elif isinstance(msg, ConnectionStatusMessage):
             self.status = msg.payload
             self.session_id = msg.payload.sessionId
+        elif isinstance(msg, SubscriptionGapMessage):
+            self._on_gap(msg)
         else:
             self._route(msg)
+
+    def _on_gap(self, notice: SubscriptionGapMessage) -> None:
+        """Events of a topic were lost on the server: tell the subscriptions it names (all
+        of the topic's when it names none) and every event stream, and continue the topic's
+        duplicate window after the notice's position (its new epoch, if any)."""
+        p = notice.payload
+        log.warning(
+            "topic %s: %s, %s events missed; continuing after %s:%s",
+            p.topic,
+            p.reason,
+            "unknown" if p.missed is None else p.missed,
+            p.position.offset,
+            p.position.epoch,
+        )
+        self._topics.setdefault(p.topic, SeenWindow()).reset(p.position.epoch, p.position.offset)
+        named = set(p.subscriptionIds)
+        for sub in self._subs.values():
+            if sub.topic == p.topic and (not named or sub.id in named):
+                sub._gap(notice)
+        for stream in self._streams:
+            stream._queue.put(notice)
 
     def _on_ack(self, msg: AckMessage) -> None:
         p = msg.payload

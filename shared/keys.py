@@ -84,6 +84,12 @@ class Keys:
         """Collector heartbeat (string with TTL, JSON: id, host, pid, interval, last sample)."""
         return f"{self.prefix}:collector:{collector_id}"
 
+    @property
+    def collector_announcer(self) -> str:
+        """The gateway that announces the collector's silence (SET NX PX, refreshed by its
+        holder): several gateways, one alert."""
+        return f"{self.prefix}:lock:collector-announcer"
+
     # -- agents -----------------------------------------------------------------
     def agent(self, agent_id: str) -> str:
         """Registry hash of one agent: owner, runner, name, model, status, pid, start."""

@@ -451,6 +451,31 @@ class ConnectionStatusMessage(WSMessage):
     payload: ConnectionStatusPayload
 
 
+class SubscriptionGapPayload(_Strict):
+    """Events of a topic this connection follows were lost before they could be delivered
+    (an extension: see docs/protocol.md, "Subscription gaps")."""
+
+    topic: str
+    #: The connection's subscriptions of that topic (visible ones; may be empty when only
+    #: an agent association follows it).
+    subscriptionIds: list[str]
+    #: ``events-lost``: the stream no longer holds them (trimmed, or Redis lost them);
+    #: ``epoch-changed``: the topic's history was reset (Redis restarted empty) and its
+    #: offsets start again in a new epoch.
+    reason: Literal["events-lost", "epoch-changed"]
+    #: How many events were lost, when known (absent: unknown, e.g. across an epoch change).
+    missed: int | None = None
+    #: The last position delivered before the gap.
+    since: StreamPosition | None = None
+    #: Where delivery goes on: the events that follow are those after this position.
+    position: StreamPosition
+
+
+class SubscriptionGapMessage(WSMessage):
+    type: Literal["subscription:gap"]
+    payload: SubscriptionGapPayload
+
+
 #: The events delivered from topics (everything but acks, heartbeats and connection:status).
 TopicEvent: TypeAlias = (
     AgentStatusMessage
@@ -462,7 +487,7 @@ TopicEvent: TypeAlias = (
 )
 
 ServerMessage: TypeAlias = Annotated[
-    TopicEvent | AckMessage | HeartbeatMessage | ConnectionStatusMessage,
+    TopicEvent | AckMessage | HeartbeatMessage | ConnectionStatusMessage | SubscriptionGapMessage,
     Field(discriminator="type"),
 ]
 

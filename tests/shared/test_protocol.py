@@ -824,6 +824,17 @@ SERVER_MESSAGES: list[p.WSMessage] = [
         ),
         metadata=p.Metadata(correlationId="auth-1"),
     ),
+    p.SubscriptionGapMessage(
+        type="subscription:gap",
+        payload=p.SubscriptionGapPayload(
+            topic="agent:a1",
+            subscriptionIds=["sub-1"],
+            reason="epoch-changed",
+            since=p.StreamPosition(offset=155, epoch="e1"),
+            position=p.StreamPosition(offset=0, epoch="e2"),
+        ),
+        metadata=p.Metadata(priority="high"),
+    ),
 ]
 
 

@@ -143,6 +143,7 @@ def test_server_section_covers_every_server_type(doc: dict[str, Any]) -> None:
         "ping",
         "pong",
         "connection:status",
+        "subscription:gap",
     }
     assert server["discriminator"]["mapping"]["ack"] == "#/$defs/AckMessage"
 
