@@ -7,7 +7,9 @@ Redis stream (the replay buffer, ``MAXLEN ~``), a meta hash (``offset`` counter 
 ``epoch``) and a pub/sub channel. Publishing runs one Lua script (``publish.lua``) per run
 of events of one topic: atomically, it takes the next N offsets at once, XADDs each event
 with entry id ``{offset}-0`` and PUBLISHes the same bytes, then trims the stream and
-refreshes the TTLs. :meth:`EventBus.publish_many` sends one such call per run of
+refreshes the TTLs. Each call is numbered per publisher and remembered for a while, so a
+call that the Redis client retries after a lost reply (``shared/redis_conn.py`` retries once
+on a connection error) is answered from that log instead of being published twice. :meth:`EventBus.publish_many` sends one such call per run of
 consecutive items of the same topic, all in one round trip, so a chatty agent costs one
 script call per batch and two Redis commands per event inside it. A position is
 ``(offset, epoch)``: when the meta hash is lost (eviction, expiry, a flushed Redis) the next
@@ -36,6 +38,7 @@ pay its own per-call work once per read instead of once per event.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import socket
@@ -175,6 +178,10 @@ class EventBus:
         self.maxlen = maxlen
         self.ttl_s = ttl_s
         self._script = redis.register_script(_PUBLISH_LUA)
+        # Every script call carries (publisher, call number), so that a call redis-py
+        # retries after a lost reply is not published twice (publish.lua's call log).
+        self._calls_key = keys.publish_calls(secrets.token_hex(8))
+        self._call_numbers = itertools.count(1)
 
     def _calls(
         self, items: Sequence[tuple[str, WSMessage | EncodedEvent, Iterable[str]]]
@@ -187,7 +194,7 @@ class EventBus:
         i, total = 0, len(items)
         while i < total:
             topic = items[i][0]
-            keys = [self.keys.topic_stream(topic), self.keys.topic_meta(topic)]
+            keys = [self.keys.topic_stream(topic), self.keys.topic_meta(topic), self._calls_key]
             topic_end = b'"topic":' + orjson.dumps(topic)
             end = min(total, i + MAX_EVENTS_PER_CALL)
             events: list[bytes] = []
@@ -222,6 +229,7 @@ class EventBus:
                 self.ttl_s,
                 epoch,
                 len(runs) // 2,
+                next(self._call_numbers),
                 *runs,
                 *events,
             ]

@@ -44,6 +44,11 @@ class Keys:
     def topic_meta(self, topic: str) -> str:
         return f"{self.prefix}:meta:{topic}"
 
+    def publish_calls(self, publisher: str) -> str:
+        """Hash: topic stream → one publisher's recent publish calls (``publish.lua``
+        answers a retried call from it instead of publishing twice); expires after 10 min."""
+        return f"{self.prefix}:pubcalls:{publisher}"
+
     def topic_channel(self, topic: str) -> str:
         return f"{self.prefix}:ch:{topic}"
 

@@ -132,9 +132,10 @@ async def test_offset_jump_is_resynced_from_the_stream(gateway, bus, redis, keys
 async def _xadd_without_publish(bus, redis, keys, usage: float) -> None:
     """Publish through the real script into a scratch channel nobody listens to."""
     stream, meta = keys.topic_stream(METRICS_TOPIC), keys.topic_meta(METRICS_TOPIC)
-    _, argv = bus._args(METRICS_TOPIC, metrics(usage), ("system",))
+    script_keys, argv = bus._args(METRICS_TOPIC, metrics(usage), ("system",))
+    assert script_keys[:2] == [stream, meta]
     argv[0] = "nobody-listens"
-    await bus._script(keys=[stream, meta], args=argv)
+    await bus._script(keys=script_keys, args=argv)
 
 
 async def test_killed_pubsub_connection_is_recovered_without_loss(gateway, bus, redis):

@@ -463,10 +463,36 @@ async def test_inconsistent_script_arguments_write_nothing(
     bus: EventBus, redis: aioredis.Redis, keys: Keys
 ) -> None:
     keys_, argv = bus._args(LOGS_TOPIC, alert(1), ("warning",))
-    argv[5] = 2  # the run claims two events, one is given
+    argv[6] = 2  # the run claims two events, one is given
     with pytest.raises(ResponseError):
         await bus._script(keys=keys_, args=argv)
     assert await redis.exists(keys.topic_meta(LOGS_TOPIC), keys.topic_stream(LOGS_TOPIC)) == 0
+
+
+async def test_a_retried_call_is_not_published_twice(
+    bus: EventBus, redis: aioredis.Redis, keys: Keys
+) -> None:
+    """What redis-py's retry does when the connection drops after Redis ran the script but
+    before its reply arrived: the same call again. It must get the same position and add
+    nothing (neither to the stream nor on the channel)."""
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.topic_channel(LOGS_TOPIC))
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    keys_, argv = bus._args(LOGS_TOPIC, alert(1), ("warning",))
+    first = await bus._script(keys=keys_, args=argv)
+    again = await bus._script(keys=keys_, args=argv)
+    assert again == first
+    later = await bus.publish(LOGS_TOPIC, alert(2))  # a new call: published
+    assert later.offset == int(first[0]) + 1
+    assert await redis.xlen(keys.topic_stream(LOGS_TOPIC)) == 2
+    # The later call is a barrier: had the retry published, its copy would come before it.
+    got = []
+    while len(got) < 2:
+        m = await pubsub.get_message(timeout=5)
+        assert m is not None
+        got.append(int(m["data"].split(b" ", 1)[0]))
+    assert got == [int(first[0]), later.offset], "the retried call published nothing"
+    await pubsub.aclose()
 
 
 async def test_publishing_after_the_script_cache_was_flushed(bus: EventBus) -> None:
