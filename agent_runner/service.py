@@ -11,7 +11,7 @@ import asyncio
 
 from agent_runner.runner import Runner
 from agent_runner.settings import RunnerSettings
-from shared.metrics_http import serve_metrics
+from shared.metrics_http import serve_metrics, watch_tasks
 from shared.redis_conn import redis_client, wait_for_redis
 
 
@@ -22,6 +22,7 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
         # Started before Redis (compose, a reboot): wait for it instead of dying.
         if not await wait_for_redis(redis, settings.common.redis_url, stop=stop):
             return
+        watch_tasks(runner.metrics.registry, asyncio.get_running_loop())
         with serve_metrics(
             runner.metrics.registry, settings.common.metrics_host, settings.metrics_port
         ):

@@ -40,6 +40,7 @@ from gateway.sessions import SessionStore
 from gateway.settings import GatewaySettings
 from shared.bus import EventBus, Position, PubSubHub, Replay, as_text, parse_channel_message
 from shared.keys import LOGS_TOPIC, METRICS_TOPIC, Keys
+from shared.metrics_http import watch_tasks
 from shared.protocol import (
     HeartbeatMessage,
     Metadata,
@@ -161,6 +162,7 @@ class Gateway:
     async def start(self, stop: asyncio.Event | None = None) -> bool:
         """Connect to Redis (waiting for it, one log line at a time, until it answers or
         ``stop`` is set: then False) and start serving."""
+        watch_tasks(self.metrics.registry, asyncio.get_running_loop())
         url = self.settings.common.redis_url
         while True:
             if not await wait_for_redis(self.redis, url, stop=stop, logger=log):

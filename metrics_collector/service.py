@@ -42,7 +42,7 @@ from metrics_collector.sampler import SampleError, Sampler
 from metrics_collector.settings import CollectorSettings
 from shared.bus import LOW_PRIORITY_TAG, EventBus
 from shared.keys import LOGS_TOPIC, METRICS_TOPIC, Keys
-from shared.metrics_http import serve_metrics
+from shared.metrics_http import serve_metrics, watch_tasks
 from shared.protocol import (
     Metadata,
     MetricsUpdateMessage,
@@ -306,6 +306,7 @@ async def main(settings: CollectorSettings, stop: asyncio.Event) -> None:
     waiting = asyncio.create_task(
         wait_for_redis(redis, settings.common.redis_url, stop=stop), name="wait-for-redis"
     )
+    watch_tasks(collector.metrics.registry, asyncio.get_running_loop())
     try:
         with serve_metrics(
             collector.metrics.registry, settings.common.metrics_host, settings.metrics_port

@@ -4,13 +4,14 @@ thread. The gateway serves its metrics on its WebSocket port instead."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
 from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 log = logging.getLogger("metrics")
 
@@ -33,3 +34,14 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int | None) -> I
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def watch_tasks(registry: CollectorRegistry, loop: asyncio.AbstractEventLoop) -> None:
+    """Add ``teamdash_asyncio_tasks`` to ``registry``: the tasks alive on ``loop``, counted
+    when scraped (a leak of tasks shows as a climbing line; ``python -m bench.soak`` reads
+    it). Safe from the scrape thread: ``asyncio.all_tasks`` copies the set, retrying if the
+    loop changes it meanwhile."""
+    gauge = Gauge(
+        "teamdash_asyncio_tasks", "asyncio tasks alive in this process", registry=registry
+    )
+    gauge.set_function(lambda: len(asyncio.all_tasks(loop)))

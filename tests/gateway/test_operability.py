@@ -51,6 +51,8 @@ async def test_metrics_parse_and_move_with_traffic(gateway, bus):
     assert after[("teamdash_redis_stream_length", (("topic_kind", "logs"),))] == 3
     assert ("teamdash_gateway_send_buffer_bytes", (("stat", "max"),)) in after
     assert ("teamdash_gateway_pending_runner_requests", ()) in after
+    # The connection's own tasks at least (the soak watches this line for leaks).
+    assert after[("teamdash_asyncio_tasks", ())] >= 1
     await client.close()
 
 
