@@ -275,15 +275,18 @@ async def test_health_and_agent_tail_against_the_up_stack(tmp_path: Path) -> Non
         )
         assert rc == 0, err
         agent_id = out.split()[-1]
-        tail = await CliProcess.start(client_env, "agent", "tail", agent_id, "--quiet")
-        # The tail follows the agent once its answer to a command comes through.
+        tail = await CliProcess.start(client_env, "agent", "tail", agent_id)
+        # A tail follows from the moment it is subscribed ("tailing agent …" comes after the
+        # subscription's ack): command the agent only then, or its answer may come first.
+        await wait_for(lambda: "tailing agent" in tail.stderr, timeout=20, what="the tail")
         rc, _, err = await run_cli(client_env, "agent", "command", agent_id, "ping")
         assert rc == 0, err
         await wait_for(lambda: "you said: ping" in tail.stdout, timeout=20, what="tail output")
 
         os.killpg(up.pid, signal.SIGINT)
         assert await tail.wait(40) == 0, tail.stderr
-        assert tail.stderr.strip() == f"teamdash: agent {agent_id} stopped (runner-stopped)"
+        last_line = tail.stderr.strip().splitlines()[-1]
+        assert last_line == f"teamdash: agent {agent_id} stopped (runner-stopped)"
         assert up.wait(t(40)) == 0
     finally:
         if tail is not None:
