@@ -48,15 +48,7 @@ async def test_up_serves_metrics_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> 
         await wait_for(
             lambda: b"Press Ctrl-C" in (tmp_path / "up.log").read_bytes(), timeout=10, what="banner"
         )
-        descendants = psutil.Process(up.pid).children(recursive=True)
-        names = " ".join(" ".join(p.cmdline()) for p in descendants)
-        for service in (
-            "redis-server",
-            "shared.cli gateway",
-            "shared.cli runner",
-            "shared.cli collector",
-        ):
-            assert service in names, names
+        descendants = _services(up)
 
         # `teamdash token` in "another terminal": same state folder, token alone on the last line.
         out = subprocess.run(

@@ -5,6 +5,7 @@ agent, and the project's SDK as the client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,12 +23,23 @@ TICKS = 3000
 
 @pytest.fixture
 async def topology(service_env: dict[str, str], tmp_path: Path) -> AsyncIterator[LocalTopology]:
+    async with started_topology(service_env, tmp_path) as topo:
+        yield topo
+
+
+@contextlib.asynccontextmanager
+async def started_topology(
+    service_env: dict[str, str], tmp_path: Path, **env: str
+) -> AsyncIterator[LocalTopology]:
+    """Three gateways behind HAProxy, a runner with the test agents and a collector, on the
+    test's Redis prefix; stopped (nothing left) when the block ends."""
     require("haproxy", "haproxy")
     env = {
         **service_env,
         "TEAMDASH_CURSOR_FLUSH_INTERVAL_S": "0.1",
         "TEAMDASH_MODELS_FILE": str(AGENTS_DIR / "models.toml"),
         "TEAMDASH_WORKSPACE_ROOT": str(tmp_path / "workspaces"),
+        **env,
     }
     topo = LocalTopology(3, env=env, log_dir=tmp_path / "logs", start_timeout_s=t(30))
     await asyncio.to_thread(topo.start)

@@ -15,10 +15,9 @@ import pytest
 from shared.client import DashboardClient, StateChange
 from shared.protocol import ConnectionStatusPayload
 from shared.topology import LocalTopology
-from tests.deploy.conftest import require
-from tests.deploy.test_failover import read_ticks
+from tests.deploy.test_failover import read_ticks, started_topology
 from tests.gateway.conftest import token
-from tests.helpers import AGENTS_DIR, t
+from tests.helpers import t
 
 #: SDK clients following the agent (``TEAMDASH_FAULT_CLIENTS`` for a heavier run).
 CLIENTS = int(os.environ.get("TEAMDASH_FAULT_CLIENTS", "40"))
@@ -27,21 +26,11 @@ TICKS = 3000  # the ticker model prints 3000 lines, one every 2 ms
 
 @pytest.fixture
 async def topology(service_env: dict[str, str], tmp_path: Path) -> AsyncIterator[LocalTopology]:
-    require("haproxy", "haproxy")
-    env = {
-        **service_env,
-        "TEAMDASH_CURSOR_FLUSH_INTERVAL_S": "0.1",
-        "TEAMDASH_MODELS_FILE": str(AGENTS_DIR / "models.toml"),
-        "TEAMDASH_WORKSPACE_ROOT": str(tmp_path / "workspaces"),
-        # Every client comes from 127.0.0.1: lift the per-address handshake limit.
-        "TEAMDASH_IP_CONNECTIONS_PER_MINUTE": "0",
-    }
-    topo = LocalTopology(3, env=env, log_dir=tmp_path / "logs", start_timeout_s=t(30))
-    await asyncio.to_thread(topo.start)
-    try:
+    # Every client comes from 127.0.0.1: lift the per-address handshake limit.
+    async with started_topology(
+        service_env, tmp_path, TEAMDASH_IP_CONNECTIONS_PER_MINUTE="0"
+    ) as topo:
         yield topo
-    finally:
-        await asyncio.to_thread(topo.stop)
 
 
 def sdk_client(topology: LocalTopology, resumes: list[ConnectionStatusPayload]) -> DashboardClient:
