@@ -13,10 +13,10 @@ its pipe, instead of the runner's memory growing without bound. A failed batch i
 
 A failed call may still have published: the connection can drop after Redis ran the
 publish script and before its reply arrived (Redis killed right after an fsync'ed write, a
-network cut). Each script call is atomic — all of its events or none — so before a batch is
-sent again, :meth:`Outbox._unpublished` looks at the tail of each of its topics' streams
-for the last event of each call: the calls found there are not sent again (no event is
-published twice), the others are (none is lost). After a Redis that restarted empty, nothing
+network cut). Each script call is atomic — all of its events or none — and the calls of a
+batch run in order, so before a batch is sent again, :meth:`Outbox._unpublished` looks at
+the tail of each of its topics' streams for the last call that ran: it and the calls before
+it are not sent again (no event is published twice), the others are (none is lost). After a Redis that restarted empty, nothing
 is found and everything is sent again, in order, in a new epoch.
 """
 
@@ -113,20 +113,31 @@ class Outbox:
         await self._idle.wait()
 
     async def _unpublished(self, batch: list[Item]) -> list[Item]:
-        """The items of ``batch`` (whose publishing failed) that did not reach Redis."""
+        """The items of ``batch`` (whose publishing failed) that did not reach Redis.
+
+        The batch's script calls went in one pipeline, which Redis runs in order: the calls
+        that ran are a prefix of them. So the last call found at the tail of its topic's
+        stream is where that prefix ends — one tail read per topic, not per call (a batch of
+        interleaved agents has hundreds of calls: reading a tail for each cost ~100 MB of
+        transient memory and seconds after every Redis restart)."""
         calls = runs(batch)
+        topics = list(dict.fromkeys(call[0][0] for call in calls))
         async with self._bus.redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                pipe.xrevrange(self._bus.keys.topic_stream(call[0][0]), count=CHECK_TAIL)
-            tails = await pipe.execute()
-        left: list[Item] = []
-        for call, tail in zip(calls, tails, strict=True):
-            last = stored_prefix(call[-1])
-            if any(fields.get(b"d", b"").startswith(last) for _, fields in tail or ()):
-                self.found_published += len(call)
-            else:
-                left += call
-        return left
+            for topic in topics:
+                pipe.xrevrange(self._bus.keys.topic_stream(topic), count=CHECK_TAIL)
+            replies = await pipe.execute()
+        tails = {
+            topic: [fields.get(b"d", b"") for _, fields in reply or ()]
+            for topic, reply in zip(topics, replies, strict=True)
+        }
+        ran = 0  # calls[:ran] reached Redis
+        for i in range(len(calls) - 1, -1, -1):
+            last = stored_prefix(calls[i][-1])
+            if any(data.startswith(last) for data in tails[calls[i][0][0]]):
+                ran = i + 1
+                break
+        self.found_published += sum(len(call) for call in calls[:ran])
+        return [item for call in calls[ran:] for item in call]
 
     async def run(self) -> None:
         """Publish forever (cancel to stop; call :meth:`drain` first to flush)."""

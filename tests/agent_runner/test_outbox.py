@@ -145,6 +145,21 @@ async def test_found_published_counts_only_what_reached_the_stream(
     assert outbox.found_published == len(sent)
 
 
+async def test_interleaved_agents_the_calls_that_ran_are_a_prefix(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    """Agents printing at once give batches of many short calls on alternating topics; the
+    calls that reached Redis are a prefix of the pipeline, found with one tail per topic."""
+    bus = EventBus(redis, keys)
+    outbox = Outbox(bus)
+    interleaved = [item for i in range(1, 41) for a in ("c1", "c2") for item in batch(a, i, 1)]
+    ran = 36  # items: 12 whole groups of (output + status on agent:X, status on agents)
+    await bus.publish_many(interleaved[:ran])
+    left = await outbox._unpublished(interleaved)
+    assert left == interleaved[ran:]
+    assert outbox.found_published == ran
+
+
 async def test_a_reply_is_retried_on_a_new_connection_until_its_deadline(
     proxied: tuple[CuttingProxy, aioredis.Redis],
     redis: aioredis.Redis,
