@@ -378,8 +378,16 @@ class Agent:
         except DriverError as e:
             raise InvalidRequest(f"agent {self.agent_id}: {e}") from e
         stdin = self.process.stdin
+        if stdin.is_closing():
+            raise AgentNotFound(f"agent {self.agent_id} no longer reads input (stdin closed)")
+        stdin.write(data)
+        # Queued before anything is awaited, so it precedes what the answer makes the CLI
+        # print (the pump cannot run in between).
+        event = PermissionResolvedEvent(
+            kind="permission_resolved", requestId=payload.requestId, decision=payload.decision
+        )
+        self._publish_readable(f"[permission] {tool}: {payload.decision}", event, request.requestId)
         try:
-            stdin.write(data)
             async with asyncio.timeout(STDIN_TIMEOUT_S):
                 await stdin.drain()
         except TimeoutError:
@@ -389,10 +397,6 @@ class Agent:
         except (BrokenPipeError, ConnectionResetError) as e:
             raise AgentNotFound(f"agent {self.agent_id} no longer reads input") from e
         await self._reply(request, result={"agentId": self.agent_id, "tool": tool})
-        event = PermissionResolvedEvent(
-            kind="permission_resolved", requestId=payload.requestId, decision=payload.decision
-        )
-        self._publish_readable(f"[permission] {tool}: {payload.decision}", event, request.requestId)
 
     def _forget(self, pending: PendingCommand | None) -> None:
         if pending is not None:
