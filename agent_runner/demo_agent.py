@@ -50,7 +50,12 @@ def main() -> int:
         tool_id = f"demo_tool_{turns}"
         _emit(_assistant(session, {"type": "text", "text": "[demo] Looking at the workspace…"}))
         time.sleep(0.1)
-        tool_use = {"type": "tool_use", "id": tool_id, "name": "LS", "input": {"path": "."}}
+        tool_use: dict[str, object] = {
+            "type": "tool_use",
+            "id": tool_id,
+            "name": "LS",
+            "input": {"path": "."},
+        }
         _emit(_assistant(session, tool_use))
         time.sleep(0.1)
         result = {"type": "tool_result", "tool_use_id": tool_id, "content": "(demo: not listed)"}
