@@ -155,3 +155,30 @@ async def test_claude_retries_summarised_and_storm_reported(
     assert second["success"] is True
     statuses = [e["payload"]["status"] for e in evs if e["type"] == "agent:status"]
     assert statuses == ["starting", "running"]
+
+
+async def test_codex_one_process_per_command_resuming_its_thread(
+    start_runner, gateway: Gateway, bus: EventBus
+) -> None:
+    await start_runner()
+    agent_id, reply = await gateway.create("codex")
+    assert reply.success, reply
+    for command in ("hello", "run ls", "offline"):
+        assert (await gateway.command(agent_id, command)).success
+    evs = await wait_events(bus, agent_topic(agent_id), lambda e: len(turn_ends(e)) == 3)
+    texts = [o["event"]["text"] for o in outputs(evs) if o["event"]["kind"] == "text"]
+    # The second command resumed the first one's thread (turn 2 of it).
+    assert texts == ["turn 1: hello", "turn 2: run ls"]
+    sessions = {o["event"]["sessionId"] for o in outputs(evs) if o["event"]["kind"] == "session"}
+    assert len(sessions) == 1
+    calls = [o["event"] for o in outputs(evs) if o["event"]["kind"] in ("tool_call", "tool_result")]
+    assert [c["kind"] for c in calls] == ["tool_call", "tool_result"]
+    assert calls[0]["name"] == "shell" and calls[1]["success"] is True
+    first, second, third = turn_ends(evs)
+    assert first["success"] and second["success"]
+    assert first["usage"] == {"inputTokens": 1200, "outputTokens": 34, "cachedInputTokens": 200}
+    assert third["success"] is False and third["errorCode"] == "AGENT_API_UNREACHABLE"
+    retries = [o["event"]["attempt"] for o in outputs(evs) if o["event"]["kind"] == "retry"]
+    assert retries == [2, 3, 4, 5]
+    errors = [e["payload"]["error"]["code"] for e in evs if e["type"] == "agent:error"]
+    assert errors == ["AGENT_API_UNREACHABLE"]
