@@ -455,6 +455,13 @@ def test_settings_defaults_and_overrides(tmp_path: Path) -> None:
     assert RunnerSettings.from_env(Env({**env, "ANTHROPIC_API_KEY": "k"})).passthrough_env == {
         "ANTHROPIC_API_KEY": "k"
     }
+    # A credential missing from the environment comes from its secret file (compose).
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "claude_code_oauth_token").write_text("oauth-token\n")
+    with_secret = RunnerSettings.from_env(Env({**env, "TEAMDASH_SECRETS_DIR": str(secrets)}))
+    assert with_secret.passthrough_env == {"CLAUDE_CODE_OAUTH_TOKEN": "oauth-token"}
+    assert with_secret.agent_home_root == (tmp_path / "state" / "agent-homes").resolve()
     with pytest.raises(ConfigError):
         RunnerSettings.from_env(Env({**env, "TEAMDASH_RUNNER_ID": "a b"}))
     with pytest.raises(ConfigError):
