@@ -5,9 +5,12 @@ Map of the package (cores without I/O first):
 * :mod:`agent_runner.state`    — the agent status state machine (one transition table);
 * :mod:`agent_runner.policy`   — workspace resolution, environment validation, command
   sanitizing and CPU selection (pure functions);
-* :mod:`agent_runner.output`   — UTF-8-safe line splitting with flush deadlines, completion
-  detection;
-* :mod:`agent_runner.models`   — the model configuration file (TOML);
+* :mod:`agent_runner.output`   — UTF-8-safe line splitting with flush deadlines, pacing,
+  pieces joined back into lines;
+* :mod:`agent_runner.drivers`  — one per CLI contract (Claude Code, Codex, line tools): how
+  commands are written, output read (readable events, failures, prompts), turns end;
+* :mod:`agent_runner.models`   — the model configuration file (TOML): program, driver,
+  permissions;
 * :mod:`agent_runner.launch`   — the tiny exec wrapper that applies limits and ``execvp``\\ s;
 * :mod:`agent_runner.process`  — the subprocess adapter (spawn, signal the group, verify);
 * :mod:`agent_runner.agent`    — one live agent: its process, pumps, commands and events;

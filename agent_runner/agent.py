@@ -11,9 +11,15 @@ tasks (started by :meth:`Agent.announce`, cancelled and awaited by :meth:`Agent.
 * two pumps read stdout and stderr (never blocking on anything but the outbox's high-water
   mark), split them with :class:`~agent_runner.output.OutputSplitter` and queue
   ``agent:output`` events numbered by one per-agent ``sequence`` shared by both streams;
-  stdout also feeds the model's completion detector;
-* ``serve`` handles this agent's requests (command, pause, resume, terminate) one at a time,
-  in arrival order, so a slow stdin never holds up other agents.
+  stdout is also read, line by line, by the model's driver (:mod:`agent_runner.drivers`),
+  which detects the end of a turn, failures and prompts — and, for a structured format,
+  replaces each line with its readable events;
+* ``serve`` handles this agent's requests (command, permission answer, pause, resume,
+  terminate) one at a time, in arrival order, so a slow stdin never holds up other agents.
+
+While a command's turn runs (it is the oldest pending one), the events a driver reads carry
+``metadata.correlationId`` = that command's id; its turn ends with a ``turn_end`` event, and
+a failure the driver read becomes an ``agent:error`` + ``agent`` alert with the same id.
 
 Every status change happens under one lock, in this order: state machine → registry → act
 (signal) → reply to the gateway → queue the events; so the reply always precedes the events
@@ -37,18 +43,11 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from agent_runner import events
+from agent_runner.drivers import DriverError, Reading
 from agent_runner.errors import AgentNotFound, Busy, CommandTimeout, InvalidRequest
 from agent_runner.models import ModelSpec
 from agent_runner.outbox import Outbox
-from agent_runner.output import (
-    CompletionDetector,
-    LineRegex,
-    NoCompletion,
-    OutputPacer,
-    OutputSplitter,
-    Piece,
-    StreamJsonResult,
-)
+from agent_runner.output import LineJoiner, OutputPacer, OutputSplitter, Piece
 from agent_runner.policy import sanitize_command
 from agent_runner.process import AgentProcess, signal_name
 from agent_runner.registry import Registry
@@ -58,8 +57,13 @@ from shared.logs import context_with
 from shared.protocol import (
     MAX_COMMAND_CHARS,
     AgentCommandPayload,
+    AgentEvent,
+    AgentPermissionPayload,
     AgentRef,
+    InputRequestEvent,
     OutputStream,
+    PermissionRequestEvent,
+    PermissionResolvedEvent,
     TerminateAgentPayload,
     now_ms,
 )
@@ -122,19 +126,20 @@ class PendingCommand:
     timed_out: bool = False
 
 
-def make_detector(model: ModelSpec) -> CompletionDetector:
-    if model.completion == "stream-json-result":
-        return StreamJsonResult()
-    if model.completion == "line-regex" and model.completion_regex is not None:
-        return LineRegex(model.completion_regex)
-    return NoCompletion()
-
-
 def _payload(model: type[Any], request: RunnerRequest) -> Any:
     try:
         return model.model_validate(request.payload)
     except ValidationError as e:
         raise InvalidRequest(f"invalid {request.kind} payload: {e.errors()[0]['msg']}") from e
+
+
+def _waiting_for(event: object) -> str | None:
+    """What the agent waits for, if ``event`` says it stopped to ask (for the alert)."""
+    if isinstance(event, PermissionRequestEvent):
+        return f"waits for permission to use {event.tool} ({event.summary})"
+    if isinstance(event, InputRequestEvent):
+        return f"waits for input: {event.prompt}"
+    return None
 
 
 class Agent:
@@ -172,7 +177,8 @@ class Agent:
         self._pumps: list[asyncio.Task[None]] = []
         self._escalation: asyncio.Task[None] | None = None
         self._pending: deque[PendingCommand] = deque()
-        self._detector = make_detector(info.model)
+        self._driver = info.model.make_driver()
+        self._stdout_lines = LineJoiner()
         self._stderr_tail = ""
         self._stop_reason = "terminated"
         self._stop_correlation: str | None = None
@@ -272,6 +278,8 @@ class Agent:
     async def _handle(self, request: RunnerRequest) -> None:
         if request.kind == "command":
             await self._command(request, _payload(AgentCommandPayload, request))
+        elif request.kind == "permission":
+            await self._permission(request, _payload(AgentPermissionPayload, request))
         elif request.kind == "pause":
             _payload(AgentRef, request)
             await self._signal_transition(request, Event.PAUSE, signal.SIGSTOP)
@@ -317,15 +325,15 @@ class Agent:
             raise InvalidRequest(f"agent {self.agent_id} is still starting")
         if status != Status.RUNNING:
             raise self._illegal(Event.TERMINATE)  # stopping or ended: AGENT_NOT_FOUND
-        model = self.info.model
+        driver = self._driver
         text = sanitize_command(
-            payload.command, max_chars=MAX_COMMAND_CHARS, multiline=model.multiline
+            payload.command, max_chars=MAX_COMMAND_CHARS, multiline=driver.multiline
         )
-        data = model.frame(text)
+        data = driver.frame(text)
         stdin = self.process.stdin
         if stdin.is_closing():
             raise AgentNotFound(f"agent {self.agent_id} no longer reads commands (stdin closed)")
-        tracked = model.completion != "none"
+        tracked = driver.detects_turns
         pending = PendingCommand(request.requestId) if tracked else None
         if pending is not None:
             if len(self._pending) >= MAX_PENDING:
@@ -359,6 +367,37 @@ class Agent:
                 )
         await self._reply(request, result=result)
 
+    async def _permission(self, request: RunnerRequest, payload: AgentPermissionPayload) -> None:
+        if self.state.status not in (Status.RUNNING, Status.PAUSED):
+            raise self._illegal(Event.TERMINATE)
+        allow = payload.decision == "allow"
+        try:
+            data, tool = self._driver.answer(
+                payload.requestId, allow=allow, message=payload.message
+            )
+        except DriverError as e:
+            raise InvalidRequest(f"agent {self.agent_id}: {e}") from e
+        stdin = self.process.stdin
+        if stdin.is_closing():
+            raise AgentNotFound(f"agent {self.agent_id} no longer reads input (stdin closed)")
+        stdin.write(data)
+        # Queued before anything is awaited, so it precedes what the answer makes the CLI
+        # print (the pump cannot run in between).
+        event = PermissionResolvedEvent(
+            kind="permission_resolved", requestId=payload.requestId, decision=payload.decision
+        )
+        self._publish_readable(f"[permission] {tool}: {payload.decision}", event, request.requestId)
+        try:
+            async with asyncio.timeout(STDIN_TIMEOUT_S):
+                await stdin.drain()
+        except TimeoutError:
+            raise CommandTimeout(
+                f"agent {self.agent_id} did not read its input within {STDIN_TIMEOUT_S:g}s"
+            ) from None
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise AgentNotFound(f"agent {self.agent_id} no longer reads input") from e
+        await self._reply(request, result={"agentId": self.agent_id, "tool": tool})
+
     def _forget(self, pending: PendingCommand | None) -> None:
         if pending is not None:
             with contextlib.suppress(ValueError):
@@ -381,6 +420,7 @@ class Agent:
         )
 
     def _completed(self) -> None:
+        """The oldest pending command's turn ended."""
         if self._pending:
             done = self._pending.popleft()
             if done.timer is not None:
@@ -457,6 +497,8 @@ class Agent:
                         data = await reader.read(READ_SIZE)
             except TimeoutError:
                 self._emit(stream, splitter.flush())
+                if stream == "stdout":
+                    self._partial_stdout()
                 continue
             if not data:
                 self._emit(stream, splitter.finish())
@@ -476,6 +518,8 @@ class Agent:
             return 0
         ts = now_ms()
         self.last_activity = ts
+        if stream == "stdout":
+            return self._read_stdout(pieces, ts)
         first = self._seq + 1
         self._seq += len(pieces)
         self._outbox.put_many(
@@ -483,16 +527,103 @@ class Agent:
                 self.agent_id, self.info.owner, stream, [p.text for p in pieces], first, ts
             )
         )
-        if stream == "stdout":
-            detector = self._detector
-            for piece in pieces:
-                if detector.feed(piece):
-                    self._completed()
-        if stream == "stderr":
-            self._stderr_tail = (self._stderr_tail + "".join(p.text for p in pieces))[
-                -STDERR_TAIL_CHARS:
-            ]
+        self._stderr_tail = (self._stderr_tail + "".join(p.text for p in pieces))[
+            -STDERR_TAIL_CHARS:
+        ]
         return len(pieces)
+
+    def _read_stdout(self, pieces: list[Piece], ts: int) -> int:
+        """Publish stdout as it is (passthrough drivers) or as the driver's readable events,
+        and act on what the driver read in each whole line; returns the events queued."""
+        driver = self._driver
+        emitted = 0
+        if driver.passthrough:
+            first = self._seq + 1
+            self._seq += len(pieces)
+            texts = [p.text for p in pieces]
+            self._outbox.put_many(
+                events.outputs(self.agent_id, self.info.owner, "stdout", texts, first, ts)
+            )
+            emitted = len(pieces)
+        for piece in pieces:
+            line = self._stdout_lines.add(piece)
+            if line is not None:
+                emitted += self._act(driver.read(line), line)
+        return emitted
+
+    def _partial_stdout(self) -> None:
+        """Text without a newline for a while: maybe a prompt waiting for a reply."""
+        pending = self._stdout_lines.pending
+        if pending:
+            self._act(self._driver.read_partial(pending), None)
+
+    def _act(self, reading: Reading, raw: str | None) -> int:
+        """Publish what the driver read (the first event carries the ``raw`` line), write
+        its answer, surface its failures and end the turn; returns the events queued."""
+        correlation = self._pending[0].request_id if self._pending else None
+        if reading.reply is not None and not self.process.stdin.is_closing():
+            self.process.stdin.write(reading.reply)
+        info = self.info
+        items: list[events.Item] = []
+        ts = now_ms()
+        for k, shown in enumerate(reading.shown):
+            self._seq += 1
+            items.append(
+                events.readable(
+                    info.agent_id,
+                    info.owner,
+                    shown.text,
+                    shown.event,
+                    self._seq,
+                    ts,
+                    raw=raw if k == 0 and not self._driver.passthrough else None,
+                    correlation_id=correlation,
+                )
+            )
+            waiting = _waiting_for(shown.event)
+            if waiting is not None:
+                items.append(
+                    events.alert(
+                        "warning",
+                        f"agent {info.name!r} {waiting}",
+                        owner=info.owner,
+                        agent_id=info.agent_id,
+                        details={"agentId": info.agent_id, "name": info.name},
+                    )
+                )
+        for failure in reading.failures:
+            items += events.error(
+                info.agent_id, info.owner, failure.code, failure.message, correlation
+            )
+            items.append(
+                events.alert(
+                    "error",
+                    f"agent {info.name!r}: {failure.message}",
+                    owner=info.owner,
+                    agent_id=info.agent_id,
+                    details={"agentId": info.agent_id, "name": info.name, "code": failure.code},
+                )
+            )
+        if items:
+            self._outbox.put_many(items)
+        if reading.turn_end is not None:
+            self._completed()
+        return len(reading.shown)
+
+    def _publish_readable(self, text: str, event: AgentEvent, correlation: str | None) -> None:
+        """One readable event the runner itself adds (not read from the CLI)."""
+        self._seq += 1
+        item = events.readable(
+            self.agent_id,
+            self.info.owner,
+            text + "\n",
+            event,
+            self._seq,
+            now_ms(),
+            raw=None,
+            correlation_id=correlation,
+        )
+        self._outbox.put_many([item])
 
     # -- end ------------------------------------------------------------------------------
     async def _supervise(self) -> None:

@@ -26,7 +26,15 @@ Every agent event has ``metadata.agentId``; events caused by a request carry
 * ``AGENT_OOM`` (no ``errorCode``): it exceeded its memory limit (status ``crashed``,
   reason ``oom``);
 * ``AGENT_LOST`` (no ``errorCode``): its runner died or restarted (status ``crashed``,
-  reason ``runner-lost`` / ``runner-restarted``).
+  reason ``runner-lost`` / ``runner-restarted``);
+* what a driver read in the CLI's output (:mod:`agent_runner.drivers.base`, each with an
+  ``agent`` alert, correlated with the command whose turn it was): ``AGENT_AUTH_REQUIRED``
+  (not logged in, credentials refused), ``AGENT_RATE_LIMITED``, ``AGENT_API_UNREACHABLE``
+  (a retry storm without a reply), ``AGENT_API_ERROR``, ``AGENT_TURN_FAILED``.
+
+Drivers that read a structured format publish ``agent:output`` events built from the model
+(:func:`readable`): ``data`` is readable text, ``event`` says what it is, ``raw`` is the
+CLI's line.
 """
 
 from __future__ import annotations
@@ -41,11 +49,13 @@ from shared.bus import EncodedEvent
 from shared.errors import ErrorCode
 from shared.keys import AGENTS_TOPIC, LOGS_TOPIC, agent_topic
 from shared.protocol import (
+    MAX_RAW_CHARS,
     AgentCreatedMessage,
     AgentCreatedPayload,
     AgentErrorDetail,
     AgentErrorMessage,
     AgentErrorPayload,
+    AgentEvent,
     AgentOutputMessage,
     AgentOutputPayload,
     AgentStatusDetails,
@@ -178,6 +188,37 @@ def output(
 ) -> Item:
     """One ``agent:output`` event (see :func:`outputs`)."""
     return outputs(agent_id, owner, stream, (data,), sequence, ts)[0]
+
+
+def readable(
+    agent_id: str,
+    owner: str,
+    text: str,
+    event: AgentEvent,
+    sequence: int,
+    ts: int,
+    *,
+    raw: str | None,
+    correlation_id: str | None,
+) -> Item:
+    """One ``agent:output`` event a driver read (``stdout``; ``raw`` cut at MAX_RAW_CHARS)."""
+    cut = raw is not None and len(raw) > MAX_RAW_CHARS
+    message = AgentOutputMessage(
+        type="agent:output",
+        timestamp=ts,
+        payload=AgentOutputPayload(
+            agentId=agent_id,
+            stream="stdout",
+            data=text,
+            timestamp=ts,
+            sequence=sequence,
+            event=event,
+            raw=raw[:MAX_RAW_CHARS] if raw is not None and cut else raw,
+            rawTruncated=True if cut else None,
+        ),
+        metadata=_meta(agent_id, correlation_id),
+    )
+    return (agent_topic(agent_id), message, ("stdout", user_tag(owner)))
 
 
 def created(

@@ -1,4 +1,4 @@
-"""Turning an agent's output bytes into text pieces, and detecting command completion.
+"""Turning an agent's output bytes into text pieces, and pieces back into lines.
 
 How it works
 ------------
@@ -10,18 +10,14 @@ pieces. Text without a newline yet (a prompt, a progress bar) is held back at mo
 ``flush_delay_s`` from when it started: the reader asks :attr:`OutputSplitter.deadline` and
 calls :meth:`OutputSplitter.flush` when it passes. No I/O here; time is passed in.
 
-Completion detectors look at whole *logical* lines (pieces up to the one that ends the
-line), independently of how they were cut for publishing.
+Drivers (:mod:`agent_runner.drivers`) read whole *logical* lines (pieces up to the one
+that ends the line, :class:`LineJoiner`), independently of how they were cut for publishing.
 """
 
 from __future__ import annotations
 
 import codecs
-import re
 from dataclasses import dataclass
-from typing import Protocol
-
-import orjson
 
 #: Largest piece of text in one ``agent:output`` event (characters).
 MAX_PIECE_CHARS = 16 * 1024
@@ -161,77 +157,36 @@ class OutputSplitter:
 
 
 # ---------------------------------------------------------------------------
-# Completion detection
+# Whole lines, for drivers
 # ---------------------------------------------------------------------------
 
-#: Logical lines longer than this are judged on their first part only.
+#: Logical lines longer than this are read on their first part only.
 MAX_LINE_CHARS = 1024 * 1024
-_RESULT_HEAD = re.compile(r'^\s*\{\s*"type"\s*:\s*"result"')
 
 
-class CompletionDetector(Protocol):
-    def feed(self, piece: Piece) -> bool:
-        """Feed a stdout piece; True when a completion line just ended."""
-        ...
+class LineJoiner:
+    """Joins pieces back into whole logical lines (a huge line: only its first
+    ``MAX_LINE_CHARS``), for drivers that read lines whatever size they were cut to."""
 
-
-class _LineAccumulator:
-    __slots__ = ("_overflow", "_parts", "_size")
+    __slots__ = ("_parts", "_size")
 
     def __init__(self) -> None:
         self._parts: list[str] = []
         self._size = 0
-        self._overflow = False
+
+    @property
+    def pending(self) -> str:
+        """The start of a line not ended yet."""
+        return "".join(self._parts)
 
     def add(self, piece: Piece) -> str | None:
-        """Returns the whole line (maybe only its head, if huge) when ``piece`` ends it."""
+        """Returns the whole line when ``piece`` ends it."""
         if self._size < MAX_LINE_CHARS:
             self._parts.append(piece.text)
             self._size += len(piece.text)
-        else:
-            self._overflow = True
         if not piece.line_end:
             return None
         line = "".join(self._parts)
         self._parts.clear()
         self._size = 0
-        self._overflow = False
         return line
-
-
-class StreamJsonResult:
-    """Completion = a stdout line that is a JSON object with ``"type": "result"``."""
-
-    def __init__(self) -> None:
-        self._acc = _LineAccumulator()
-
-    def feed(self, piece: Piece) -> bool:
-        line = self._acc.add(piece)
-        if line is None or '"result"' not in line:
-            return False
-        if len(line) >= MAX_LINE_CHARS:
-            return bool(_RESULT_HEAD.match(line))
-        try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            return False
-        return isinstance(doc, dict) and doc.get("type") == "result"
-
-
-class LineRegex:
-    """Completion = a stdout line (without its newline) matching a regex."""
-
-    def __init__(self, pattern: re.Pattern[str]) -> None:
-        self._pattern = pattern
-        self._acc = _LineAccumulator()
-
-    def feed(self, piece: Piece) -> bool:
-        line = self._acc.add(piece)
-        return line is not None and self._pattern.search(line.rstrip("\r\n")) is not None
-
-
-class NoCompletion:
-    """Completion cannot be detected."""
-
-    def feed(self, piece: Piece) -> bool:
-        return False

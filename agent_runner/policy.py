@@ -146,6 +146,7 @@ def validate_environment(
 def agent_environment(
     *,
     workspace: Path,
+    home: Path,
     path: str,
     lang: str,
     model_env: Mapping[str, str],
@@ -155,7 +156,7 @@ def agent_environment(
     """The complete, explicit environment of an agent (never the runner's own)."""
     env = {
         "PATH": path,
-        "HOME": str(workspace),
+        "HOME": str(home),
         "PWD": str(workspace),
         "LANG": lang,
         "TERM": "dumb",

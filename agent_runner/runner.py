@@ -36,6 +36,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -396,7 +397,9 @@ class Runner:
         except ValidationError as e:
             raise InvalidRequest(f"invalid agent:create payload: {e.errors()[0]['msg']}") from e
         model = settings.models.get(payload.model)
-        _check_program(payload.model, model.program, settings.agent_path)
+        argv = model.launch_argv(payload.permissions)
+        for program in (model.program, *model.requires):
+            _check_program(payload.model, program, settings.agent_path)
         user_env = validate_environment(
             payload.environment, reserved=model.reserved_env | set(settings.passthrough_env)
         )
@@ -416,8 +419,10 @@ class Runner:
         limits = payload.resourceLimits
         memory_mb = memory_limit_mb(limits.memory if limits else None, settings.default_memory_mb)
         cpus = pick_cpus(self._cpus, limits.cpu, self._cpu_use) if limits else None
+        home = settings.agent_home_root / agent_id
         env = agent_environment(
             workspace=workspace,
+            home=home,
             path=settings.agent_path,
             lang=settings.agent_lang,
             model_env=model.env,
@@ -427,13 +432,15 @@ class Runner:
         self._starting += 1
         try:
             try:
+                home.mkdir(mode=0o700)
                 process = await AgentProcess.start(
-                    LaunchSpec(
-                        argv=model.argv, env=env, cwd=workspace, memory_mb=memory_mb, cpus=cpus
-                    )
+                    LaunchSpec(argv=argv, env=env, cwd=workspace, memory_mb=memory_mb, cpus=cpus)
                 )
-            except BaseException:
+            except BaseException as e:
+                _remove_home(home)
                 await self.registry.release(owner, agent_id)
+                if isinstance(e, OSError):
+                    raise SpawnFailed(f"cannot make the agent's home {home}: {e}") from e
                 raise
             info = AgentInfo(
                 agent_id=agent_id,
@@ -525,6 +532,8 @@ class Runner:
         while True:
             agent = await self._ended.get()
             await agent.close()
+            # Its CLI's configuration and session files go with it (nothing else uses them).
+            await asyncio.to_thread(_remove_home, self.settings.agent_home_root / agent.agent_id)
             self._closing.discard(agent)
 
     # -- agent requests ---------------------------------------------------------------------
@@ -741,6 +750,10 @@ class Runner:
                 await release_lock(self.redis, lock, token)
         log.warning("reconciled %d agent(s) left by an earlier run of %s", marked, self.runner_id)
         return marked
+
+
+def _remove_home(home: Path) -> None:
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def _check_program(model_name: str, program: str, path: str) -> None:

@@ -6,7 +6,9 @@
 | `TEAMDASH_RUNNER_MAX_AGENTS` | `8` | Agents this runner runs at once; it takes `agent:create` requests only while it has a free slot. |
 | `TEAMDASH_MAX_AGENTS_PER_USER` | `4` | Live agents one user may have across all runners (checked atomically in Redis). |
 | `TEAMDASH_WORKSPACE_ROOT` | `<state dir>/workspaces` | Folder inside which every agent workspace is resolved (created if missing). |
-| `TEAMDASH_MODELS_FILE` | packaged `agent_runner/models.toml` | Model configuration (TOML): model name → program, env, framing, completion. |
+| `TEAMDASH_MODELS_FILE` | packaged `agent_runner/models.toml` | Model configuration (TOML): model name → program, driver, env, credentials, permissions. |
+| `TEAMDASH_AGENT_HOME_ROOT` | `<state dir>/agent-homes` | Each agent's `HOME` (and so its CLI's configuration, e.g. `~/.claude`) is a fresh folder `<root>/<agentId>` here, outside its workspace, removed when the agent ends. |
+| `TEAMDASH_SECRETS_DIR` | `/run/secrets` | A `pass_env` variable the runner's environment lacks is read from the file `<dir>/<name in lower case>` (a compose secret, e.g. `anthropic_api_key`). |
 | `TEAMDASH_RUNNER_HEARTBEAT_S` | `2` | Seconds between heartbeats (and dead-runner checks). |
 | `TEAMDASH_RUNNER_TTL_S` | `6` | Seconds after the last heartbeat at which a runner counts as dead and its agents are marked `crashed` (`runner-lost`). |
 | `TEAMDASH_TERMINATE_GRACE_S` | `5` | Seconds between SIGTERM and SIGKILL when an agent is terminated without `force`. |
@@ -18,7 +20,8 @@
 
 Besides these, the runner reads the common settings (`REDIS_URL`, `TEAMDASH_REDIS_PREFIX`,
 `TEAMDASH_STATE_DIR`, …, see :mod:`shared.settings`), and captures once, for the agents'
-environment: `PATH`, `LANG` and the variables the model configuration lists in `pass_env`.
+environment: `PATH`, `LANG` and the variables the model configuration lists in `pass_env`
+(from the environment, else from a secret file). Clients never supply credentials.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class RunnerSettings:
     max_agents: int
     max_agents_per_user: int
     workspace_root: Path
+    #: Where each agent's own ``HOME`` is made (``<root>/<agentId>``).
+    agent_home_root: Path
     models: ModelRegistry
     heartbeat_s: float
     ttl_s: float
@@ -87,6 +92,13 @@ class RunnerSettings:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"TEAMDASH_WORKSPACE_ROOT {root} cannot be created: {e}") from e
+        home_text = env.opt_str("TEAMDASH_AGENT_HOME_ROOT")
+        home_root = Path(home_text).expanduser() if home_text else common.state_dir / "agent-homes"
+        try:
+            home_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise ConfigError(f"TEAMDASH_AGENT_HOME_ROOT {home_root} cannot be created: {e}") from e
+        secrets_dir = Path(env.str("TEAMDASH_SECRETS_DIR", "/run/secrets")).expanduser()
         models_file = env.opt_str("TEAMDASH_MODELS_FILE")
         try:
             models = load_models(Path(models_file).expanduser() if models_file else None)
@@ -102,6 +114,8 @@ class RunnerSettings:
         passthrough: dict[str, str] = {}
         for name in sorted(models.pass_env_names):
             value = env.opt_str(name)
+            if value is None:
+                value = _secret(secrets_dir, name)
             if value is not None:
                 passthrough[name] = value
         return cls(
@@ -110,6 +124,7 @@ class RunnerSettings:
             max_agents=env.int("TEAMDASH_RUNNER_MAX_AGENTS", 8, min=1),
             max_agents_per_user=env.int("TEAMDASH_MAX_AGENTS_PER_USER", 4, min=1),
             workspace_root=root.resolve(),
+            agent_home_root=home_root.resolve(),
             models=models,
             heartbeat_s=heartbeat_s,
             ttl_s=ttl_s,
@@ -133,3 +148,14 @@ class RunnerSettings:
             agent_lang=env.str("LANG", "C.UTF-8"),
             passthrough_env=passthrough,
         )
+
+
+def _secret(folder: Path, name: str) -> str | None:
+    """The content of the secret file for variable ``name`` (trailing newline removed)."""
+    path = folder / name.lower()
+    try:
+        return path.read_text("utf-8").rstrip("\r\n") or None
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ConfigError(f"secret {path} cannot be read: {e}") from e

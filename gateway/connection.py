@@ -53,6 +53,7 @@ from shared.keys import AGENTS_TOPIC, LOGS_TOPIC, METRICS_TOPIC, agent_topic
 from shared.protocol import (
     AgentCommandMessage,
     AgentControlMessage,
+    AgentPermissionMessage,
     AuthMessage,
     ClientMessage,
     ConnectionStatusMessage,
@@ -866,7 +867,11 @@ class Connection:
         await self._save_after_ack()
 
     async def _control_agent(
-        self, message: AgentCommandMessage | AgentControlMessage | TerminateAgentMessage
+        self,
+        message: AgentCommandMessage
+        | AgentControlMessage
+        | TerminateAgentMessage
+        | AgentPermissionMessage,
     ) -> None:
         assert self.identity is not None
         runners = self.gateway.runners

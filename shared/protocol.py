@@ -161,6 +161,24 @@ class ResourceLimits(_Strict):
     cpu: Annotated[StrictFloat, Field(gt=0, le=1024, description="Cores")]
 
 
+#: Longest ``raw`` line carried by an ``agent:output`` event (characters).
+MAX_RAW_CHARS = 64 * 1024
+#: Longest permission mode / tool rule a client may name.
+PermissionRule = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class AgentPermissions(_Strict):
+    """``agent:create`` ``payload.permissions``: the CLI's permission mode and the tools it
+    may use without asking. Each value must be in the model's operator-set allow-list
+    (``allowed_permission_modes`` / ``allowable_tools`` in the model configuration), else
+    the create fails with AGENT_SPAWN_FAILED."""
+
+    mode: PermissionRule | None = Field(default=None, examples=["acceptEdits", "default"])
+    allowedTools: list[PermissionRule] | None = Field(
+        default=None, max_length=64, examples=[["Read", "Edit", "Bash(git diff:*)"]]
+    )
+
+
 class CreateAgentPayload(_Strict):
     name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     #: A model name from the runner's model configuration; the spec's defaults are
@@ -173,6 +191,9 @@ class CreateAgentPayload(_Strict):
         default=None, max_length=256
     )
     resourceLimits: ResourceLimits | None = None
+    #: What the agent may do without asking (an addition to the spec), within what the
+    #: runner's operator allows for the model; omitted: the model's defaults.
+    permissions: AgentPermissions | None = None
 
 
 class CreateAgentMessage(WSMessage):
@@ -244,6 +265,23 @@ class HeartbeatMessage(WSMessage):
     payload: HeartbeatPayload = Field(default_factory=HeartbeatPayload)
 
 
+class AgentPermissionPayload(_Strict):
+    agentId: Identifier
+    #: The ``requestId`` of the ``permission_request`` event.
+    requestId: Identifier
+    decision: Literal["allow", "deny"]
+    #: Told to the agent with a ``deny`` (why not, what to do instead).
+    message: Annotated[str, StringConstraints(max_length=4096)] | None = None
+
+
+class AgentPermissionMessage(WSMessage):
+    """``agent:permission``: answer a ``permission_request`` (an addition to the spec);
+    the owner (operator) or an admin only."""
+
+    type: Literal["agent:permission"]
+    payload: AgentPermissionPayload
+
+
 ClientMessage: TypeAlias = Annotated[
     AuthMessage
     | CreateAgentMessage
@@ -252,7 +290,8 @@ ClientMessage: TypeAlias = Annotated[
     | AgentControlMessage
     | SubscribeMessage
     | UnsubscribeMessage
-    | HeartbeatMessage,
+    | HeartbeatMessage
+    | AgentPermissionMessage,
     Field(discriminator="type"),
 ]
 
@@ -288,9 +327,18 @@ class AgentStatusMessage(WSMessage):
 class AgentOutputPayload(_Strict):
     agentId: str
     stream: OutputStream
+    #: The text to show. For a model whose driver reads a structured output format (Claude
+    #: Code, Codex) this is the readable form of ``event``, never the CLI's private JSON.
     data: str
     timestamp: int
     sequence: int
+    #: What the output means, for drivers that know (an addition to the spec; see
+    #: docs/protocol.md, "Readable agent events"). Absent for plain text output.
+    event: AgentEvent | None = None
+    #: The CLI's own output line this event was read from (cut at ``MAX_RAW_CHARS``).
+    raw: str | None = None
+    #: True when ``raw`` was cut.
+    rawTruncated: bool | None = None
 
 
 class AgentOutputMessage(WSMessage):
@@ -505,8 +553,132 @@ CLIENT_TYPES: frozenset[str] = frozenset(
         "unsubscribe",
         "ping",
         "pong",
+        "agent:permission",
     }
 )
+
+# ---------------------------------------------------------------------------
+# Readable agent events and permission prompts (additions to the spec)
+# ---------------------------------------------------------------------------
+
+
+class TextEvent(_Strict):
+    """The assistant's text (also in ``data``)."""
+
+    kind: Literal["text"]
+    text: str
+
+
+class SessionEvent(_Strict):
+    """The CLI started (or continued) its session."""
+
+    kind: Literal["session"]
+    sessionId: str | None = None
+    model: str | None = None
+    permissionMode: str | None = None
+
+
+class ToolCallEvent(_Strict):
+    """The agent calls a tool: its name and a short summary of the input (a path, a
+    command line), never the whole input."""
+
+    kind: Literal["tool_call"]
+    toolUseId: str | None = None
+    name: str
+    summary: str
+
+
+class ToolResultEvent(_Strict):
+    """A tool call's result: whether it succeeded and its first line."""
+
+    kind: Literal["tool_result"]
+    toolUseId: str | None = None
+    success: bool
+    summary: str
+
+
+class TurnUsage(_Strict):
+    inputTokens: int | None = None
+    outputTokens: int | None = None
+    cachedInputTokens: int | None = None
+
+
+class TurnEndEvent(_Strict):
+    """The end of a command's turn (``metadata.correlationId`` = the command's id when the
+    runner knows it). When ``success`` is false an ``agent:error`` with the same
+    correlation id and ``errorCode`` says why."""
+
+    kind: Literal["turn_end"]
+    success: bool
+    durationMs: int | None = None
+    costUsd: float | None = None
+    usage: TurnUsage | None = None
+    #: The stable ``agent:error`` code of the failure, e.g. ``AGENT_AUTH_REQUIRED``.
+    errorCode: str | None = None
+    error: str | None = None
+
+
+class RetryEvent(_Strict):
+    """The CLI retries its API call. One such event per attempt: a frontend shows the
+    latest one of the turn in place of the previous (it is one "retrying" line, updated)."""
+
+    kind: Literal["retry"]
+    attempt: int
+    maxRetries: int | None = None
+    delayMs: int | None = None
+    #: HTTP status of the failed call, when there was one.
+    status: int | None = None
+    error: str | None = None
+
+
+class PermissionRequestEvent(_Strict):
+    """The agent waits for a decision: answer with ``agent:permission`` naming
+    ``requestId``. Until then the agent's turn does not go on."""
+
+    kind: Literal["permission_request"]
+    requestId: str
+    tool: str
+    summary: str
+
+
+class PermissionResolvedEvent(_Strict):
+    """A permission request was answered (``allow`` / ``deny``) or withdrawn by the CLI
+    (``cancelled``): a frontend removes its prompt."""
+
+    kind: Literal["permission_resolved"]
+    requestId: str
+    decision: Literal["allow", "deny", "cancelled"]
+
+
+class InputRequestEvent(_Strict):
+    """A terminal tool printed a prompt and waits for a reply: answer with an
+    ``agent:command`` (its text is typed as the reply)."""
+
+    kind: Literal["input_request"]
+    prompt: str
+
+
+class NoticeEvent(_Strict):
+    """Anything else the CLI reported that a person may want to see (``data``), or a line
+    the driver does not know (then ``data`` is empty and ``raw`` holds it)."""
+
+    kind: Literal["notice"]
+
+
+AgentEvent: TypeAlias = Annotated[
+    TextEvent
+    | SessionEvent
+    | ToolCallEvent
+    | ToolResultEvent
+    | TurnEndEvent
+    | RetryEvent
+    | PermissionRequestEvent
+    | PermissionResolvedEvent
+    | InputRequestEvent
+    | NoticeEvent,
+    Field(discriminator="kind"),
+]
+
 
 # ---------------------------------------------------------------------------
 # Codec

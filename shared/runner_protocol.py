@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-RequestKind = Literal["create", "command", "pause", "resume", "terminate"]
+RequestKind = Literal["create", "command", "permission", "pause", "resume", "terminate"]
 
 #: Field of the stream entry that holds the request JSON.
 REQUEST_FIELD = "r"

@@ -41,6 +41,8 @@ def runner_env(service_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "TEAMDASH_MODELS_FILE": str(MODELS_FILE),
         "TEAMDASH_WORKSPACE_ROOT": str(tmp_path / "workspaces"),
+        # Never the machine's /run/secrets: the tests' runners have no credentials.
+        "TEAMDASH_SECRETS_DIR": str(tmp_path / "no-secrets"),
         "TEAMDASH_RUNNER_HEARTBEAT_S": "0.3",
         "TEAMDASH_RUNNER_TTL_S": "1.5",
         "TEAMDASH_TERMINATE_GRACE_S": "1",

@@ -14,7 +14,7 @@ import pytest
 from agent_runner.errors import InvalidRequest, SpawnFailed
 from agent_runner.health import RedisHealth
 from agent_runner.models import ModelConfigError, load_models, parse_models
-from agent_runner.output import LineRegex, OutputPacer, OutputSplitter, Piece, StreamJsonResult
+from agent_runner.output import LineJoiner, OutputPacer, OutputSplitter, Piece
 from agent_runner.policy import (
     agent_environment,
     memory_limit_mb,
@@ -239,6 +239,7 @@ def test_environment_reserved_and_nul() -> None:
 def test_agent_environment_is_explicit(tmp_path: Path) -> None:
     env = agent_environment(
         workspace=tmp_path,
+        home=tmp_path / "home",
         path="/usr/bin:/bin",
         lang="C.UTF-8",
         model_env={"M": "1"},
@@ -247,7 +248,7 @@ def test_agent_environment_is_explicit(tmp_path: Path) -> None:
     )
     assert env == {
         "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
+        "HOME": str(tmp_path / "home"),
         "PWD": str(tmp_path),
         "LANG": "C.UTF-8",
         "TERM": "dumb",
@@ -339,26 +340,16 @@ def test_splitter_every_byte_alone() -> None:
 
 
 # ---------------------------------------------------------------------------
-# Completion detection
+# Whole lines for drivers
 # ---------------------------------------------------------------------------
 
 
-def test_stream_json_result_detection() -> None:
-    d = StreamJsonResult()
-    assert not d.feed(Piece('{"type":"assistant","text":"\\"type\\":\\"result\\""}\n', True))
-    assert not d.feed(Piece('{"type":"res', False))
-    assert d.feed(Piece('ult","result":"ok"}\n', True))
-    assert not d.feed(Piece("not json result\n", True))
-    assert d.feed(Piece('{"subtype":"success","type":"result"}\n', True))
-
-
-def test_line_regex_detection() -> None:
-    import re
-
-    d = LineRegex(re.compile(r"^__DONE__$"))
-    assert not d.feed(Piece("__DO", False))
-    assert d.feed(Piece("NE__\n", True))
-    assert not d.feed(Piece("x __DONE__\n", True))
+def test_line_joiner() -> None:
+    j = LineJoiner()
+    assert j.add(Piece('{"type":"res', False)) is None
+    assert j.pending == '{"type":"res'
+    assert j.add(Piece('ult"}\n', True)) == '{"type":"result"}\n'
+    assert j.pending == ""
 
 
 # ---------------------------------------------------------------------------
@@ -372,8 +363,17 @@ def test_default_models_file() -> None:
     opus = registry.get("claude-3-opus")
     assert opus.argv[:2] == ("claude", "-p")
     assert "--input-format" in opus.argv and "stream-json" in opus.argv
-    assert opus.framing == "stream-json" and opus.completion == "stream-json-result"
-    assert opus.multiline
+    assert opus.driver == "claude-code" and opus.make_driver().multiline
+    assert opus.permission_mode == "acceptEdits" and "Edit" in opus.allowed_tools
+    assert opus.launch_argv(None)[-6:] == (
+        "--permission-mode",
+        "acceptEdits",
+        "--allowedTools",
+        ",".join(opus.allowed_tools),
+        "--permission-prompt-tool",
+        "stdio",
+    )
+    assert "CLAUDE_CODE_OAUTH_TOKEN" in opus.pass_env
     demo = registry.get("demo")
     assert demo.argv[0] == sys.executable
     assert Path(demo.argv[-1]).is_file()
@@ -383,12 +383,12 @@ def test_default_models_file() -> None:
 
 def test_framing() -> None:
     registry = load_models(MODELS_FILE)
-    turn = orjson.loads(registry.get("echo-json").frame("hi\nthere"))
+    turn = orjson.loads(registry.get("echo-json").make_driver().frame("hi\nthere"))
     assert turn == {
         "type": "user",
         "message": {"role": "user", "content": [{"type": "text", "text": "hi\nthere"}]},
     }
-    assert registry.get("echo").frame("hi") == b"hi\n"
+    assert registry.get("echo").make_driver().frame("hi") == b"hi\n"
     echo = registry.get("echo")
     assert echo.argv[-1] == str(MODELS_FILE.parent / "echo.py")
     assert echo.env == {"FIXTURE": "echo"}
@@ -400,11 +400,21 @@ def test_framing() -> None:
     [
         ("[models.x]\nargv = []\n", "argv must not be empty"),
         ("[models.x]\nargv = 'sh'\n", "list of strings"),
-        ("[models.x]\nargv = ['sh']\nframing = 'xml'\n", "framing must be"),
-        ("[models.x]\nargv = ['sh']\ncompletion = 'line-regex'\n", "needs completion_regex"),
+        ("[models.x]\nargv = ['sh']\ndriver = 'xml'\n", "driver must be"),
+        ("[models.x]\nargv = ['sh']\ncompletion_regex = '('\n", "bad completion_regex"),
         (
-            "[models.x]\nargv = ['sh']\ncompletion = 'line-regex'\ncompletion_regex = '('\n",
-            "bad completion_regex",
+            "[models.x]\nargv = ['sh']\ndriver = 'codex'\ncompletion_regex = 'x'\n",
+            "only apply to driver 'line'",
+        ),
+        ("[models.x]\nargv = ['sh']\npermission_mode = 'plan'\n", "need a driver"),
+        (
+            "[models.x]\nargv = ['sh']\ndriver = 'claude-code'\npermission_mode = 'plan'\n"
+            "allowed_permission_modes = ['default']\n",
+            "not in allowed_permission_modes",
+        ),
+        (
+            "[models.x]\nargv = ['sh']\ndriver = 'codex'\npermission_prompts = true\n",
+            "permission_prompts needs claude-code",
         ),
         ("[models.x]\nargv = ['sh']\ncolour = 'red'\n", "unknown keys"),
         ("[models.x]\nargv = ['sh']\nenv = { 'A-B' = '1' }\n", "env must map"),
@@ -445,6 +455,13 @@ def test_settings_defaults_and_overrides(tmp_path: Path) -> None:
     assert RunnerSettings.from_env(Env({**env, "ANTHROPIC_API_KEY": "k"})).passthrough_env == {
         "ANTHROPIC_API_KEY": "k"
     }
+    # A credential missing from the environment comes from its secret file (compose).
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "claude_code_oauth_token").write_text("oauth-token\n")
+    with_secret = RunnerSettings.from_env(Env({**env, "TEAMDASH_SECRETS_DIR": str(secrets)}))
+    assert with_secret.passthrough_env == {"CLAUDE_CODE_OAUTH_TOKEN": "oauth-token"}
+    assert with_secret.agent_home_root == (tmp_path / "state" / "agent-homes").resolve()
     with pytest.raises(ConfigError):
         RunnerSettings.from_env(Env({**env, "TEAMDASH_RUNNER_ID": "a b"}))
     with pytest.raises(ConfigError):

@@ -61,7 +61,11 @@ async def test_create_registers_replies_then_announces(
     assert proc.cwd() == str(workspace)
     assert os.getpgid(pid) == pid and os.getsid(pid) == pid
     env = proc.environ()
-    assert env["HOME"] == str(workspace) and env["TERM"] == "dumb"
+    # Its own home, outside the workspace (the CLI's configuration goes there, not into
+    # the user's files).
+    home = runner.settings.agent_home_root / agent_id
+    assert env["HOME"] == str(home) and home.is_dir() and env["TERM"] == "dumb"
+    assert not home.is_relative_to(workspace) and not workspace.is_relative_to(home)
     assert env["GREETING"] == "hi there" and env["FIXTURE"] == "echo"
     assert "REDIS_URL" not in env and "TEAMDASH_REDIS_PREFIX" not in env
 
@@ -119,32 +123,45 @@ async def test_commands_output_and_completion(
     await start_runner()
     agent_id, reply = await gateway.create("echo-json")
     assert reply.success
+    ids = []
     for i in range(3):
-        r = await gateway.command(agent_id, f"hello {i}\x00\x07 ✓", timeout=int(t(10) * 1000))
-        assert r.success, r
+        ids.append(
+            await gateway.send(
+                "command",
+                agent_id,
+                {"agentId": agent_id, "command": f"hello {i}\x00\x07 ✓", "timeout": 10_000},
+                wait=False,
+            )
+        )
+    for request_id in ids:
+        assert (await gateway.reply(request_id)).success
     evs = await wait_events(
         bus,
         agent_topic(agent_id),
-        lambda e: output_text(e).count('"type": "result"') == 3,
-        what="three results",
+        lambda e: [o.get("event", {}).get("kind") for o in outputs(e)].count("turn_end") == 3,
+        what="three turns ended",
     )
     out = outputs(evs)
     seqs = [o["sequence"] for o in out]
     assert seqs == list(range(1, len(seqs) + 1))
     assert all(o["stream"] == "stdout" for o in out)
-    assert '"text": "hello 0 \\u2713"' in output_text(evs)  # control bytes stripped
-    for e in evs:
-        if e["type"] == "agent:output":
-            assert e["_tags"] == ("stdout", "user:alice")
-            assert e["metadata"]["agentId"] == agent_id and "correlationId" not in e["metadata"]
-            decoded = decode_server_message(
-                orjson.dumps({k: v for k, v in e.items() if k != "_tags"})
-            )
-            assert decoded.type == "agent:output"
-    await asyncio.sleep(0.2)
-    assert not [
-        e for e in await topic_events(bus, agent_topic(agent_id)) if e["type"] == "agent:error"
+    # Readable: the text itself (control bytes stripped), not the CLI's JSON, which stays
+    # available in ``raw``.
+    assert [o["data"] for o in out] == [
+        x for i in range(3) for x in (f"hello {i} \u2713\n", "[done]\n")
     ]
+    assert out[0]["event"] == {"kind": "text", "text": "hello 0 \u2713"}
+    assert orjson.loads(out[0]["raw"])["type"] == "assistant"
+    assert out[1]["event"] == {"kind": "turn_end", "success": True}
+    turns = [e for e in evs if e["type"] == "agent:output"]
+    for e in turns:
+        assert e["_tags"] == ("stdout", "user:alice")
+        assert e["metadata"]["agentId"] == agent_id
+        decoded = decode_server_message(orjson.dumps({k: v for k, v in e.items() if k != "_tags"}))
+        assert decoded.type == "agent:output"
+    # Each turn's events carry the id of the command they answer.
+    assert [e["metadata"]["correlationId"] for e in turns] == [x for i in ids for x in (i, i)]
+    assert not [e for e in evs if e["type"] == "agent:error"]
     # Output stays on the agent's topic; the lifecycle topic has no output.
     assert not [e for e in await topic_events(bus, AGENTS_TOPIC) if e["type"] == "agent:output"]
 
@@ -435,9 +452,7 @@ async def test_default_models_claude_missing_and_demo(
     agent_id, reply = await gateway.create("demo")
     assert reply.success, reply
     assert (await gateway.command(agent_id, "hello demo", timeout=int(t(10) * 1000))).success
-    evs = await wait_events(
-        bus, agent_topic(agent_id), lambda e: '"type": "result"' in output_text(e)
-    )
+    evs = await wait_events(bus, agent_topic(agent_id), lambda e: "[done]" in output_text(e))
     assert "[demo] you said: hello demo" in output_text(evs)
     assert not [e for e in evs if e["type"] == "agent:error"]
 

@@ -304,6 +304,13 @@ VALID_CLIENT_MESSAGES: list[tuple[dict[str, Any], type[p.WSMessage]]] = [
     ({"type": "ping", "payload": {"timestamp": 1700000000000}}, p.HeartbeatMessage),
     ({"type": "ping"}, p.HeartbeatMessage),
     ({"type": "pong", "payload": {"timestamp": 1700000000000}}, p.HeartbeatMessage),
+    (
+        {
+            "type": "agent:permission",
+            "payload": {"agentId": AGENT_ID, "requestId": "req-1", "decision": "allow"},
+        },
+        p.AgentPermissionMessage,
+    ),
 ]
 
 
