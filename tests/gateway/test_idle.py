@@ -161,8 +161,8 @@ async def test_limits_sync_is_one_command_and_none_when_idle(redis_url, prefix, 
         # Wait for a fresh second, so that all of this happens in one window.
         await asyncio.sleep(1.0 - time.time() % 1.0 + 0.01)
         for i in range(50):
-            assert gw1.admit(f"user{i}", "198.51.100.7") is None
-        assert gw2.admit("user0", "198.51.100.8") is None
+            assert gw1.admit(f"user{i}", "198.51.100.7", time.time()) is None
+        assert gw2.admit("user0", "198.51.100.8", time.time()) is None
         await gw1.sync()
         assert count.calls == ["EVALSHA"]  # 50 users and an IP in one round trip
         await gw2.sync()
@@ -174,7 +174,7 @@ async def test_limits_sync_is_one_command_and_none_when_idle(redis_url, prefix, 
             await gw1.sync()
         assert count.calls == []
         # One more message: one more (single) command.
-        assert gw1.admit("user1", "198.51.100.7") is None
+        assert gw1.admit("user1", "198.51.100.7", time.time()) is None
         await gw1.sync()
         assert count.calls == ["EVALSHA"]
     finally:
