@@ -631,7 +631,8 @@ class ClientSession(Generic[C]):
         :meth:`agents_to_recheck`, None when the agent is gone): same user; restarts the
         expiry timer. When the new roles see fewer agents, subscriptions are narrowed or
         ended (their ids are in the ack's ``result.endedSubscriptions``)."""
-        assert self.identity is not None
+        if self.phase is not Phase.OPEN or self.identity is None:
+            raise IllegalTransition(self.phase, Trigger.TOKEN_REFRESHED)
         if identity.user_id != self.identity.user_id:
             raise TeamdashError(ErrorCode.AUTH_FAILED, "a connection cannot change its user")
         roles_changed = identity.roles != self.identity.roles

@@ -153,7 +153,7 @@ class SessionStore:
     def _write_call(self, session_id: str, conn_id: str, update: SessionUpdate) -> _Call:
         forget = [_cursor_field(sub_id) for sub_id in update.forget]
         args: list[str | int] = [conn_id, self.ttl_s, len(forget), *forget]
-        for k, v in _fields(update).items():
+        for k, v in fields_of(update).items():
             args += [k, v]
         return (self._write, self.keys.session(session_id), args)
 
@@ -218,7 +218,7 @@ def _cursor_field(sub_id: str) -> str:
     return f"cur:{sub_id}"
 
 
-def _fields(update: SessionUpdate) -> dict[str, str | int]:
+def fields_of(update: SessionUpdate) -> dict[str, str | int]:
     """The hash fields of ``update`` (the table at the top)."""
     fields: dict[str, str | int] = {}
     if update.subscriptions is not None:

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from gateway.client_session import SessionUpdate
 from gateway.limits import SyncItem, WindowLimiter
 from gateway.redis_limits import SharedLimits
+from gateway.sessions import fields_of
 from tests.gateway.conftest import token, ws_url
 from tests.gateway.test_connection import expect_closed
 from tests.helpers import t
@@ -26,8 +28,8 @@ def spy_session_writes(gw: Any) -> list[tuple[str, dict[str, Any]]]:
     writes: list[tuple[str, dict[str, Any]]] = []
     real = gw.sessions.write_many
 
-    async def write_many(batch: list[tuple[str, str, dict[str, Any]]]) -> None:
-        writes.extend((session_id, dict(fields)) for session_id, _, fields in batch)
+    async def write_many(batch: list[tuple[str, str, SessionUpdate]]) -> None:
+        writes.extend((session_id, fields_of(update)) for session_id, _, update in batch)
         await real(batch)
 
     gw.sessions.write_many = write_many
