@@ -311,13 +311,12 @@ class Gateway:
         """PING Redis every second (at once when a request failed): the one place that
         decides when an outage starts (with the hub's loss) and ends."""
         while True:
-            try:
-                await asyncio.wait_for(self._check_redis.wait(), REDIS_WATCH_INTERVAL_S)
-            except TimeoutError:
-                pass
+            with anyio.move_on_after(REDIS_WATCH_INTERVAL_S):
+                await self._check_redis.wait()
             self._check_redis.clear()
             try:
-                await asyncio.wait_for(self.redis.ping(), REDIS_WATCH_TIMEOUT_S)
+                with anyio.fail_after(REDIS_WATCH_TIMEOUT_S):
+                    await self.redis.ping()
                 raise_if_cancelled()
             except asyncio.CancelledError:
                 raise
@@ -550,7 +549,8 @@ class Gateway:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for topic in topics:
                     pipe.xlen(self.keys.topic_stream(topic))
-                lengths = await asyncio.wait_for(pipe.execute(), 2)
+                with anyio.fail_after(2):
+                    lengths = await pipe.execute()
         except Exception as e:  # noqa: BLE001 - metrics must render even when Redis is down
             log.debug("stream lengths unavailable: %s", e)
             return
