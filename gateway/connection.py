@@ -197,15 +197,19 @@ class Connection:
         # A cancel scope, not wait_for: on 3.11 wait_for can swallow a cancellation of the
         # connection that lands as a frame arrives, and the gateway's close would wait.
         with anyio.move_on_after(self.parts.settings.auth_timeout_s):
-            while message is None:
+            while message is None and self.session.phase is Phase.AWAITING_AUTH:
                 raw = await self.ws.recv()
                 received = self.session.receive(raw, time.monotonic(), time.time())
                 self.parts.metrics.count_in(received.type)
                 await self._carry_out(received.actions)
-                if self.session.phase is not Phase.AWAITING_AUTH:
-                    return False  # closed for flooding
                 if isinstance(received.message, AuthMessage):
                     message = received.message
+        if self.session.phase is not Phase.AWAITING_AUTH:
+            # Closed for flooding, from a task: read (and drop) what is queued in front of
+            # the client's close frame until the close completes.
+            async for _ in self.ws:
+                pass
+            return False
         if message is None:
             auth_log.info("connection %s: no auth in time", self.id)
             await self._carry_out(self.session.auth_timed_out())
