@@ -27,6 +27,7 @@ PLACEHOLDERS = {
     "second": "{second}",
     "window": "{window}",
     "ip_key": "{ip}",
+    "publisher": "{pub}",
 }
 
 
