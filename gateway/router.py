@@ -27,19 +27,19 @@ from typing import Generic, Literal, TypeVar
 
 import orjson
 
-from shared.bus import LOW_PRIORITY_TAG, Event, Position
+from shared.bus import Event, Position
 from shared.errors import ErrorCode, ProtocolError
-from shared.keys import METRICS_TOPIC
-
-SubscriptionKind = Literal["agent", "metrics", "logs"]
-
-AGENT_EVENT_KINDS = frozenset({"stdout", "stderr", "status", "error", "created"})
-METRICS_SECTIONS = frozenset({"system", "agents"})
-ALERT_LEVELS = frozenset({"info", "warning", "error", "critical"})
-ALERT_CATEGORIES = frozenset({"resource", "performance", "security", "agent"})
-
-#: Lifecycle events of an agent (what ``subscribe:agent`` without ``agentId`` delivers).
-LIFECYCLE_KINDS = frozenset({"created", "status", "error"})
+from shared.topics import (
+    AGENT_EVENT_KINDS,
+    ALERT_CATEGORIES,
+    ALERT_LEVELS,
+    LOW_PRIORITY_TAG,
+    METRICS_SECTIONS,
+    METRICS_TOPIC,
+    USER_TAG_PREFIX,
+    SubscriptionKind,
+    user_tag,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +60,8 @@ class Filter:
         for wanted in self.dimensions:
             if wanted.isdisjoint(tags):
                 return False
-        if self.owner is not None and f"user:{self.owner}" not in tags:
-            return not any(tag.startswith("user:") for tag in tags)
+        if self.owner is not None and user_tag(self.owner) not in tags:
+            return not any(tag.startswith(USER_TAG_PREFIX) for tag in tags)
         return True
 
     def restricted_to(self, owner: str | None) -> Filter:
