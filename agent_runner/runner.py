@@ -392,10 +392,8 @@ class Runner:
         settings = self.settings
         if request.kind != "create":
             raise InvalidRequest(f"{request.kind!r} requests do not go to the create stream")
-        try:
-            payload = CreateAgentPayload.model_validate(request.payload)
-        except ValidationError as e:
-            raise InvalidRequest(f"invalid agent:create payload: {e.errors()[0]['msg']}") from e
+        payload = request.payload
+        assert isinstance(payload, CreateAgentPayload)  # RunnerRequest checks it against kind
         model = settings.models.get(payload.model)
         argv = model.launch_argv(payload.permissions)
         for program in (model.program, *model.requires):
@@ -575,8 +573,6 @@ class Runner:
         try:
             if request.kind == "create":
                 raise InvalidRequest("create requests go to the shared create stream")
-            if request.payload.get("agentId", request.agentId) != request.agentId:
-                raise InvalidRequest("payload.agentId does not match the request's agentId")
             agent = self.agents.get(request.agentId)
             if agent is None:
                 raise AgentNotFound(f"agent {request.agentId} is not running on {self.runner_id}")

@@ -110,6 +110,10 @@ async def main(port: int) -> None:
         max_size=1024 * 1024,
         ping_interval=30,
         ping_timeout=30,
+        # The gateway's listen backlog (gateway.server.LISTEN_BACKLOG): with asyncio's
+        # default of 100 a burst overflows the queue and waits for SYN retransmits, and the
+        # "ceiling" would be slower than the gateway.
+        backlog=4096,
     ):
         await command_loop({"publish": publish})
 

@@ -303,6 +303,7 @@ def markdown(result: dict[str, Any]) -> str:
                         f"- {name} C={r['connections']:,} {phase}: {r[phase]['errors']}"
                     )
             ramp, burst, idle = r["ramp"], r["burst"], r["idle"]
+            ceiling = r.get("ceiling_burst")
             conn_rows.append(
                 [
                     name,
@@ -314,6 +315,8 @@ def markdown(result: dict[str, Any]) -> str:
                     _ms(burst["connect_auth_ms"]["p99"]),
                     _ms(burst["connect_auth_ms"]["max"]),
                     _f(burst["wall_s"], 2),
+                    _ms(ceiling["connect_auth_ms"]["p99"]) if ceiling else "–",
+                    _f(r.get("burst_p99_x_ceiling"), 2),
                     _f(r["gateway_rss_per_connection_kib"]),
                     _f(idle["cpu_pct"]["gateway"]),
                     _f(idle["gateway_cpu_us_per_connection_per_s"], 2),
@@ -336,6 +339,8 @@ def markdown(result: dict[str, Any]) -> str:
                 "burst p99 ms",
                 "burst max ms",
                 "burst wall s",
+                "ceiling burst p99 ms",
+                "burst p99 × ceiling",
                 "gw RSS KiB/conn",
                 "idle gw CPU%",
                 "idle µs/conn/s",

@@ -9,7 +9,8 @@ fan-out            S subscribers of one agent's topic; events published at stepp
                    number and by ``metadata.offset``)
 ceiling            the same fan-out against :mod:`bench.ceiling` (bare websockets broadcast)
 connections        C clients connect + authenticate, ramped (1 s per 1,000) and in one burst:
-                   connect+auth time, gateway RSS per idle connection, CPU at rest
+                   connect+auth time, gateway RSS per idle connection, CPU at rest; with
+                   one gateway, the same burst on :mod:`bench.ceiling` right after
 requests           K clients each with an echo agent, ``agent:command`` in a closed loop:
                    ack latency and command → first output latency
 agent output       one agent printing as fast as it can: events/s at one subscriber
@@ -459,6 +460,8 @@ async def _connections_one(ctx: Context, stack: Stack, c: int) -> dict[str, Any]
     burst["cpu_pct"] = meter.stop()
     burst["tcp"] = counters_delta(tcp, tcp_counters())
     await pool.all("close", group="conns")
+    # The same burst on the ceiling right after (side by side: the same neighbours).
+    ceiling_burst = await _ceiling_burst(ctx, c) if stack.n_gateways == 1 else None
 
     gw_cpu_s = idle_cpu["gateway"] / 100.0 * idle_cpu["seconds"]
     heartbeats = connected * idle_cpu["seconds"] / cfg.heartbeat_s if cfg.heartbeat_s else 0
@@ -492,9 +495,33 @@ async def _connections_one(ctx: Context, stack: Stack, c: int) -> dict[str, Any]
             "load": load,
         },
     }
+    if ceiling_burst is not None:
+        out["ceiling_burst"] = ceiling_burst
+        ceiling_p99 = ceiling_burst["connect_auth_ms"]["p99"]
+        gateway_p99 = burst["connect_auth_ms"]["p99"]
+        if ceiling_p99 and gateway_p99 is not None:
+            out["burst_p99_x_ceiling"] = round(gateway_p99 / ceiling_p99, 2)
     if idle_profile is not None:
         out["idle"]["profile"] = idle_profile
     return out
+
+
+async def _ceiling_burst(ctx: Context, c: int) -> dict[str, Any]:
+    """C clients connecting and authenticating in one burst to :mod:`bench.ceiling` (a bare
+    websockets server answering ``auth`` with a canned ``connection:status``): the floor
+    of the gateway's burst on this machine."""
+    async with ceiling_target(ctx) as target:
+        await asyncio.sleep(0.5)
+        meter = CpuMeter(target.roles)
+        tcp = tcp_counters()
+        meter.start()
+        burst = await connect(
+            ctx, "conns", c, target.urls, role="viewer", user_prefix="ceiling", ramp_s=0.0
+        )
+        burst["cpu_pct"] = meter.stop()
+        burst["tcp"] = counters_delta(tcp, tcp_counters())
+        await ctx.pool.all("close", group="conns")
+    return burst
 
 
 # ---------------------------------------------------------------------------

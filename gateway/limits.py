@@ -14,11 +14,13 @@ class TokenBucket:
 
     __slots__ = ("rate", "burst", "_tokens", "_last")
 
-    def __init__(self, rate: float, burst: float | None = None) -> None:
+    def __init__(
+        self, rate: float, burst: float | None = None, *, now: float | None = None
+    ) -> None:
         self.rate = rate
         self.burst = burst if burst is not None else rate
         self._tokens = self.burst
-        self._last = time.monotonic()
+        self._last = time.monotonic() if now is None else now
 
     def take(self, now: float | None = None) -> bool:
         """Spend one token; False when the bucket is empty (over the limit)."""

@@ -72,10 +72,10 @@ class SharedLimits:
         self._sync_script = redis.register_script(_SYNC)
 
     # -- messages (local decision) -------------------------------------------------------
-    def admit(self, user_id: str | None, ip_key: str) -> str | None:
-        """Count one message of ``user_id`` (None before auth) from ``ip_key``; or, when one
-        of the shared limits is reached, count nothing and return which: ``user`` / ``ip``."""
-        now = time.time()
+    def admit(self, user_id: str | None, ip_key: str, now: float) -> str | None:
+        """Count one message of ``user_id`` (None before auth) from ``ip_key`` at ``now``
+        (wall clock: the windows are shared by every gateway); or, when one of the shared
+        limits is reached, count nothing and return which: ``user`` / ``ip``."""
         user = self.users.reserve(user_id, now) if user_id is not None else None
         if user_id is not None and user is None:
             return "user"

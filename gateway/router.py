@@ -21,25 +21,25 @@ has been delivered, then the queue is drained without duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
 import orjson
 
-from shared.bus import LOW_PRIORITY_TAG, Event, Position
+from shared.bus import Event, Position
 from shared.errors import ErrorCode, ProtocolError
-from shared.keys import METRICS_TOPIC
-
-SubscriptionKind = Literal["agent", "metrics", "logs"]
-
-AGENT_EVENT_KINDS = frozenset({"stdout", "stderr", "status", "error", "created"})
-METRICS_SECTIONS = frozenset({"system", "agents"})
-ALERT_LEVELS = frozenset({"info", "warning", "error", "critical"})
-ALERT_CATEGORIES = frozenset({"resource", "performance", "security", "agent"})
-
-#: Lifecycle events of an agent (what ``subscribe:agent`` without ``agentId`` delivers).
-LIFECYCLE_KINDS = frozenset({"created", "status", "error"})
+from shared.topics import (
+    AGENT_EVENT_KINDS,
+    ALERT_CATEGORIES,
+    ALERT_LEVELS,
+    LOW_PRIORITY_TAG,
+    METRICS_SECTIONS,
+    METRICS_TOPIC,
+    USER_TAG_PREFIX,
+    SubscriptionKind,
+    user_tag,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +60,8 @@ class Filter:
         for wanted in self.dimensions:
             if wanted.isdisjoint(tags):
                 return False
-        if self.owner is not None and f"user:{self.owner}" not in tags:
-            return not any(tag.startswith("user:") for tag in tags)
+        if self.owner is not None and user_tag(self.owner) not in tags:
+            return not any(tag.startswith(USER_TAG_PREFIX) for tag in tags)
         return True
 
     def restricted_to(self, owner: str | None) -> Filter:
@@ -273,17 +273,26 @@ def gap_recipients(subscriptions: Iterable[Subscription[C]]) -> list[tuple[C, li
     return list(by_conn.values())
 
 
-def plan_catch_up(
-    group: list[Subscription[C]], events: Iterable[Event]
-) -> tuple[list[bytes], Position | None]:
-    """What :func:`catch_up` sends for ``events`` (pure): each event once, in the given
-    order, if any subscription of the group wants it and it lies after that subscription's
-    cursor; and the position of the last event seen."""
+def catch_up(group: list[Subscription[C]], replays: Iterable[Iterable[Event]]) -> list[bytes]:
+    """The catch-up of catching-up subscriptions of ONE connection on ONE topic: the events
+    of every replay read for them, merged with what was queued live meanwhile, each event
+    once and in order (by offset), if one subscription of the group wants it and it lies
+    after that subscription's cursor. Afterwards the subscriptions are live and their
+    cursors at the last event seen.
+
+    The caller must write the returned frames to the connection before it awaits anything
+    (live events go straight to it from now on)."""
+    merged: dict[tuple[str | None, int], Event] = {}
+    for replay in replays:
+        for event in replay:
+            merged.setdefault((event.epoch, event.offset), event)
+    for sub in group:
+        for event in sub.queued:
+            merged.setdefault((event.epoch, event.offset), event)
     out: list[bytes] = []
     last: Position | None = None
-    for event in events:
-        if last is not None and event.epoch == last.epoch and event.offset <= last.offset:
-            continue
+    for key in sorted(merged, key=_order):
+        event = merged[key]
         last = event.position
         for sub in group:
             cur = sub.cursor
@@ -292,27 +301,13 @@ def plan_catch_up(
             if sub.filter.accepts(event.tags):
                 out.append(metrics_variant(event.data, variant_of(sub.topic, sub.filter)))
                 break
-    return out, last
-
-
-def catch_up(
-    group: list[Subscription[C]],
-    replay: Iterable[Event],
-    send: Callable[[C, list[bytes]], None],
-) -> int:
-    """Deliver the replay of catching-up subscriptions of ONE connection on ONE topic, then
-    what was queued live meanwhile, without duplicates (``send`` gets them all at once, in
-    order); afterwards the subscriptions are live. Returns the number of events sent."""
-    queued: list[Event] = []
-    for sub in group:
-        queued.extend(sub.queued)
-    queued.sort(key=lambda e: (e.epoch, e.offset))
-    out, last = plan_catch_up(group, [*replay, *queued])
-    if out:
-        send(group[0].conn, out)
     for sub in group:
         sub.queued = []
         sub.catching_up = False
         if last is not None:
             sub.cursor = last
-    return len(out)
+    return out
+
+
+def _order(key: tuple[str | None, int]) -> tuple[str, int]:
+    return (key[0] or "", key[1])

@@ -1,14 +1,21 @@
-"""The gateway's side of the runner contract (:mod:`shared.runner_protocol`): find the
-runner for a request, send it, and wait for the real outcome."""
+"""The gateway's side of the runner contract (:mod:`shared.runner_protocol`): agent
+requests from clients — who may ask (the agent's owner, or an admin), the per-agent command
+rate (shared by all gateways), whether the agent's runner is alive, the request to that
+runner and the wait for its real outcome, and the reply's error as the client's error.
+
+:meth:`RunnerClient.create_agent` and :meth:`RunnerClient.control_agent` are what a
+connection calls; each returns the ack's ``result`` or raises the error to answer with."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import anyio
 import orjson
 import redis.asyncio as aioredis
 from pydantic import ValidationError
@@ -16,9 +23,27 @@ from pydantic import ValidationError
 from shared.bus import as_text
 from shared.errors import ErrorCode, TeamdashError
 from shared.keys import Keys
-from shared.runner_protocol import REQUEST_FIELD, RequestKind, RunnerReply, RunnerRequest
+from shared.protocol import (
+    AgentCommandMessage,
+    AgentControlMessage,
+    AgentPermissionMessage,
+    CreateAgentMessage,
+    TerminateAgentMessage,
+)
+from shared.runner_protocol import (
+    REQUEST_FIELD,
+    RequestKind,
+    RunnerPayload,
+    RunnerReply,
+    RunnerRequest,
+)
 from shared.tasks import raise_if_cancelled
 from shared.tokens import Identity
+
+#: What a client may ask of an existing agent.
+ControlMessage = (
+    AgentCommandMessage | AgentControlMessage | TerminateAgentMessage | AgentPermissionMessage
+)
 
 log = logging.getLogger("ws.runners")
 
@@ -179,9 +204,67 @@ class RunnerClient:
                         )
                     )
 
-    async def count_command(self, agent_id: str) -> None:
-        """Count one command for the agent in this second, across all gateways."""
-        key = self.keys.agent_command_rate(agent_id, int(time.time()))
+    # -- client requests -----------------------------------------------------------------
+    async def create_agent(
+        self, identity: Identity, message: CreateAgentMessage
+    ) -> tuple[str, dict[str, object]]:
+        """Have a runner with room start the agent: its id and the ack's ``result``."""
+        await self.check_capacity()
+        agent_id = str(uuid.uuid4())
+        try:
+            reply = await self.request(
+                "create",
+                request_id=message.id,
+                identity=identity,
+                agent_id=agent_id,
+                payload=message.payload,
+            )
+        except TeamdashError as e:
+            if e.code is ErrorCode.SERVICE_UNAVAILABLE:
+                # Nobody took it: if that is because every runner is full, say so.
+                await self.check_capacity()
+            raise
+        if not reply.success:
+            raise reply_error(reply.code, reply.error)
+        return agent_id, {"agentId": agent_id, **(reply.result or {})}
+
+    async def control_agent(self, identity: Identity, message: ControlMessage) -> dict[str, object]:
+        """Command, pause, resume, terminate the agent or answer its permission prompt
+        through its runner: the ack's
+        ``result``. Only its owner or an admin may; commands count against the agent's rate."""
+        agent_id = message.payload.agentId
+        record = await self.agent(agent_id)
+        if not identity.is_admin and record.owner != identity.user_id:
+            raise TeamdashError(
+                ErrorCode.INSUFFICIENT_PERMISSIONS, f"agent {agent_id!r} belongs to another user"
+            )
+        if isinstance(message, AgentCommandMessage):
+            await self.count_command(agent_id, time.time())
+        await self.check_runner(record.runner_id)
+        kind: RequestKind
+        if isinstance(message, AgentCommandMessage):
+            kind = "command"
+        elif isinstance(message, TerminateAgentMessage):
+            kind = "terminate"
+        elif isinstance(message, AgentPermissionMessage):
+            kind = "permission"
+        else:
+            kind = "pause" if message.type == "agent:pause" else "resume"
+        reply = await self.request(
+            kind,
+            request_id=message.id,
+            identity=identity,
+            agent_id=agent_id,
+            payload=message.payload,
+            runner_id=record.runner_id,
+        )
+        if not reply.success:
+            raise reply_error(reply.code, reply.error)
+        return {"agentId": agent_id, **(reply.result or {})}
+
+    async def count_command(self, agent_id: str, now: float) -> None:
+        """Count one command for the agent in the second of ``now``, across all gateways."""
+        key = self.keys.agent_command_rate(agent_id, int(now))
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.incr(key)
             pipe.expire(key, 2)
@@ -199,7 +282,7 @@ class RunnerClient:
         request_id: str,
         identity: Identity,
         agent_id: str,
-        payload: dict[str, object],
+        payload: RunnerPayload,
         runner_id: str | None = None,
     ) -> RunnerReply:
         """Send a request and wait for the runner's reply (SERVICE_UNAVAILABLE on timeout)."""
@@ -227,14 +310,16 @@ class RunnerClient:
             await self.redis.xadd(
                 stream, {REQUEST_FIELD: req.model_dump_json()}, maxlen=10000, approximate=True
             )
-            return await asyncio.wait_for(fut, self.reply_timeout_s)
-        except TimeoutError:
+            # A cancel scope, not wait_for: on 3.11 wait_for can swallow the connection's
+            # cancellation when it lands as the reply does (tests/gateway/test_timeouts.py).
+            with anyio.move_on_after(self.reply_timeout_s):
+                return await fut
             if self._outages() != outages:
-                raise TeamdashError(ErrorCode.SERVICE_UNAVAILABLE, OUTCOME_UNKNOWN) from None
+                raise TeamdashError(ErrorCode.SERVICE_UNAVAILABLE, OUTCOME_UNKNOWN)
             raise TeamdashError(
                 ErrorCode.SERVICE_UNAVAILABLE,
                 f"no agent runner answered within {self.reply_timeout_s:g}s",
-            ) from None
+            )
         finally:
             self._waiting_on.pop(fut, None)
             waiters = self._pending.get(request_id)
@@ -243,3 +328,12 @@ class RunnerClient:
                     waiters.remove(waiter)
                 if not waiters:
                     del self._pending[request_id]
+
+
+def reply_error(code: int | None, error: str | None) -> TeamdashError:
+    """The client's error for a runner's failed reply (INTERNAL_ERROR for an unknown code)."""
+    try:
+        ecode = ErrorCode(code) if code is not None else ErrorCode.INTERNAL_ERROR
+    except ValueError:
+        ecode = ErrorCode.INTERNAL_ERROR
+    return TeamdashError(ecode, error or ecode.name)

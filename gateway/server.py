@@ -16,10 +16,9 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Iterable
 from http import HTTPStatus
 
-import redis.asyncio as aioredis
+import anyio
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -28,25 +27,23 @@ from websockets.http11 import Request, Response
 # place that knows how to mark an agent lost). Another issue moves it to shared/.
 from agent_runner.reaper import reap_dead_runners
 from gateway.audit import SecurityAudit
-from gateway.connection import Connection
-from gateway.fanout import Outbox
+from gateway.connection import Connection, ConnectionParts
 from gateway.guard import client_ip, limit_key, origin_allowed
 from gateway.health import CollectorWatch, RedisHealth, degraded_alert, recovered_alert
 from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from gateway.redis_limits import SharedLimits
-from gateway.router import Subscription, TopicRoute, catch_up, find_gap, gap_recipients
+from gateway.router import TopicRoute
+from gateway.routes import Routes
 from gateway.runners import RunnerClient
+from gateway.sending import Sender
 from gateway.sessions import SessionStore
 from gateway.settings import GatewaySettings
-from shared.bus import EventBus, Position, PubSubHub, Replay, as_text, parse_channel_message
+from shared.bus import EventBus, PubSubHub, as_text
 from shared.keys import LOGS_TOPIC, METRICS_TOPIC, Keys
 from shared.metrics_http import watch_tasks
 from shared.protocol import (
     HeartbeatMessage,
     Metadata,
-    StreamPosition,
-    SubscriptionGapMessage,
-    SubscriptionGapPayload,
     SystemAlertMessage,
     SystemAlertPayload,
     WSMessage,
@@ -70,8 +67,6 @@ REDIS_WATCH_INTERVAL_S = 1.0
 REDIS_WATCH_TIMEOUT_S = 2.0
 #: Seconds between two checks of the metrics topic for the collector's silence.
 COLLECTOR_CHECK_INTERVAL_S = 1.0
-
-Deliveries = Iterable[tuple[list[ServerConnection], bytes, bool]]
 
 
 class Gateway:
@@ -99,7 +94,7 @@ class Gateway:
         self.hub = PubSubHub(
             settings.common.redis_url,
             self._on_pubsub,
-            on_reconnect=self._on_hub_reconnect,
+            on_reconnect=lambda: self.topic_routes.on_hub_reconnect(),
             on_lost=self._on_hub_lost,
         )
         self.runners = RunnerClient(
@@ -139,19 +134,42 @@ class Gateway:
         )
         self._probe_channel = self.keys.gateway_probe(settings.gateway_id)
         self._probes: dict[bytes, asyncio.Future[None]] = {}
-        self.routes: dict[str, TopicRoute[ServerConnection]] = {}
-        self._route_ready: dict[str, asyncio.Event] = {}
-        self._route_lock = asyncio.Lock()
-        self._channel_prefix = self.keys.topic_channel_prefix
         self.connections: set[Connection] = set()
         self.tasks = OwnedTasks(log, f"gateway {settings.gateway_id}")
-        self._closing: set[ServerConnection] = set()
-        self.outbox = Outbox(cap=settings.send_buffer_bytes, on_slow=self._too_slow)
+        self.sender = Sender(cap=settings.send_buffer_bytes, metrics=self.metrics, tasks=self.tasks)
+        self.topic_routes = Routes(
+            hub=self.hub,
+            bus=self.bus,
+            keys=self.keys,
+            sender=self.sender,
+            metrics=self.metrics,
+            tasks=self.tasks,
+            redis_failed=self.redis_failed,
+        )
+        self.parts = ConnectionParts(
+            settings=settings,
+            gateway_id=settings.gateway_id,
+            verifier=self.verifier,
+            sessions=self.sessions,
+            runners=self.runners,
+            routes=self.topic_routes,
+            sender=self.sender,
+            limits=self.limits,
+            audit=self.audit,
+            metrics=self.metrics,
+            client_ip=self.client_ip,
+            redis_failed=self.redis_failed,
+        )
         self._server: Server | None = None
 
     @property
     def id(self) -> str:
         return self.settings.gateway_id
+
+    @property
+    def routes(self) -> dict[str, TopicRoute[ServerConnection]]:
+        """The topics this gateway follows now (see :mod:`gateway.routes`)."""
+        return self.topic_routes.routes
 
     @property
     def port(self) -> int:
@@ -249,7 +267,7 @@ class Gateway:
             now = time.monotonic()
             due = [conn.ws for conn in self.connections if conn.heartbeat_due(now)]
             if due:
-                self.send_all(((due, encode(HeartbeatMessage(type="ping")), False),))
+                self.sender.send_all(((due, encode(HeartbeatMessage(type="ping")), False),))
 
     async def _audit_ticks(self) -> None:
         while True:
@@ -287,19 +305,18 @@ class Gateway:
         here (not through the bus: it may be Redis that is down)."""
         conns = [c.ws for c in self.connections if c.identity is not None]
         if conns:
-            self.send_all(((conns, encode(message), False),))
+            self.sender.send_all(((conns, encode(message), False),))
 
     async def _watch_redis(self) -> None:
         """PING Redis every second (at once when a request failed): the one place that
         decides when an outage starts (with the hub's loss) and ends."""
         while True:
-            try:
-                await asyncio.wait_for(self._check_redis.wait(), REDIS_WATCH_INTERVAL_S)
-            except TimeoutError:
-                pass
+            with anyio.move_on_after(REDIS_WATCH_INTERVAL_S):
+                await self._check_redis.wait()
             self._check_redis.clear()
             try:
-                await asyncio.wait_for(self.redis.ping(), REDIS_WATCH_TIMEOUT_S)
+                with anyio.fail_after(REDIS_WATCH_TIMEOUT_S):
+                    await self.redis.ping()
                 raise_if_cancelled()
             except asyncio.CancelledError:
                 raise
@@ -438,14 +455,15 @@ class Gateway:
         """Write every connection's changed cursors and activity in one round trip (none
         when nothing changed: an idle connection has nothing to write but, once per
         ``session_ttl_s / 3``, its ``lastActivity`` and TTL — see
-        :meth:`Connection.session_updates`)."""
+        :meth:`gateway.client_session.ClientSession.session_update`)."""
         batch = []
+        now = time.monotonic()
         for conn in self.connections:
             if conn.session_id is None:
                 continue
-            fields = conn.session_updates()
-            if fields:
-                batch.append((conn.session_id, conn.id, fields))
+            update = conn.session_update(now)
+            if update is not None:
+                batch.append((conn.session_id, conn.id, update))
         if batch:
             await self.sessions.write_many(batch)
 
@@ -501,8 +519,12 @@ class Gateway:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._probes[nonce] = fut
         try:
-            await asyncio.wait_for(self.redis.publish(self._probe_channel, nonce), timeout_s)
-            await asyncio.wait_for(fut, timeout_s)
+            # Cancel scopes, not wait_for: on 3.11 wait_for can swallow the cancellation of
+            # the HTTP handler when it lands as Redis answers.
+            with anyio.fail_after(timeout_s):
+                await self.redis.publish(self._probe_channel, nonce)
+            with anyio.fail_after(timeout_s):
+                await fut
         except TimeoutError:
             return False, "redis pub/sub probe did not come back in time"
         except Exception as e:  # noqa: BLE001 - any failure means not ready
@@ -527,7 +549,8 @@ class Gateway:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for topic in topics:
                     pipe.xlen(self.keys.topic_stream(topic))
-                lengths = await asyncio.wait_for(pipe.execute(), 2)
+                with anyio.fail_after(2):
+                    lengths = await pipe.execute()
         except Exception as e:  # noqa: BLE001 - metrics must render even when Redis is down
             log.debug("stream lengths unavailable: %s", e)
             return
@@ -539,7 +562,7 @@ class Gateway:
             m.stream_length.labels(kind).set(total)
 
     async def _handle(self, ws: ServerConnection) -> None:
-        conn = Connection(self, ws)
+        conn = Connection(self.parts, ws)
         self.connections.add(conn)
         self.metrics.connections.inc()
         try:
@@ -552,10 +575,11 @@ class Gateway:
     def _on_pubsub(self, messages: list[tuple[str, bytes]]) -> None:
         """Every message of one pub/sub read, in order: routed, then one write per
         connection for the whole batch."""
+        prefix = self.topic_routes.channel_prefix
         try:
             for channel, data in messages:
-                if channel.startswith(self._channel_prefix):
-                    self._on_topic_event(channel[len(self._channel_prefix) :], data)
+                if channel.startswith(prefix):
+                    self.topic_routes.on_event(channel[len(prefix) :], data)
                 elif channel == self.runners.reply_channel:
                     self.runners.on_reply(data)
                 elif channel == self._probe_channel:
@@ -563,205 +587,7 @@ class Gateway:
                     if probe is not None and not probe.done():
                         probe.set_result(None)
         finally:
-            self._flush()
-
-    def _on_topic_event(self, topic: str, data: bytes) -> None:
-        route = self.routes.get(topic)
-        if route is None:
-            return
-        try:
-            deliveries = route.on_event(parse_channel_message(topic, data))
-        except Exception:
-            # Never silent: whatever this event was, the stream has it.
-            log.exception("topic %s: could not route an event; resyncing", topic)
-            route.held = route.needs_resync = True
-            self._schedule_resync(route)
-            return
-        if deliveries is None:
-            if route.needs_resync:
-                self._schedule_resync(route)
-            return
-        self._queue(deliveries, live=True)
-
-    def _on_hub_reconnect(self) -> None:
-        # Events published while the subscription was down are in the streams.
-        for route in self.routes.values():
-            if not route.needs_resync:
-                route.held = True
-                route.needs_resync = True
-                self._schedule_resync(route)
-
-    def _schedule_resync(self, route: TopicRoute[ServerConnection]) -> None:
-        name = f"resync:{route.topic}"
-        if self.tasks.running(name):
-            return
-        self.metrics.resyncs.inc()
-        self.tasks.spawn(self._resync(route), name)
-
-    async def _resync(self, route: TopicRoute[ServerConnection]) -> None:
-        delay = 0.05
-        while self.routes.get(route.topic) is route and route.needs_resync:
-            try:
-                replay = await self.bus.read_since(route.topic, route.position)
-                raise_if_cancelled()
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as e:
-                self.redis_failed(e)
-                log.warning("resync of %s failed (%s); retrying", route.topic, e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            gap = find_gap(route.position, replay.events, replay.head, replay.missed)
-            notices: list[tuple[list[ServerConnection], bytes, bool]] = []
-            if gap is not None:
-                log.warning(
-                    "topic %s: %s (%s events missed) after %s; resuming after %s",
-                    route.topic,
-                    gap.reason,
-                    "unknown" if gap.missed is None else gap.missed,
-                    gap.since.to_str(),
-                    gap.position.to_str(),
-                )
-                self.metrics.missed.inc(gap.missed or 0)
-                for conn, ids in gap_recipients(route.subscriptions.values()):
-                    notice = SubscriptionGapMessage(
-                        type="subscription:gap",
-                        payload=SubscriptionGapPayload(
-                            topic=route.topic,
-                            subscriptionIds=ids,
-                            reason=gap.reason,
-                            missed=gap.missed,
-                            since=_stream_position(gap.since),
-                            position=_stream_position(gap.position),
-                        ),
-                        metadata=Metadata(priority="high"),
-                    )
-                    notices.append(([conn], encode(notice), False))
-            log.debug("resynced %s with %d events", route.topic, len(replay.events))
-            # The notice first: the client learns of the hole, then gets what follows it.
-            self.send_all([*notices, *route.resynced(replay.events, replay.head)])
-
-    # -- subscriptions -------------------------------------------------------------
-    async def attach(
-        self, sub: Subscription[ServerConnection], since: Position | None = None
-    ) -> Replay | None:
-        """Route ``sub``'s topic to its connection.
-
-        With ``since`` None the subscription is live from now (its cursor is the route's
-        position). Otherwise it is *catching up*: live events queue on it, and the events
-        after ``since`` are read from the stream and returned; the caller must then call
-        :func:`gateway.router.catch_up` (after anything it wants to send first)."""
-        route = await self._route(sub.topic)
-        if since is None:
-            sub.cursor = route.position
-            route.subscriptions[sub.id] = sub
-            return None
-        sub.catching_up = True
-        sub.cursor = since
-        route.subscriptions[sub.id] = sub
-        try:
-            return await self.bus.read_since(sub.topic, since)
-        except BaseException:
-            route.subscriptions.pop(sub.id, None)
-            await self._drop_route_if_unused(sub.topic)
-            raise
-
-    async def subscribe(
-        self, sub: Subscription[ServerConnection], since: Position | None = None
-    ) -> None:
-        """:meth:`attach`, then deliver the catch-up at once."""
-        replay = await self.attach(sub, since)
-        if replay is not None:
-            catch_up([sub], replay.events, self.send_many)
-
-    async def _route(self, topic: str) -> TopicRoute[ServerConnection]:
-        while True:
-            route = self.routes.get(topic)
-            if route is not None:
-                await self._route_ready[topic].wait()
-                if self.routes.get(topic) is route:
-                    return route
-                continue  # its creation failed meanwhile: try again
-            route = TopicRoute(topic)
-            self.routes[topic] = route
-            ready = self._route_ready[topic] = asyncio.Event()
-            try:
-                async with self._route_lock:
-                    await self.hub.subscribe(self.keys.topic_channel(topic))
-                head = await self.bus.head(topic)
-            except BaseException:
-                self.routes.pop(topic, None)
-                self._route_ready.pop(topic, None)
-                ready.set()
-                raise
-            self.send_all(route.start_at(head))
-            ready.set()
-            if route.needs_resync:
-                self._schedule_resync(route)
-            return route
-
-    async def remove_subscription(self, sub: Subscription[ServerConnection]) -> None:
-        route = self.routes.get(sub.topic)
-        if route is None or route.subscriptions.pop(sub.id, None) is None:
-            return
-        await self._drop_route_if_unused(sub.topic)
-
-    async def _drop_route_if_unused(self, topic: str) -> None:
-        route = self.routes.get(topic)
-        if route is not None and route.subscriptions:
-            return
-        self.routes.pop(topic, None)
-        self._route_ready.pop(topic, None)
-        async with self._route_lock:
-            if topic not in self.routes:  # nobody re-created it while we waited
-                await self.hub.unsubscribe(self.keys.topic_channel(topic))
-
-    # -- sending -------------------------------------------------------------------
-    def send_all(self, deliveries: Deliveries, *, live: bool = False) -> None:
-        """Write each delivery's bytes to its connections now (see :mod:`gateway.fanout`:
-        framed once, one write per connection, slow consumers closed with 1013 and spared
-        ``low`` priority events)."""
-        self._queue(deliveries, live=live)
-        self._flush()
-
-    def send_many(self, ws: ServerConnection, datas: list[bytes]) -> None:
-        """Write ``datas`` to one connection, in order, with one write (a catch-up)."""
-        self.send_all(([ws], data, False) for data in datas)
-
-    def _queue(self, deliveries: Deliveries, *, live: bool) -> None:
-        add, observe = self.outbox.add, self.metrics.observe_event
-        for conns, data, low in deliveries:
-            observe(data, add(conns, data, low), latency=live)
-
-    def _flush(self) -> None:
-        outbox = self.outbox
-        outbox.flush()
-        self.metrics.flush_events()
-        if outbox.skipped:
-            self.metrics.low_priority_skipped.inc(outbox.skipped)
-            outbox.skipped = 0
-
-    def _too_slow(self, ws: ServerConnection, size: int) -> None:
-        if ws in self._closing:
-            return
-        self._closing.add(ws)
-        self.metrics.slow_consumers.inc()
-        log.warning("closing a slow consumer: %d bytes waiting to be sent", size)
-        self.tasks.spawn(self._close_slow(ws), "close-slow-consumer")
-
-    async def _close_slow(self, ws: ServerConnection) -> None:
-        # The close frame queues behind what the client has not read yet; if it does not
-        # catch up in time, the connection is dropped to free the memory.
-        try:
-            await asyncio.wait_for(ws.close(1013, "slow consumer: resume from your session"), 5)
-        except TimeoutError:
-            if ws.transport is not None:
-                ws.transport.abort()
-        finally:
-            self._closing.discard(ws)
-
-
-def _stream_position(position: Position) -> StreamPosition:
-    return StreamPosition(offset=position.offset, epoch=position.epoch)
+            self.sender.flush()
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:

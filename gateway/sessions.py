@@ -39,17 +39,21 @@ import orjson
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from gateway.client_session import SessionUpdate, StoredSession, StoredSubscription
 from shared.bus import Position, as_text
 from shared.keys import Keys
 from shared.tasks import raise_if_cancelled
 
 log = logging.getLogger("ws.sessions")
 
-# KEYS[1] session; ARGV[1] conn id; ARGV[2] ttl s; ARGV[3..] field/value pairs.
-# Writes only while the caller still holds the session; returns 1 if written.
+# KEYS[1] session; ARGV[1] conn id; ARGV[2] ttl s; ARGV[3] n, the number of fields to
+# delete, ARGV[4 .. 3 + n] those fields; then field/value pairs to set. Writes only while
+# the caller still holds the session; returns 1 if written.
 _WRITE_IF_HOLDER = """
 if redis.call('hget', KEYS[1], 'conn') ~= ARGV[1] then return 0 end
-if #ARGV > 2 then redis.call('hset', KEYS[1], unpack(ARGV, 3)) end
+local n = tonumber(ARGV[3])
+if n > 0 then redis.call('hdel', KEYS[1], unpack(ARGV, 4, 3 + n)) end
+if #ARGV > 3 + n then redis.call('hset', KEYS[1], unpack(ARGV, 4 + n)) end
 redis.call('expire', KEYS[1], tonumber(ARGV[2]))
 return 1
 """
@@ -71,24 +75,6 @@ _Call = tuple[AsyncScript, str, list[str | int]]
 class _Batch:
     calls: list[_Call]
     done: asyncio.Future[list[Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class StoredSubscription:
-    id: str
-    kind: str
-    topic: str
-    filters: tuple[str, ...]
-    hidden: bool
-    cursor: Position | None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredSession:
-    id: str
-    user_id: str
-    subscriptions: list[StoredSubscription]
-    agents: list[str]
 
 
 class SessionStore:
@@ -164,9 +150,10 @@ class SessionStore:
         self._wake.set()
         return await done
 
-    def _write_call(self, session_id: str, conn_id: str, fields: dict[str, str | int]) -> _Call:
-        args: list[str | int] = [conn_id, self.ttl_s]
-        for k, v in fields.items():
+    def _write_call(self, session_id: str, conn_id: str, update: SessionUpdate) -> _Call:
+        forget = [_cursor_field(sub_id) for sub_id in update.forget]
+        args: list[str | int] = [conn_id, self.ttl_s, len(forget), *forget]
+        for k, v in fields_of(update).items():
             args += [k, v]
         return (self._write, self.keys.session(session_id), args)
 
@@ -178,7 +165,7 @@ class SessionStore:
         subs_doc: dict[str, dict[str, Any]] = orjson.loads(fields.get("subs", "{}"))
         subs = []
         for sub_id, spec in subs_doc.items():
-            cursor = fields.get(f"cur:{sub_id}")
+            cursor = fields.get(_cursor_field(sub_id))
             subs.append(
                 StoredSubscription(
                     id=sub_id,
@@ -215,27 +202,37 @@ class SessionStore:
             args += ["connectedAt", now_ms, "subs", "{}", "agents", "[]"]
         await self._call([(self._hold, self.keys.session(session_id), args)])
 
-    @staticmethod
-    def subscription_fields(subs: list[StoredSubscription], agents: list[str]) -> dict[str, str]:
-        doc = {
-            s.id: {"kind": s.kind, "topic": s.topic, "filters": list(s.filters), "hidden": s.hidden}
-            for s in subs
-        }
-        fields = {
-            "subs": orjson.dumps(doc).decode(),
-            "agents": orjson.dumps(sorted(agents)).decode(),
-        }
-        for s in subs:
-            if s.cursor is not None:
-                fields[f"cur:{s.id}"] = s.cursor.to_str()
-        return fields
-
-    async def write(self, session_id: str, conn_id: str, fields: dict[str, str | int]) -> bool:
-        """Write fields while ``conn_id`` still holds the session; refreshes its TTL."""
-        (written,) = await self._call([self._write_call(session_id, conn_id, fields)])
+    async def write(self, session_id: str, conn_id: str, update: SessionUpdate) -> bool:
+        """Write ``update`` while ``conn_id`` still holds the session (a connection that
+        lost it to a resume changes nothing, deletions included); refreshes its TTL."""
+        (written,) = await self._call([self._write_call(session_id, conn_id, update)])
         return bool(written)
 
-    async def write_many(self, batch: list[tuple[str, str, dict[str, str | int]]]) -> None:
+    async def write_many(self, batch: list[tuple[str, str, SessionUpdate]]) -> None:
         """Several sessions' writes in the same round trip."""
         if batch:
             await self._call([self._write_call(*item) for item in batch])
+
+
+def _cursor_field(sub_id: str) -> str:
+    return f"cur:{sub_id}"
+
+
+def fields_of(update: SessionUpdate) -> dict[str, str | int]:
+    """The hash fields of ``update`` (the table at the top)."""
+    fields: dict[str, str | int] = {}
+    if update.subscriptions is not None:
+        doc = {
+            s.id: {"kind": s.kind, "topic": s.topic, "filters": list(s.filters), "hidden": s.hidden}
+            for s in update.subscriptions
+        }
+        fields["subs"] = orjson.dumps(doc).decode()
+    if update.agents is not None:
+        fields["agents"] = orjson.dumps(sorted(update.agents)).decode()
+    for sub_id, cursor in update.cursors.items():
+        fields[_cursor_field(sub_id)] = cursor.to_str()
+    if update.last_activity_ms is not None:
+        fields["lastActivity"] = update.last_activity_ms
+    if update.gateway_id is not None:
+        fields["gatewayId"] = update.gateway_id
+    return fields

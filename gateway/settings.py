@@ -15,9 +15,11 @@ from shared.tokens import (
     ALGORITHMS,
     ASYMMETRIC_ALGORITHMS,
     KeyConfigError,
-    load_or_create_dev_secret,
+    jwt_secret,
     load_public_key,
 )
+
+__all__ = ["GatewaySettings", "jwt_key", "jwt_secret"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -212,29 +214,3 @@ def allowed_origins(env: Env) -> frozenset[str] | None:
             )
         out.add(origin)
     return frozenset(out)
-
-
-def jwt_secret(env: Env, state_dir: Path) -> str:
-    """``TEAMDASH_JWT_SECRET``, or the content of the file ``TEAMDASH_JWT_SECRET_FILE`` names
-    (a compose/Kubernetes secret), or the dev secret kept in the state folder (created once)."""
-    secret = env.opt_str("TEAMDASH_JWT_SECRET")
-    secret_file = env.opt_str("TEAMDASH_JWT_SECRET_FILE")
-    if secret is not None and secret_file is not None:
-        raise ConfigError("set TEAMDASH_JWT_SECRET or TEAMDASH_JWT_SECRET_FILE, not both")
-    if secret_file is not None:
-        try:
-            secret = Path(secret_file).read_text().strip()
-        except OSError as e:
-            raise ConfigError(
-                f"TEAMDASH_JWT_SECRET_FILE {secret_file!r} cannot be read: {e}"
-            ) from e
-        if len(secret) < 32:
-            raise ConfigError(
-                "the secret in TEAMDASH_JWT_SECRET_FILE must be at least 32 characters"
-            )
-        return secret
-    if secret is not None:
-        if len(secret) < 32:
-            raise ConfigError("TEAMDASH_JWT_SECRET must be at least 32 characters")
-        return secret
-    return load_or_create_dev_secret(state_dir)

@@ -56,6 +56,7 @@ import redis.asyncio as aioredis
 from redis.connection import SSLConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from shared import topics
 from shared.keys import Keys
 from shared.protocol import WSMessage
 
@@ -66,9 +67,9 @@ _PUBLISH_LUA = resources.files("shared").joinpath("publish.lua").read_text()
 #: Events replayed at most on a resume (the spec's "up to 1000 messages").
 REPLAY_LIMIT = 1000
 
-#: Tag of events a gateway may skip for a connection under pressure: publish it with
-#: ``metadata.priority = "low"`` (e.g. metrics updates that the next one supersedes).
-LOW_PRIORITY_TAG = "p:low"
+#: The tag of events a gateway may skip for a connection under pressure
+#: (:data:`shared.topics.LOW_PRIORITY_TAG`): publish it with ``metadata.priority = "low"``.
+LOW_PRIORITY_TAG = topics.LOW_PRIORITY_TAG
 
 #: Most events one script call publishes (a call blocks Redis while it runs: ~1 ms per few
 #: hundred events); longer runs of one topic are split into several calls of one pipeline.

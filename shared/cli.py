@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from shared.settings import PREFIX, CommonSettings, ConfigError, Env, unknown_variables
+from shared.topics import ALERT_CATEGORY_ORDER, ALERT_LEVEL_ORDER
 
 if TYPE_CHECKING:
     from shared.client import DashboardClient, DashboardEvent, StateChange
@@ -134,11 +135,11 @@ def _token(args: argparse.Namespace) -> int:
     the ``iss``/``aud`` claims of ``TEAMDASH_JWT_ISSUER``/``TEAMDASH_JWT_AUDIENCE``."""
     from pathlib import Path
 
-    from gateway.settings import jwt_secret
     from shared.tokens import (
         ASYMMETRIC_ALGORITHMS,
         ROLES,
         KeyConfigError,
+        jwt_secret,
         load_private_key,
         mint_token,
     )
@@ -311,8 +312,8 @@ def _gateway_health(env: Env, port: int | None) -> int:
 DEFAULT_URL = "ws://127.0.0.1:3001/ws"
 #: Seconds a client command keeps reconnecting before it gives up (``--give-up-after``).
 DEFAULT_GIVE_UP_AFTER_S = 60.0
-ALERT_LEVELS = ("info", "warning", "error", "critical")
-ALERT_CATEGORIES = ("resource", "performance", "security", "agent")
+ALERT_LEVELS = ALERT_LEVEL_ORDER
+ALERT_CATEGORIES = ALERT_CATEGORY_ORDER
 
 
 #: What a client command runs: ``await body(client, args, progress)`` → exit code.
@@ -362,8 +363,7 @@ def _client_token(args: argparse.Namespace) -> str | Callable[[], str]:
     token = args.token or os.environ.get(CLIENT_VARIABLES[1])
     if token:
         return token
-    from gateway.settings import jwt_secret
-    from shared.tokens import mint_token
+    from shared.tokens import jwt_secret, mint_token
 
     env = Env()
     secret = jwt_secret(env, CommonSettings.from_env(env).state_dir)

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeAlias, TypeVar
 
+import anyio
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -391,7 +392,8 @@ class Subscription:
 
     async def next(self, timeout: float | None = None) -> DashboardEvent:
         """The next event (TimeoutError after ``timeout`` seconds; StopAsyncIteration at the end)."""
-        return await asyncio.wait_for(self._queue.get(), timeout)
+        with anyio.fail_after(timeout):
+            return await self._queue.get()
 
     async def unsubscribe(self) -> None:
         """Stop the subscription on the server and end this iterator."""
@@ -449,7 +451,8 @@ class EventStream:
         return await self._queue.get()
 
     async def next(self, timeout: float | None = None) -> DashboardEvent:
-        return await asyncio.wait_for(self._queue.get(), timeout)
+        with anyio.fail_after(timeout):
+            return await self._queue.get()
 
     def close(self) -> None:
         self._client._streams.discard(self)
@@ -659,7 +662,8 @@ class DashboardClient:
         ws = self._ws
         if ws is not None:
             try:
-                await asyncio.wait_for(ws.close(1000, "client closed"), self.connect_timeout)
+                with anyio.fail_after(self.connect_timeout):
+                    await ws.close(1000, "client closed")
             except (TimeoutError, OSError):
                 if ws.transport is not None:
                     ws.transport.abort()
@@ -845,7 +849,8 @@ class DashboardClient:
                     message_id=message.id,
                 ) from None
             try:
-                return await asyncio.wait_for(future, max(deadline - loop.time(), 0))
+                with anyio.fail_after(max(deadline - loop.time(), 0)):
+                    return await future
             except TimeoutError:
                 raise RequestTimeout(
                     f"no ack for {message.type} within {self.request_timeout:g}s",
@@ -951,7 +956,8 @@ class DashboardClient:
         try:
             auth = self._auth_message(token)
             await ws.send(encode(auth), text=True)
-            status = await asyncio.wait_for(self._await_status(ws, auth.id), self.connect_timeout)
+            with anyio.fail_after(self.connect_timeout):
+                status = await self._await_status(ws, auth.id)
         except BaseException as e:
             if ws.transport is not None:
                 ws.transport.abort()
@@ -999,7 +1005,8 @@ class DashboardClient:
                 return self._ws
             changed = self._changed
             try:
-                await asyncio.wait_for(changed.wait(), max(deadline - loop.time(), 0))
+                with anyio.fail_after(max(deadline - loop.time(), 0)):
+                    await changed.wait()
             except TimeoutError:
                 raise RequestTimeout(
                     f"not reconnected within {self.request_timeout:g}s; {message.type} not sent",
@@ -1119,7 +1126,8 @@ class DashboardClient:
         try:
             while True:
                 try:
-                    raw = await asyncio.wait_for(ws.recv(), self._dead_after())
+                    with anyio.fail_after(self._dead_after()):
+                        raw = await ws.recv()
                 except TimeoutError:
                     log.warning(
                         "nothing from the gateway for %.1fs: connection considered dead",
@@ -1128,7 +1136,8 @@ class DashboardClient:
                     if ws.transport is not None:
                         ws.transport.abort()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(ws.wait_closed(), 5)
+                        with anyio.fail_after(5):
+                            await ws.wait_closed()
                     return
                 except ConnectionClosed:
                     return

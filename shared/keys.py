@@ -20,17 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-METRICS_TOPIC = "metrics"
-LOGS_TOPIC = "logs"
-AGENTS_TOPIC = "agents"
+# The topic names belong to the subscription vocabulary; re-exported for the services.
+from shared.topics import AGENTS_TOPIC, LOGS_TOPIC, METRICS_TOPIC, agent_topic
+
+__all__ = ["AGENTS_TOPIC", "LOGS_TOPIC", "METRICS_TOPIC", "RUNNERS_GROUP", "Keys", "agent_topic"]
 
 #: Consumer group of runners on the shared ``agent:create`` stream.
 RUNNERS_GROUP = "runners"
-
-
-def agent_topic(agent_id: str) -> str:
-    """The topic carrying one agent's output, status and errors."""
-    return f"agent:{agent_id}"
 
 
 @dataclass(frozen=True, slots=True)

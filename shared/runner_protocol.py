@@ -18,9 +18,34 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from shared.protocol import (
+    AgentCommandPayload,
+    AgentPermissionPayload,
+    AgentRef,
+    CreateAgentPayload,
+    TerminateAgentPayload,
+)
 
 RequestKind = Literal["create", "command", "permission", "pause", "resume", "terminate"]
+
+#: The client payload of each kind of request, validated once by the gateway's codec.
+RunnerPayload = (
+    CreateAgentPayload
+    | AgentCommandPayload
+    | AgentPermissionPayload
+    | TerminateAgentPayload
+    | AgentRef
+)
+PAYLOADS: dict[RequestKind, type[RunnerPayload]] = {
+    "create": CreateAgentPayload,
+    "command": AgentCommandPayload,
+    "permission": AgentPermissionPayload,
+    "pause": AgentRef,
+    "resume": AgentRef,
+    "terminate": TerminateAgentPayload,
+}
 
 #: Field of the stream entry that holds the request JSON.
 REQUEST_FIELD = "r"
@@ -37,10 +62,32 @@ class RunnerRequest(BaseModel):
     userId: str
     roles: list[str]
     agentId: str
-    #: The validated client payload (``CreateAgentPayload``, ``AgentCommandPayload``, …).
-    payload: dict[str, Any]
+    #: The client's payload: the protocol model of ``kind`` (:data:`PAYLOADS`, the
+    #: discriminator), whose ``agentId`` (all but ``create``) is the request's.
+    payload: RunnerPayload
     #: Unix ms after which the gateway no longer waits for the reply.
     deadlineMs: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _payload_of_kind(cls, data: Any) -> Any:
+        # The union is discriminated by ``kind``, a field beside it: validate the payload
+        # as that kind's model (a bare union would take a terminate payload for AgentRef).
+        if isinstance(data, dict):
+            model = PAYLOADS.get(data.get("kind"))  # type: ignore[arg-type]
+            payload = data.get("payload")
+            if model is not None and not isinstance(payload, model):
+                data = {**data, "payload": model.model_validate(payload)}
+        return data
+
+    @model_validator(mode="after")
+    def _same_agent(self) -> RunnerRequest:
+        if type(self.payload) is not PAYLOADS[self.kind]:
+            raise ValueError(f"a {self.kind} request needs a {PAYLOADS[self.kind].__name__}")
+        agent_id = getattr(self.payload, "agentId", self.agentId)
+        if agent_id != self.agentId:
+            raise ValueError("payload.agentId does not match the request's agentId")
+        return self
 
 
 class RunnerReply(BaseModel):

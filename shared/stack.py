@@ -33,11 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.settings import jwt_secret
 from shared.lifeline import die_with_parent
 from shared.redis_server import EmbeddedRedis
 from shared.settings import CommonSettings, Env
-from shared.tokens import mint_token
+from shared.tokens import jwt_secret, mint_token
 
 if TYPE_CHECKING:
     from shared.topology import LocalTopology

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared.errors import ErrorCode, TeamdashError
+from shared.settings import ConfigError, Env
 
 if TYPE_CHECKING:
     from jwt.types import Options
@@ -268,3 +269,29 @@ def load_or_create_dev_secret(state_dir: Path) -> str:
     finally:
         tmp.unlink(missing_ok=True)
     return path.read_text().strip()
+
+
+def jwt_secret(env: Env, state_dir: Path) -> str:
+    """``TEAMDASH_JWT_SECRET``, or the content of the file ``TEAMDASH_JWT_SECRET_FILE`` names
+    (a compose/Kubernetes secret), or the dev secret kept in the state folder (created once)."""
+    secret = env.opt_str("TEAMDASH_JWT_SECRET")
+    secret_file = env.opt_str("TEAMDASH_JWT_SECRET_FILE")
+    if secret is not None and secret_file is not None:
+        raise ConfigError("set TEAMDASH_JWT_SECRET or TEAMDASH_JWT_SECRET_FILE, not both")
+    if secret_file is not None:
+        try:
+            secret = Path(secret_file).read_text().strip()
+        except OSError as e:
+            raise ConfigError(
+                f"TEAMDASH_JWT_SECRET_FILE {secret_file!r} cannot be read: {e}"
+            ) from e
+        if len(secret) < 32:
+            raise ConfigError(
+                "the secret in TEAMDASH_JWT_SECRET_FILE must be at least 32 characters"
+            )
+        return secret
+    if secret is not None:
+        if len(secret) < 32:
+            raise ConfigError("TEAMDASH_JWT_SECRET must be at least 32 characters")
+        return secret
+    return load_or_create_dev_secret(state_dir)

@@ -251,7 +251,7 @@ class LocalTopology:
         return self
 
     def _start(self, haproxy: str) -> None:
-        from gateway.settings import jwt_secret
+        from shared.tokens import jwt_secret
 
         env = Env(self._env)
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import orjson
 import psutil
 import pytest
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
 from agent_runner.output import OutputPacer
 from agent_runner.process import live_group_members
@@ -498,8 +499,9 @@ async def test_unknown_agent_and_expired_requests(
         "command", "ag-nope", {"agentId": "ag-nope", "command": "x"}, runner_id=runner.runner_id
     )
     assert not r.success and r.code == ErrorCode.AGENT_NOT_FOUND
-    r = await gateway.send("pause", "ag-nope", {"agentId": "ag-other"}, runner_id=runner.runner_id)
-    assert not r.success and r.code == ErrorCode.INVALID_MESSAGE
+    # A payload naming another agent is refused where the request is built (and parsed).
+    with pytest.raises(ValidationError, match="does not match the request's agentId"):
+        await gateway.send("pause", "ag-nope", {"agentId": "ag-other"}, runner_id="r")
     expired = RunnerRequest(
         kind="create",
         requestId=new_id(),

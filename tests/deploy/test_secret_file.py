@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import GatewaySettings, jwt_secret
+from gateway.settings import GatewaySettings
 from shared.settings import ConfigError, Env
-from shared.tokens import TokenVerifier
+from shared.tokens import TokenVerifier, jwt_secret
 from tests.helpers import ROOT, t
 
 SECRET = "s3cret-from-a-file-with-enough-entropy-0123456789"

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from gateway.client_session import SessionUpdate
 from gateway.limits import SyncItem, WindowLimiter
 from gateway.redis_limits import SharedLimits
+from gateway.sessions import fields_of
 from tests.gateway.conftest import token, ws_url
 from tests.gateway.test_connection import expect_closed
 from tests.helpers import t
@@ -26,8 +28,8 @@ def spy_session_writes(gw: Any) -> list[tuple[str, dict[str, Any]]]:
     writes: list[tuple[str, dict[str, Any]]] = []
     real = gw.sessions.write_many
 
-    async def write_many(batch: list[tuple[str, str, dict[str, Any]]]) -> None:
-        writes.extend((session_id, dict(fields)) for session_id, _, fields in batch)
+    async def write_many(batch: list[tuple[str, str, SessionUpdate]]) -> None:
+        writes.extend((session_id, fields_of(update)) for session_id, _, update in batch)
         await real(batch)
 
     gw.sessions.write_many = write_many
@@ -161,8 +163,8 @@ async def test_limits_sync_is_one_command_and_none_when_idle(redis_url, prefix, 
         # Wait for a fresh second, so that all of this happens in one window.
         await asyncio.sleep(1.0 - time.time() % 1.0 + 0.01)
         for i in range(50):
-            assert gw1.admit(f"user{i}", "198.51.100.7") is None
-        assert gw2.admit("user0", "198.51.100.8") is None
+            assert gw1.admit(f"user{i}", "198.51.100.7", time.time()) is None
+        assert gw2.admit("user0", "198.51.100.8", time.time()) is None
         await gw1.sync()
         assert count.calls == ["EVALSHA"]  # 50 users and an IP in one round trip
         await gw2.sync()
@@ -174,7 +176,7 @@ async def test_limits_sync_is_one_command_and_none_when_idle(redis_url, prefix, 
             await gw1.sync()
         assert count.calls == []
         # One more message: one more (single) command.
-        assert gw1.admit("user1", "198.51.100.7") is None
+        assert gw1.admit("user1", "198.51.100.7", time.time()) is None
         await gw1.sync()
         assert count.calls == ["EVALSHA"]
     finally:

@@ -3,7 +3,6 @@ limits of the replay buffer, refusals and expiry, slow consumers."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 
 from shared.errors import ErrorCode
@@ -141,13 +140,16 @@ async def test_someone_elses_session_is_refused(gateway):
     assert code == 1008
 
 
-async def test_expired_session_starts_fresh(make_gateway):
+async def test_expired_session_starts_fresh(make_gateway, redis, keys):
     gw = await make_gateway(TEAMDASH_SESSION_TTL_S="1")
     client = await WSClient.authed(ws_url(gw), token())
     session_id = client.status["sessionId"]
     await client.subscribe("logs")
     await client.close()
-    await asyncio.sleep(1.5)
+    # The barrier: the session hash has expired in Redis.
+    await wait_for(
+        lambda: _gone(redis, keys.session(session_id)), timeout=5, what="the session to expire"
+    )
     again = await resume(ws_url(gw), session_id)
     status = (await again.recv_type("connection:status"))["payload"]
     assert status["resumed"] is False
@@ -155,7 +157,18 @@ async def test_expired_session_starts_fresh(make_gateway):
     await again.close()
 
 
-async def test_resume_after_the_gateway_is_killed(service_env, start_service, make_gateway, bus):
+async def _gone(redis, key: str) -> bool:
+    return not await redis.exists(key)
+
+
+async def _cursor_written(redis, key: str) -> bool:
+    fields = await redis.hgetall(key)
+    return any(k.startswith(b"cur:") and int(v.split(b":")[0]) > 0 for k, v in fields.items())
+
+
+async def test_resume_after_the_gateway_is_killed(
+    service_env, start_service, make_gateway, bus, redis, keys
+):
     port = free_port()
     env = {
         **service_env,
@@ -169,7 +182,8 @@ async def test_resume_after_the_gateway_is_killed(service_env, start_service, ma
     await client.subscribe("logs")
     await publish_alerts(bus, 10, 0)
     assert numbers([await client.recv_type("system:alert") for _ in range(10)]) == list(range(10))
-    await asyncio.sleep(0.3)  # a cursor flush happens
+    # The barrier: a cursor flush has recorded some of them.
+    await wait_for(lambda: _cursor_written(redis, keys.session(session_id)), what="a cursor flush")
     doomed.kill()
     await publish_alerts(bus, 10, 10)
     survivor = await make_gateway()

@@ -9,8 +9,12 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.client_session import SessionUpdate
 from gateway.sessions import SessionStore
+from shared.bus import Position
 from shared.keys import Keys
+
+ACTIVE = SessionUpdate(last_activity_ms=2)
 
 
 @pytest.fixture
@@ -34,10 +38,10 @@ async def test_hold_write_and_take_over(store: SessionStore, redis: aioredis.Red
     raw = await redis.hgetall(keys.session("s1"))
     assert raw[b"conn"] == b"conn-1" and raw[b"subs"] == b"{}" and b"stale" not in raw
     assert 0 < await redis.ttl(keys.session("s1")) <= 60
-    assert await store.write("s1", "conn-1", {"cur:a": "5:e"})
+    assert await store.write("s1", "conn-1", SessionUpdate(cursors={"a": Position(5, "e")}))
     # a resume elsewhere takes the session over: the old holder can no longer write
     await hold(store, "s1", "conn-2", new=False)
-    assert not await store.write("s1", "conn-1", {"cur:a": "1:e"})
+    assert not await store.write("s1", "conn-1", SessionUpdate(cursors={"a": Position(1, "e")}))
     session = await store.load("s1")
     assert session is not None and session.user_id == "alice"
     assert (await redis.hget(keys.session("s1"), "cur:a")) == b"5:e"
@@ -55,9 +59,7 @@ async def test_concurrent_writes_share_round_trips(store: SessionStore, monkeypa
 
     monkeypatch.setattr(store.redis, "pipeline", counting)
     await asyncio.gather(*(hold(store, f"s{i}", f"c{i}", new=True) for i in range(500)))
-    written = await asyncio.gather(
-        *(store.write(f"s{i}", f"c{i}", {"lastActivity": 2}) for i in range(500))
-    )
+    written = await asyncio.gather(*(store.write(f"s{i}", f"c{i}", ACTIVE) for i in range(500)))
     assert all(written)
     assert pipelines <= 4, pipelines  # 1,000 writes, a handful of round trips
 
@@ -75,7 +77,7 @@ async def test_a_failed_round_trip_fails_its_callers_not_the_writer(
         await hold(store, "s1", "c1", new=True)
     monkeypatch.setattr(store.redis, "pipeline", real)
     await hold(store, "s1", "c1", new=True)  # the writer is still there
-    assert await store.write("s1", "c1", {"lastActivity": 3})
+    assert await store.write("s1", "c1", ACTIVE)
 
 
 async def test_writes_after_the_writer_stopped_fail_at_once(redis: aioredis.Redis, keys: Keys):
@@ -85,12 +87,27 @@ async def test_writes_after_the_writer_stopped_fail_at_once(redis: aioredis.Redi
     writer.cancel()
     await asyncio.gather(writer, return_exceptions=True)
     with pytest.raises(ConnectionError):
-        await asyncio.wait_for(store.write("s1", "c1", {"x": 1}), 2)
+        await asyncio.wait_for(store.write("s1", "c1", ACTIVE), 2)
 
 
 async def test_writes_survive_a_script_flush(store: SessionStore, redis: aioredis.Redis):
     """A restarted or flushed Redis has forgotten the scripts: each round trip loads them."""
     await hold(store, "s1", "c1", new=True)
     await redis.script_flush()
-    assert await store.write("s1", "c1", {"lastActivity": 4})
+    assert await store.write("s1", "c1", SessionUpdate(last_activity_ms=4))
     assert (await redis.hget(store.keys.session("s1"), "lastActivity")) == b"4"
+
+
+async def test_a_connection_that_lost_its_session_cannot_delete_the_new_holder_s_cursor(
+    store: SessionStore, redis: aioredis.Redis, keys: Keys
+):
+    await hold(store, "s1", "conn-1", new=True)
+    # Resumed elsewhere: the new holder writes its cursor of subscription "b".
+    await hold(store, "s1", "conn-2", new=False)
+    assert await store.write("s1", "conn-2", SessionUpdate(cursors={"b": Position(7, "e")}))
+    # The old connection unsubscribes "b" late: its delete is refused with its write.
+    assert not await store.write("s1", "conn-1", SessionUpdate(forget=("b",)))
+    assert (await redis.hget(keys.session("s1"), "cur:b")) == b"7:e"
+    # The holder's own delete goes through.
+    assert await store.write("s1", "conn-2", SessionUpdate(forget=("b",)))
+    assert (await redis.hget(keys.session("s1"), "cur:b")) is None
