@@ -348,3 +348,13 @@ def test_schema_and_gateway_agree_on_filters(
     except ProtocolError:
         gateway_valid = False
     assert schema_valid is gateway_valid
+
+
+def test_typescript_types_match_the_schema() -> None:
+    """clients/typescript/src/protocol.ts is what its generator makes of the committed schema
+    (the generator has no dependencies: plain node, no npm install)."""
+    script = ROOT / "clients" / "typescript" / "scripts" / "generate-types.mjs"
+    result = subprocess.run(
+        ["node", str(script), "--check"], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stderr

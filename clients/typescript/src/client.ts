@@ -7,8 +7,8 @@
 // duplicates by `(epoch, offset)`, its newest position is what a resume sends back in
 // `auth.payload.positions`, and each `Subscription` of the topic whose filters accept the
 // event gets it (a subscription buffers what arrives before its first listener).
-// When the connection drops (anything but a close by the user, a 1008 policy close — unless
-// TOKEN_EXPIRED with a token provider — or a 1009), pending requests fail with
+// When the connection drops (anything but a close by the user or a 1008 policy close —
+// unless TOKEN_EXPIRED with a token provider), pending requests fail with
 // `ConnectionLostError` (they may or may not have been carried out: nothing is re-sent) and
 // the client reconnects with the spec's backoff (1, 2, 4, 8, 16, then 30 s, each ± jitter)
 // and resumes the session (`sessionId` + `positions`); the server restores the
@@ -755,10 +755,11 @@ export class DashboardWebSocket {
     void this.reconnectLoop(code, reason);
   }
 
-  /** A close that reconnecting cannot fix: 1008 (auth refused, flooding) — unless
-   * TOKEN_EXPIRED and a token provider can give a fresh token — and 1009 (message too big). */
+  /** A close that reconnecting cannot fix: 1008 (auth refused, flooding), unless
+   * TOKEN_EXPIRED and a token provider can give a fresh token. After a 1009 (message too
+   * big) the session is fine: the message is never re-sent (and the client refuses such
+   * messages before sending them), so it reconnects like the Python SDK. */
   private terminalClose(code: number, reason: string): DashboardError | undefined {
-    if (code === 1009) return new DashboardError(ErrorCode.INVALID_MESSAGE, `message too big (1009 ${reason})`);
     if (code !== 1008) return undefined;
     const error = closeError(code, reason);
     if (error.code === ErrorCode.TOKEN_EXPIRED && typeof this.token !== "string") return undefined;
