@@ -253,14 +253,14 @@ def _name_directions(doc: dict[str, Any]) -> None:
         defs[new]["title"] = new
     refs = {f"#/$defs/{old}": f"#/$defs/{new}" for old, new in renames.items()}
 
-    def walk(node: object) -> object:
+    def walk(node: Any) -> Any:
         if isinstance(node, dict):
             return {k: walk(v) for k, v in node.items()}
         if isinstance(node, list):
             return [walk(v) for v in node]
         return refs.get(node, node) if isinstance(node, str) else node
 
-    doc.update(walk(doc))  # type: ignore[call-overload]
+    doc.update(walk(doc))
 
 
 def protocol_schema() -> dict[str, Any]:
