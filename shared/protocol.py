@@ -68,6 +68,11 @@ AgentState = Literal["starting", "running", "paused", "stopping", "stopped", "cr
 OutputStream = Literal["stdout", "stderr"]
 AlertLevel = Literal["info", "warning", "error", "critical"]
 AlertCategory = Literal["resource", "performance", "security", "agent"]
+#: The ``filters`` names of each subscription kind (docs/protocol.md, "Subscriptions and
+#: filters"); the gateway refuses any other name with INVALID_MESSAGE.
+AgentEventFilter = Literal["stdout", "stderr", "status", "error", "created"]
+MetricsFilter = Literal["system", "agents"]
+LogsFilter = Literal[AlertLevel, AlertCategory]
 
 
 class _Strict(BaseModel):
@@ -462,6 +467,69 @@ class AckPayload(_Strict):
 class AckMessage(WSMessage):
     type: Literal["ack"]
     payload: AckPayload
+
+
+# What ``ack.payload.result`` holds on success, per request (``ACK_RESULTS``). The gateway
+# builds these results as dicts; the models describe them for the schema and the SDKs.
+
+
+class SubscribeResult(_Strict):
+    subscriptionId: str
+    #: The topic the subscription follows (``agent:{id}``, ``agents``, ``metrics``, ``logs``).
+    topic: str
+
+
+class UnsubscribeResult(_Strict):
+    subscriptionId: str
+
+
+class CreateAgentResult(_Strict):
+    agentId: str
+    pid: int
+
+
+class AgentCommandResult(_Strict):
+    agentId: str
+    #: ``false`` when the agent's model cannot tell when a command completes, so the
+    #: command's ``timeout`` is not enforced (absent otherwise).
+    timeoutEnforced: bool | None = None
+
+
+class AgentControlResult(_Strict):
+    """The result of ``agent:pause``, ``agent:resume`` and ``agent:terminate``."""
+
+    agentId: str
+
+
+class TokenRefreshResult(_Strict):
+    """The result of an ``auth`` on a live connection (a token refresh)."""
+
+    #: The new token's expiry (Unix ms).
+    expiresAt: int
+    #: Subscriptions ended because the new token's roles see fewer agents.
+    endedSubscriptions: list[str] | None = None
+
+
+#: Request type → the model of its ack's ``result``.
+ACK_RESULTS: dict[str, type[BaseModel]] = {
+    "auth": TokenRefreshResult,
+    "agent:create": CreateAgentResult,
+    "agent:command": AgentCommandResult,
+    "agent:pause": AgentControlResult,
+    "agent:resume": AgentControlResult,
+    "agent:terminate": AgentControlResult,
+    "subscribe:agent": SubscribeResult,
+    "subscribe:metrics": SubscribeResult,
+    "subscribe:logs": SubscribeResult,
+    "unsubscribe": UnsubscribeResult,
+}
+
+#: Subscribe request type → the names its ``filters`` may hold.
+SUBSCRIBE_FILTERS: dict[str, Any] = {
+    "subscribe:agent": AgentEventFilter,
+    "subscribe:metrics": MetricsFilter,
+    "subscribe:logs": LogsFilter,
+}
 
 
 class RestoredSubscription(_Strict):

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -156,21 +159,112 @@ def test_error_codes_with_names_and_numbers(doc: dict[str, Any]) -> None:
     assert dict(zip(codes["x-enum-varnames"], codes["enum"], strict=True)) == SPEC_ERROR_CODES
     for c in ErrorCode:
         assert f"| {int(c)} | {c.name} |" in codes["description"]
-    ack_code = doc["$defs"]["AckPayload"]["properties"]["code"]
-    assert {"$ref": "#/$defs/ErrorCode"} in ack_code["anyOf"]
+    assert codes["tsEnumNames"] == codes["x-enum-varnames"]
+    assert doc["$defs"]["AckPayload"]["properties"]["code"] == {"$ref": "#/$defs/ErrorCode"}
+
+
+def _resolve(doc: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    ref = node.get("$ref")
+    return doc["$defs"][ref.removeprefix("#/$defs/")] if isinstance(ref, str) else node
 
 
 def test_auth_has_two_exclusive_shapes(doc: dict[str, Any]) -> None:
-    shapes = {s["title"]: s for s in doc["$defs"]["AuthMessage"]["oneOf"]}
-    assert set(shapes) == {"payload shape", "flat shape"}
-    assert shapes["payload shape"]["required"] == ["payload"]
-    assert shapes["flat shape"]["required"] == ["token", "clientId"]
-    assert shapes["flat shape"]["not"] == {"required": ["payload"]}
+    shapes = {
+        s["title"]: s for s in map(partial(_resolve, doc), doc["$defs"]["AuthMessage"]["oneOf"])
+    }
+    assert set(shapes) == set(schema.AUTH_SHAPES)
+    with_payload, flat = (shapes[name] for name in schema.AUTH_SHAPES)
+    assert with_payload["required"] == ["type", "payload"]
+    assert flat["required"] == ["type", "token", "clientId"]
+    assert "payload" not in flat["properties"]
+    assert not {"token", "clientId", "sessionId"} & with_payload["properties"].keys()
+
+
+def _object_defs(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The object schemas a definition stands for (the branches of a union definition)."""
+    node = doc["$defs"][name]
+    if "oneOf" in node and "properties" not in node:
+        return [d for branch in node["oneOf"] for d in _object_defs(doc, branch["$ref"][8:])]
+    return [node]
 
 
 def test_messages_forbid_unknown_fields(doc: dict[str, Any]) -> None:
     for model in _models():
-        assert doc["$defs"][model.__name__].get("additionalProperties") is False, model
+        for node in _object_defs(doc, model.__name__):
+            assert node.get("additionalProperties") is False, model
+
+
+def _walk(node: object, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from _walk(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, f"{path}/{i}")
+
+
+def test_nothing_is_nullable(doc: dict[str, Any]) -> None:
+    """The server never sends null (``encode`` leaves out every None): optional, not nullable."""
+    for path, node in _walk(doc):
+        assert node.get("type") != "null" and "null" not in node.get("type", []), path
+        assert not ("default" in node and node["default"] is None), path
+
+
+def test_definitions_are_named_and_properties_untitled(doc: dict[str, Any]) -> None:
+    for name, node in doc["$defs"].items():
+        assert re.fullmatch(r"[A-Z][A-Za-z]*", name), name  # no ``Id1``, no ``X-Input``
+        assert node["title"] == name, name
+        for prop, sub in node.get("properties", {}).items():
+            assert "title" not in sub, f"{name}.{prop}"
+
+
+def test_server_messages_always_carry_the_envelope(doc: dict[str, Any]) -> None:
+    server = doc["$defs"]["ServerMessage"]
+    for ref in server["oneOf"]:
+        node = _resolve(doc, ref)
+        assert {"id", "type", "timestamp", "payload"} <= set(node["required"]), node["title"]
+    envelope = doc["$defs"]["WSMessage"]
+    assert envelope["required"] == ["id", "type", "timestamp"]
+    status = doc["$defs"]["ConnectionStatusPayload"]["required"]
+    assert {"resumed", "replayed", "missed", "protocolVersion"} <= set(status)
+    assert "recovered" not in status  # None when not a resume: left out
+
+
+def test_client_messages_need_only_what_the_server_requires(doc: dict[str, Any]) -> None:
+    ping = doc["$defs"]["ClientHeartbeatMessage"]
+    assert ping["required"] == ["type"]
+    assert doc["$defs"]["HeartbeatMessage"]["required"] == ["id", "type", "timestamp", "payload"]
+    assert doc["$defs"]["CreateAgentMessage"]["required"] == ["type", "payload"]
+
+
+def test_every_request_has_a_typed_result(doc: dict[str, Any]) -> None:
+    results = doc["$defs"]["RequestResults"]
+    assert set(results["required"]) == p.CLIENT_TYPES - {"ping", "pong"}
+    ack_result = doc["$defs"]["AckPayload"]["properties"]["result"]["anyOf"]
+    assert {r["$ref"] for r in ack_result} == {r["$ref"] for r in results["properties"].values()}
+
+
+def test_filter_names_are_the_gateways(doc: dict[str, Any]) -> None:
+    from gateway import router
+
+    enums = {
+        name: set(doc["$defs"][name]["enum"])
+        for name in ("AgentEventFilter", "MetricsFilter", "LogsFilter")
+    }
+    assert enums["AgentEventFilter"] == router.AGENT_EVENT_KINDS
+    assert enums["MetricsFilter"] == router.METRICS_SECTIONS
+    assert enums["LogsFilter"] == router.ALERT_LEVELS | router.ALERT_CATEGORIES
+    mapping = doc["$defs"]["ClientMessage"]["discriminator"]["mapping"]
+    for kind, filter_name in [
+        ("subscribe:agent", "AgentEventFilter"),
+        ("subscribe:metrics", "MetricsFilter"),
+        ("subscribe:logs", "LogsFilter"),
+    ]:
+        message = _resolve(doc, {"$ref": mapping[kind]})
+        payload = _resolve(doc, message["properties"]["payload"])
+        assert payload["properties"]["filters"]["items"] == {"$ref": f"#/$defs/{filter_name}"}
+        assert ("agentId" in payload["properties"]) is (kind == "subscribe:agent")
 
 
 # ---------------------------------------------------------------------------
@@ -226,3 +320,41 @@ def test_schema_and_models_agree(doc: dict[str, Any], message: dict[str, Any], v
     except ProtocolError:
         model_valid = False
     assert model_valid is valid
+
+
+FILTER_CASES: list[tuple[str, list[str]]] = [
+    ("subscribe:agent", ["stdout", "created"]),
+    ("subscribe:agent", ["system"]),
+    ("subscribe:metrics", ["system"]),
+    ("subscribe:metrics", ["stdout"]),
+    ("subscribe:logs", ["critical", "security"]),
+    ("subscribe:logs", ["agents"]),
+]
+
+
+@pytest.mark.parametrize("kind, filters", FILTER_CASES)
+def test_schema_and_gateway_agree_on_filters(
+    doc: dict[str, Any], kind: str, filters: list[str]
+) -> None:
+    import jsonschema
+
+    from gateway.router import parse_filters
+
+    message = {"type": kind, "payload": {"filters": filters}}
+    schema_valid = jsonschema.Draft202012Validator(doc).is_valid(message)
+    try:
+        parse_filters(kind.removeprefix("subscribe:"), filters)  # type: ignore[arg-type]
+        gateway_valid = True
+    except ProtocolError:
+        gateway_valid = False
+    assert schema_valid is gateway_valid
+
+
+def test_typescript_types_match_the_schema() -> None:
+    """clients/typescript/src/protocol.ts is what its generator makes of the committed schema
+    (the generator has no dependencies: plain node, no npm install)."""
+    script = ROOT / "clients" / "typescript" / "scripts" / "generate-types.mjs"
+    result = subprocess.run(
+        ["node", str(script), "--check"], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,203 @@
+// DashboardWebSocket against a real stack: Redis, two gateways behind HAProxy, an agent
+// runner with the fixture agents of tests/agents/models.toml, the metrics collector.
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+
+import { WebSocket } from "ws";
+
+import {
+  DashboardError,
+  DashboardWebSocket,
+  ErrorCode,
+  type DashboardEvent,
+  type DashboardOptions,
+  type StateEvent,
+} from "../src/index.js";
+import { Stack, t, waitFor } from "./stack.js";
+
+let stack: Stack;
+const clients: DashboardWebSocket[] = [];
+
+before(async () => {
+  stack = await Stack.start();
+});
+
+after(async () => {
+  for (const c of clients) c.close();
+  await stack?.stop();
+});
+
+/** A socket that records what the client sends (a real `ws` socket otherwise). */
+class RecordingWebSocket extends WebSocket {
+  static sent: string[] = [];
+  override send(data: string): void {
+    RecordingWebSocket.sent.push(data);
+    super.send(data);
+  }
+}
+
+function client(options: Partial<DashboardOptions> = {}): DashboardWebSocket {
+  const c = new DashboardWebSocket({
+    url: stack.url,
+    token: stack.token,
+    WebSocket,
+    backoffMs: [50, 100, 200, 400, 800, 1000],
+    requestTimeoutMs: t(20_000),
+    ...options,
+  });
+  clients.push(c);
+  return c;
+}
+
+function states(c: DashboardWebSocket): StateEvent[] {
+  const seen: StateEvent[] = [];
+  c.on("state", (s) => seen.push(s));
+  return seen;
+}
+
+/** `tick N` lines of an agent's stdout, in arrival order, and whether it stopped. */
+function ticks(events: DashboardEvent[]): { ticks: number[]; stopped: boolean } {
+  let text = "";
+  let stopped = false;
+  for (const e of events) {
+    if (e.type === "agent:output") text += e.payload.data;
+    if (e.type === "agent:status" && (e.payload.status === "stopped" || e.payload.status === "crashed")) stopped = true;
+  }
+  const lines = text.split("\n").filter((l) => l.startsWith("tick "));
+  return { ticks: lines.map((l) => Number(l.split(" ")[1])), stopped };
+}
+
+describe("connecting", () => {
+  it("authenticates with the payload shape and with the flat shape", async () => {
+    for (const authShape of ["payload", "flat"] as const) {
+      const c = client({ authShape });
+      const seen = states(c);
+      const status = await c.connect();
+      assert.equal(status.status, "authenticated");
+      assert.equal(status.resumed, false);
+      assert.equal(c.userId, "ts-admin");
+      assert.deepEqual(seen.map((s) => s.state), ["connecting", "open"]);
+      c.close();
+    }
+  });
+
+  it("rejects a bad token with AUTH_FAILED", async () => {
+    const c = client({ token: "not-a-jwt", reconnect: false });
+    await assert.rejects(c.connect(), (e: unknown) => e instanceof DashboardError && e.code === ErrorCode.AUTH_FAILED);
+  });
+
+  it("resumes a saved session with its positions", async () => {
+    const first = client();
+    await first.connect();
+    const sub = await first.subscribeMetrics({ filters: ["system"] });
+    const got: DashboardEvent[] = [];
+    sub.on((e) => got.push(e));
+    await waitFor(() => got.length >= 2, "two metrics updates");
+    first.close();
+    const second = client({ sessionId: first.sessionId as string, positions: first.positions });
+    const status = await second.connect();
+    assert.equal(status.resumed, true);
+    assert.equal(status.sessionId, first.sessionId);
+    assert.deepEqual(status.subscriptions?.map((s) => s.subscriptionId), [sub.id]);
+  });
+});
+
+describe("requests", () => {
+  it("settles every request by its ack, typed, with the error code on failure", async () => {
+    const c = client();
+    await c.connect();
+    const created = await c.createAgent({ name: "echo", model: "echo", workspace: "echo" });
+    assert.match(created.agentId, /^[0-9a-f-]{36}$/);
+    assert.ok(created.pid > 0);
+    const events: DashboardEvent[] = [];
+    const sub = await c.subscribeAgent({ agentId: created.agentId, filters: ["stdout", "status"], onEvent: (e) => events.push(e) });
+    assert.equal(sub.topic, `agent:${created.agentId}`);
+    const command = await c.sendCommand(created.agentId, "hello from typescript");
+    assert.equal(command.agentId, created.agentId);
+    await waitFor(
+      () => events.some((e) => e.type === "agent:output" && e.payload.data.includes("hello from typescript")),
+      "the echo",
+    );
+    assert.deepEqual(await c.pause(created.agentId), { agentId: created.agentId });
+    assert.deepEqual(await c.resume(created.agentId), { agentId: created.agentId });
+    await assert.rejects(
+      c.sendCommand("no-such-agent", "x"),
+      (e: unknown) => e instanceof DashboardError && e.code === ErrorCode.AGENT_NOT_FOUND && e.codeName === "AGENT_NOT_FOUND",
+    );
+    await assert.rejects(
+      c.request("subscribe:metrics", { filters: ["stdout" as never] }),
+      (e: unknown) => e instanceof DashboardError && e.code === ErrorCode.INVALID_MESSAGE,
+    );
+    assert.deepEqual(await c.terminate(created.agentId, { force: true }), { agentId: created.agentId });
+    await waitFor(() => events.some((e) => e.type === "agent:status" && e.payload.status === "stopped"), "stopped");
+    await sub.unsubscribe();
+    assert.equal(sub.active, false);
+    assert.deepEqual(c.subscriptions, []);
+  });
+
+  it("delivers only the metrics sections a subscription asked for", async () => {
+    const c = client();
+    await c.connect();
+    const got: DashboardEvent[] = [];
+    await c.subscribeMetrics({ filters: ["system"], onEvent: (e) => got.push(e) });
+    await waitFor(() => got.length >= 1, "a metrics update");
+    const [first] = got;
+    assert.ok(first?.type === "metrics:update");
+    assert.ok(first.payload.system !== undefined && first.payload.system.cpu.cores > 0);
+    assert.equal(first.payload.agents, undefined);
+  });
+});
+
+describe("keeping the connection", () => {
+  it("answers the server's heartbeat", async () => {
+    RecordingWebSocket.sent = [];
+    const c = client({ WebSocket: RecordingWebSocket });
+    const seen = states(c);
+    const status = await c.connect();
+    assert.equal(status.heartbeatIntervalMs, 1000);
+    // The gateway closes a connection silent for two intervals: three pongs outlive that.
+    const pongs = (): number => RecordingWebSocket.sent.filter((s) => (JSON.parse(s) as { type: string }).type === "pong").length;
+    await waitFor(() => pongs() >= 3, "three pongs", t(10_000));
+    assert.equal(c.connected, true);
+    assert.equal(c.reconnects, 0);
+    assert.deepEqual(seen.map((s) => s.state), ["connecting", "open"]);
+  });
+
+  it("refreshes a short-lived token before it expires", async () => {
+    const c = client({ token: () => stack.mintToken("ts-admin", ["admin"], 4), refreshBeforeExpiryMs: 2500 });
+    const seen = states(c);
+    await c.connect();
+    const firstExpiry = Date.now() + 4000;
+    await waitFor(() => seen.some((s) => s.state === "token-refreshed"), "a refresh", t(10_000));
+    // Past the first token's expiry the connection would have been closed (1008) unrefreshed.
+    await waitFor(() => Date.now() > firstExpiry + 1000, "the first token's expiry", t(10_000));
+    const sub = await c.subscribeLogs({ filters: ["critical"] });
+    assert.ok(sub.active);
+    assert.equal(c.reconnects, 0);
+    assert.ok(!seen.some((s) => s.state === "reconnecting"));
+  });
+
+  it("gets every line exactly once across a gateway killed mid-stream", async () => {
+    const c = client();
+    const seen = states(c);
+    await c.connect();
+    const agent = await c.createAgent({ name: "ticker", model: "ticker", workspace: "ticker" });
+    const events: DashboardEvent[] = [];
+    await c.subscribeAgent({ agentId: agent.agentId, filters: ["stdout", "status"], onEvent: (e) => events.push(e) });
+    await waitFor(() => ticks(events).ticks.length >= 400, "400 ticks");
+    const victim = c.gatewayId as string;
+    await stack.command({ cmd: "kill_gateway", gatewayId: victim });
+    await waitFor(() => ticks(events).stopped, "the ticker to finish", t(60_000));
+    const got = ticks(events).ticks;
+    assert.ok(got.length < 3000 || c.reconnects >= 1);
+    assert.deepEqual(got, Array.from({ length: 3000 }, (_, i) => i + 1), "every line exactly once, in order");
+    assert.ok(c.reconnects >= 1);
+    assert.notEqual(c.gatewayId, victim);
+    const names = seen.map((s) => s.state);
+    assert.ok(names.includes("reconnecting") && names.includes("resumed"), names.join(","));
+    const sequences = events.flatMap((e) => (e.type === "agent:output" ? [e.payload.sequence] : []));
+    assert.deepEqual(sequences, [...new Set(sequences)].sort((a, b) => a - b));
+    await stack.command({ cmd: "restart_gateway", index: 0 });
+    await stack.command({ cmd: "restart_gateway", index: 1 });
+  });
+});
