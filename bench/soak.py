@@ -18,7 +18,8 @@ are reported ``crashed`` and the soak creates new ones); Redis SIGKILLed and res
 its data); the collector SIGKILLed and restarted.
 
 Each client checks, per agent, that the ticks it receives are consecutive: a tick seen
-twice is a *duplicate*, a jump is *lost* (unless the gateway announced the gap). After each
+twice is a *duplicate*, a jump is *lost* (unless the gateway announced it: a
+`subscription:gap` notice, or a resume with `recovered: false`). After each
 runner kill the soak also looks for *orphans*: processes still running in a dead agent's
 workspace. The report goes to ``bench/results/soak-<id>/`` (``report.json``, ``report.md``)
 and to stdout; ``docs/reliability.md`` quotes the last one.
@@ -38,14 +39,15 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from shared.client import ClientError, DashboardClient, Subscription
-from shared.protocol import AgentOutputMessage, AgentStatusMessage
+from shared.client import ClientError, ConnectionLost, DashboardClient, StateChange, Subscription
+from shared.protocol import AgentOutputMessage, AgentStatusMessage, SubscriptionGapMessage
 from shared.redis_server import EmbeddedRedis, free_port
 from shared.tokens import mint_token
 from shared.topology import LocalTopology
@@ -105,6 +107,8 @@ class Totals:
     command_failures: Counter[str] = field(default_factory=Counter)
     orphans: int = 0
     client_reconnects: int = 0
+    resumes: int = 0
+    unrecovered_resumes: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     agents_created: int = 0
     agents_ended: Counter[str] = field(default_factory=Counter)
@@ -211,11 +215,28 @@ class Soak:
                 backoff=(0.1, 0.2, 0.5, 1.0, 2.0),
                 request_timeout=30,
                 queue_size=100_000,
+                on_state=self._on_state(i),
             )
             await client.connect()
             self.clients.append(client)
             self._follow(i, client, await client.subscribe_metrics(), "metrics")
             self._follow(i, client, await client.subscribe_logs(), "logs")
+
+    def _on_state(self, i: int) -> Callable[[StateChange], None]:
+        def on_state(change: StateChange) -> None:
+            status = change.status
+            if change.state != "reconnected" or status is None:
+                return
+            self.totals.resumes += 1
+            if status.recovered is False:
+                # "recovered: false, missed: N": what this client lacks now was announced.
+                self.totals.unrecovered_resumes += 1
+                self.note(f"client {i} resumed with recovered: false, missed {status.missed}")
+                for key in list(self.streams):
+                    if key[0] == i:
+                        self.gap_flags[key] = True
+
+        return on_state
 
     def _follow(self, i: int, client: DashboardClient, sub: Subscription, what: str) -> None:
         task = asyncio.create_task(self._read(i, sub, what), name=f"soak-read-{i}-{what}")
@@ -238,6 +259,11 @@ class Soak:
                             f"(sequence {event.payload.sequence}, offset "
                             f"{meta.offset if meta else '?'}, epoch {meta.epoch if meta else '?'})"
                         )
+                elif isinstance(event, SubscriptionGapMessage):
+                    # The gateway told this client that events of the topic are gone: the
+                    # next jump in its ticks is an announced gap, not a silent one.
+                    if event.payload.topic.startswith("agent:"):
+                        self.gap_flags[(i, event.payload.topic.removeprefix("agent:"))] = True
                 elif isinstance(event, AgentStatusMessage):
                     if event.payload.status in ("stopped", "crashed"):
                         self._agent_ended(event.payload.agentId, event.payload.status)
@@ -263,8 +289,21 @@ class Soak:
         self.agents[agent.agent_id] = name
         self.totals.agents_created += 1
         for i, c in enumerate(self.clients):
-            sub = await c.subscribe_agent(agent.agent_id, filters=["stdout", "status"])
+            sub = await self._subscribe(c, agent.agent_id)
             self._follow(i, c, sub, agent.agent_id)
+
+    async def _subscribe(self, client: DashboardClient, agent_id: str) -> Subscription:
+        """Subscribe, again if the connection dropped before the ack (the SDK cannot know
+        whether that one was carried out; a second subscription is harmless: the SDK drops
+        the copies by position)."""
+        for attempt in range(10):
+            try:
+                return await client.subscribe_agent(agent_id, filters=["stdout", "status"])
+            except ConnectionLost as e:
+                self.note(f"subscribe to {agent_id} lost its ack ({e}); again")
+                if attempt == 9:
+                    raise
+        raise AssertionError("unreachable")
 
     def live_agents(self) -> list[str]:
         return [a for a in self.agents if a not in self.ended]
@@ -422,7 +461,7 @@ def render(report: dict[str, Any]) -> str:
         f"{a['clients']} clients, {a['agents']} agents (tick every {a['tick_s']} s), "
         f"a fault every {a['fault_min_s']:g}-{a['fault_max_s']:g} s, seed {a['seed']}.",
         "",
-        "| events received | lost | duplicated | announced gaps | orphan processes |",
+        "| events received | lost silently | duplicated | lost and announced | orphan processes |",
         "|---|---|---|---|---|",
         f"| {t['received']:,} | **{t['lost']}** | **{t['duplicates']}** | {t['announced']} "
         f"| **{t['orphans']}** |",
@@ -433,7 +472,8 @@ def render(report: dict[str, Any]) -> str:
         f"Commands {t['commands']}, refused "
         f"{sum(t['command_failures'].values())} "
         f"({', '.join(f'{k} ×{v}' for k, v in sorted(t['command_failures'].items())) or '-'}). "
-        f"Client reconnections {t['client_reconnects']}.",
+        f"Client reconnections {t['client_reconnects']}, of which resumed with "
+        f"`recovered: false` {t['unrecovered_resumes']}.",
         "",
         "| process | first RSS MB | last | max | first fds | last | max | threads last | "
         "tasks first | last | max |",
@@ -465,7 +505,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--gateways", type=int, default=3)
-    p.add_argument("--clients", type=int, default=10)
+    p.add_argument("--clients", type=int, default=6)
     p.add_argument("--agents", type=int, default=4)
     p.add_argument("--tick-s", type=float, default=0.01, help="(fixed by bench/agents/models.toml)")
     p.add_argument("--fault-min-s", type=float, default=30.0)
