@@ -501,6 +501,14 @@ class AgentControlResult(_Strict):
     agentId: str
 
 
+class AgentPermissionResult(_Strict):
+    """The result of ``agent:permission``: the answer reached the agent."""
+
+    agentId: str
+    #: The tool the answered request was about.
+    tool: str
+
+
 class TokenRefreshResult(_Strict):
     """The result of an ``auth`` on a live connection (a token refresh)."""
 
@@ -518,6 +526,7 @@ ACK_RESULTS: dict[str, type[BaseModel]] = {
     "agent:pause": AgentControlResult,
     "agent:resume": AgentControlResult,
     "agent:terminate": AgentControlResult,
+    "agent:permission": AgentPermissionResult,
     "subscribe:agent": SubscribeResult,
     "subscribe:metrics": SubscribeResult,
     "subscribe:logs": SubscribeResult,

@@ -45,6 +45,8 @@ import {
   type AgentCommandResult,
   type AgentControlResult,
   type AgentEventFilter,
+  type AgentPermissionPayload,
+  type AgentPermissionResult,
   type AgentRef,
   type AuthPayload,
   type ConnectionStatusPayload,
@@ -79,6 +81,7 @@ export interface RequestPayloads {
   "agent:pause": AgentRef;
   "agent:resume": AgentRef;
   "agent:terminate": TerminateAgentPayload;
+  "agent:permission": AgentPermissionPayload;
   "subscribe:agent": SubscribeAgentPayload;
   "subscribe:metrics": SubscribeMetricsPayload;
   "subscribe:logs": SubscribeLogsPayload;
@@ -471,6 +474,22 @@ export class DashboardWebSocket {
 
   terminate(agentId: string, options: { force?: boolean } = {}): Promise<AgentControlResult> {
     return this.request("agent:terminate", { agentId, ...(options.force ? { force: true } : {}) });
+  }
+
+  /** Answer an agent's `permission_request` event (its `requestId`): allow or deny the
+   * tool use; a deny may say why. */
+  answerPermission(
+    agentId: string,
+    requestId: string,
+    decision: "allow" | "deny",
+    message?: string,
+  ): Promise<AgentPermissionResult> {
+    return this.request("agent:permission", {
+      agentId,
+      requestId,
+      decision,
+      ...(message !== undefined ? { message } : {}),
+    });
   }
 
   /** With `agentId`: that agent's output, status and errors (topic `agent:{id}`); without:

@@ -24,7 +24,7 @@ export interface AckPayload {
   /**
    * On success: the request's result (RequestResults names which).
    */
-  result?: AgentCommandResult | AgentControlResult | CreateAgentResult | SubscribeResult | TokenRefreshResult | UnsubscribeResult;
+  result?: AgentCommandResult | AgentControlResult | AgentPermissionResult | CreateAgentResult | SubscribeResult | TokenRefreshResult | UnsubscribeResult;
   success: boolean;
 }
 
@@ -156,6 +156,14 @@ export interface AgentPermissionPayload {
   decision: "allow" | "deny";
   message?: string;
   requestId: string;
+}
+
+/**
+ * The result of `agent:permission`: the answer reached the agent.
+ */
+export interface AgentPermissionResult {
+  agentId: string;
+  tool: string;
 }
 
 /**
@@ -469,6 +477,7 @@ export interface RequestResults {
   "agent:command": AgentCommandResult;
   "agent:create": CreateAgentResult;
   "agent:pause": AgentControlResult;
+  "agent:permission": AgentPermissionResult;
   "agent:resume": AgentControlResult;
   "agent:terminate": AgentControlResult;
   auth: TokenRefreshResult;
