@@ -578,14 +578,19 @@ async def _agent_permission(
 
 def format_output(payload: AgentOutputPayload) -> str:
     """What ``teamdash agent tail`` prints for one output event: its readable text, and
-    under a permission request the command that answers it."""
-    from shared.protocol import PermissionRequestEvent
+    under a permission request or a question the command that answers it."""
+    from shared.protocol import InputRequestEvent, PermissionRequestEvent
 
     event = payload.event
-    if not isinstance(event, PermissionRequestEvent):
+    if isinstance(event, PermissionRequestEvent):
+        text = payload.data or f"[permission] {event.tool} {event.summary}: allow or deny?"
+        answer = f"teamdash agent permission {payload.agentId} {event.requestId} allow|deny"
+    elif isinstance(event, InputRequestEvent):
+        # A plain line tool's question was printed already (data is empty then).
+        text = payload.data
+        answer = f"teamdash agent command {payload.agentId} REPLY"
+    else:
         return payload.data
-    text = payload.data or f"[permission] {event.tool} {event.summary}: allow or deny?\n"
-    answer = f"teamdash agent permission {payload.agentId} {event.requestId} allow|deny"
     return text.rstrip("\n") + f"\n  answer: {answer}\n"
 
 

@@ -6,6 +6,8 @@ tool is ``tests/agents/tui.py``, which refuses to run without a terminal."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +96,7 @@ async def test_the_keeper_gives_the_agent_a_terminal_and_relays_it(tmp_path: Pat
     )
     process = await AgentProcess.start(
         LaunchSpec(
-            argv=[__import__("sys").executable, "-c", script],
+            argv=[sys.executable, "-c", script],
             env={"PATH": "/usr/bin:/bin"},
             cwd=tmp_path,
             pty=True,
@@ -110,6 +112,19 @@ async def test_the_keeper_gives_the_agent_a_terminal_and_relays_it(tmp_path: Pat
     # stdin and stdout are the terminal (no echo of what was typed); stderr stays a pipe.
     assert out.decode().splitlines() == [f"True True False {size}", "typed 'hello\\n'", "eof ''"]
     assert err == b"to stderr\n"
+
+
+async def test_a_terminal_agent_killed_by_a_signal_is_reported_so(tmp_path: Path) -> None:
+    script = "import sys, time\nprint('up', flush=True)\ntime.sleep(60)\n"
+    process = await AgentProcess.start(
+        LaunchSpec(argv=[sys.executable, "-c", script], env={}, cwd=tmp_path, pty=True)
+    )
+    assert await asyncio.wait_for(process.stdout.readline(), t(10)) == b"up\r\n"
+    assert process.signal_group(signal.SIGTERM)
+    # The keeper, relaying, notices the exit at once and exits the same way.
+    assert await asyncio.wait_for(process.wait(), t(10)) == -signal.SIGTERM
+    assert await asyncio.wait_for(process.stdout.read(), t(10)) == b""
+    assert await process.kill_everything() == []
 
 
 # -- through a runner -----------------------------------------------------------------------
