@@ -1,8 +1,8 @@
 """The per-agent *keeper* every agent is started through (stdlib only; run as a script).
 
 The runner starts ``python -I -S launch.py --status-fd N [--mem-mb M] [--cpus 0,1]
-[--parent-pid P] [--pty COLSxROWS] -- argv...`` in a new session (``start_new_session``), with the agent's
-pipes, working directory and environment already in place. The keeper stays between the
+[--parent-pid P] [--pty COLSxROWS] -- argv...`` in a new session (``start_new_session``),
+with the agent's pipes, working directory and environment already in place. The keeper stays between the
 runner and the agent for the agent's whole life, so that a runner killed with SIGKILL takes
 *every* process of its agents with it — also children that left the agent's process group
 (``setsid``) or were double-forked away from it. Cgroups would do this too, but they are not
@@ -69,6 +69,9 @@ _MAX_KILL_ROUNDS = 2000
 _CHUNK = 65536
 #: Reads of what is left in the terminal once the agent exited (an orphan may go on).
 _MAX_DRAIN_READS = 256
+#: Input held for an agent that reads none; beyond it the runner's writes block, and its
+#: stdin timeout tells the client, as for an agent on pipes.
+_MAX_HELD_INPUT = 1024 * 1024
 
 
 class _Stop(Exception):
@@ -247,8 +250,8 @@ def _relay(master: int, leader: int) -> int:
     the runner's stdout (fd 1), reaping children, until the agent leader exits; then copy
     what is left in the terminal. Returns the leader's wait status.
 
-    Input waits in a buffer while the terminal is full (the agent reads nothing), so output
-    keeps flowing meanwhile; output is written to the runner as it comes (the runner always
+    Input waits in a buffer (up to ``_MAX_HELD_INPUT``) while the terminal is full (the
+    agent reads nothing), so output keeps flowing meanwhile; output is written to the runner as it comes (the runner always
     reads; while it paces the agent, the agent blocks on its terminal). End of input is the
     terminal's end-of-file key (``^D``), as a person would type it."""
     wake_r, wake_w = os.pipe()
@@ -285,7 +288,8 @@ def _relay(master: int, leader: int) -> int:
         status = _reap(leader)
         if status is not None:
             break
-        readable = [wake_r] + [master] * terminal_open + [0] * reading_input
+        taking_input = reading_input and len(to_agent) < _MAX_HELD_INPUT
+        readable = [wake_r] + [master] * terminal_open + [0] * taking_input
         writable = [master] if to_agent and terminal_open else []
         ready, _, _ = select.select(readable, writable, [])
         if wake_r in ready:
