@@ -2,10 +2,10 @@
 
 The runner starts ``python -I -S launch.py --status-fd N [--mem-mb M] [--cpus 0,1]
 [--parent-pid P] [--pty COLSxROWS] -- argv...`` in a new session (``start_new_session``),
-with the agent's pipes, working directory and environment already in place. The keeper stays between the
-runner and the agent for the agent's whole life, so that a runner killed with SIGKILL takes
-*every* process of its agents with it — also children that left the agent's process group
-(``setsid``) or were double-forked away from it. Cgroups would do this too, but they are not
+with the agent's pipes, working directory and environment already in place. The keeper
+stays between the runner and the agent for the agent's whole life, so that a runner killed
+with SIGKILL takes *every* process of its agents with it — also children that left the
+agent's process group (``setsid``) or were double-forked away from it. Cgroups would do this too, but they are not
 delegated to the runner everywhere (cgroup v1 hosts); a child subreaper works unprivileged.
 
 In order, the keeper:
@@ -251,9 +251,10 @@ def _relay(master: int, leader: int) -> int:
     what is left in the terminal. Returns the leader's wait status.
 
     Input waits in a buffer (up to ``_MAX_HELD_INPUT``) while the terminal is full (the
-    agent reads nothing), so output keeps flowing meanwhile; output is written to the runner as it comes (the runner always
-    reads; while it paces the agent, the agent blocks on its terminal). End of input is the
-    terminal's end-of-file key (``^D``), as a person would type it."""
+    agent reads nothing), so output keeps flowing meanwhile; output is written to the
+    runner as it comes (the runner always reads; while it paces the agent, the agent blocks
+    on its terminal). End of input is the terminal's end-of-file key (``^D``), as a person
+    would type it."""
     wake_r, wake_w = os.pipe()
     for fd in (wake_r, wake_w, master):
         os.set_blocking(fd, False)

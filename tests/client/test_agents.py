@@ -1,6 +1,6 @@
 """Agents end to end through the SDK and the CLI: a real gateway, a real agent runner process
-and the fixture agents of ``tests/agents`` (models ``echo``, ``crash``, ``slow``, and ``claude-ask``:
-the Claude Code contract asking the dashboard before it writes a file)."""
+and the fixture agents of ``tests/agents`` (models ``echo``, ``crash``, ``slow``, and
+``claude-ask``: the Claude Code contract asking the dashboard before it writes a file)."""
 
 from __future__ import annotations
 
