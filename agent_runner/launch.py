@@ -5,8 +5,9 @@ The runner starts ``python -I -S launch.py --status-fd N [--mem-mb M] [--cpus 0,
 with the agent's pipes, working directory and environment already in place. The keeper
 stays between the runner and the agent for the agent's whole life, so that a runner killed
 with SIGKILL takes *every* process of its agents with it — also children that left the
-agent's process group (``setsid``) or were double-forked away from it. Cgroups would do this too, but they are not
-delegated to the runner everywhere (cgroup v1 hosts); a child subreaper works unprivileged.
+agent's process group (``setsid``) or were double-forked away from it. Cgroups would do
+this too, but they are not delegated to the runner everywhere (cgroup v1 hosts); a child
+subreaper works unprivileged.
 
 In order, the keeper:
 
