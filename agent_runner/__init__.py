@@ -7,11 +7,13 @@ Map of the package (cores without I/O first):
   sanitizing and CPU selection (pure functions);
 * :mod:`agent_runner.output`   — UTF-8-safe line splitting with flush deadlines, pacing,
   pieces joined back into lines;
-* :mod:`agent_runner.drivers`  — one per CLI contract (Claude Code, Codex, line tools): how
-  commands are written, output read (readable events, failures, prompts), turns end;
+* :mod:`agent_runner.drivers`  — one per CLI contract (Claude Code, Codex, line and
+  terminal tools): how commands are written, output read (readable events, failures,
+  prompts; a terminal's escape codes rendered away), turns end;
 * :mod:`agent_runner.models`   — the model configuration file (TOML): program, driver,
   permissions;
-* :mod:`agent_runner.launch`   — the tiny exec wrapper that applies limits and ``execvp``\\ s;
+* :mod:`agent_runner.launch`   — the per-agent keeper: applies limits, ``execvp``\\ s the
+  agent (on a pseudo-terminal it relays, for ``pty`` models), kills all of it at the end;
 * :mod:`agent_runner.process`  — the subprocess adapter (spawn, signal the group, verify);
 * :mod:`agent_runner.agent`    — one live agent: its process, pumps, commands and events;
 * :mod:`agent_runner.registry` — the agent registry in Redis (hash, sets, per-user limit);

@@ -329,11 +329,12 @@ class Agent:
         text = sanitize_command(
             payload.command, max_chars=MAX_COMMAND_CHARS, multiline=driver.multiline
         )
+        # A reply to the CLI's question goes on the turn that asked it (no turn of its own).
+        tracked = driver.detects_turns and not driver.awaiting_reply
         data = driver.frame(text)
         stdin = self.process.stdin
         if stdin.is_closing():
             raise AgentNotFound(f"agent {self.agent_id} no longer reads commands (stdin closed)")
-        tracked = driver.detects_turns
         pending = PendingCommand(request.requestId) if tracked else None
         if pending is not None:
             if len(self._pending) >= MAX_PENDING:

@@ -194,7 +194,7 @@ def readable(
     agent_id: str,
     owner: str,
     text: str,
-    event: AgentEvent,
+    event: AgentEvent | None,
     sequence: int,
     ts: int,
     *,

@@ -1,12 +1,13 @@
 """The per-agent *keeper* every agent is started through (stdlib only; run as a script).
 
 The runner starts ``python -I -S launch.py --status-fd N [--mem-mb M] [--cpus 0,1]
-[--parent-pid P] -- argv...`` in a new session (``start_new_session``), with the agent's
-pipes, working directory and environment already in place. The keeper stays between the
-runner and the agent for the agent's whole life, so that a runner killed with SIGKILL takes
-*every* process of its agents with it — also children that left the agent's process group
-(``setsid``) or were double-forked away from it. Cgroups would do this too, but they are not
-delegated to the runner everywhere (cgroup v1 hosts); a child subreaper works unprivileged.
+[--parent-pid P] [--pty COLSxROWS] -- argv...`` in a new session (``start_new_session``),
+with the agent's pipes, working directory and environment already in place. The keeper
+stays between the runner and the agent for the agent's whole life, so that a runner killed
+with SIGKILL takes *every* process of its agents with it — also children that left the
+agent's process group (``setsid``) or were double-forked away from it. Cgroups would do
+this too, but they are not delegated to the runner everywhere (cgroup v1 hosts); a child
+subreaper works unprivileged.
 
 In order, the keeper:
 
@@ -21,10 +22,15 @@ In order, the keeper:
    runner learns the pid only after the exec, so the group exists by then). The child sets
    ``PR_SET_PDEATHSIG = SIGKILL`` (it dies with the keeper), ``RLIMIT_DATA`` (the memory
    limit; not ``RLIMIT_AS``, which breaks runtimes that reserve large address ranges, like
-   Node), restores ``SIGPIPE`` and ``execvp``\\ s the agent;
+   Node), restores ``SIGPIPE`` and ``execvp``\\ s the agent. With ``--pty`` the keeper first
+   opens a pseudo-terminal (that size, echo off) and the child makes it its controlling
+   terminal and its stdin and stdout (stderr stays the runner's pipe);
 5. writes ``"ok\\t<agent pid>"`` to the status fd once the exec succeeded (the child's
    close-on-exec error pipe reached EOF with no data) and closes it; points its own
-   stdin/stdout/stderr at ``/dev/null`` so the agent's pipes end when the agent's do;
+   stdin/stdout/stderr at ``/dev/null`` so the agent's pipes end when the agent's do (with
+   ``--pty``: stderr only, and it relays — the runner's stdin to the terminal, the terminal
+   to the runner's stdout, never blocking on either side — until the leader exits, then
+   copies what is left in the terminal and closes them);
 6. reaps every child (its own and adopted orphans) until the agent leader exits, or until
    the runner dies (SIGTERM by ``PDEATHSIG``; SIGHUP/SIGINT likewise);
 7. then kills the agent's group and every process still below it (SIGKILL, repeated until it
@@ -40,10 +46,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import fcntl
 import os
 import resource
+import select
 import signal
+import struct
 import sys
+import termios
 import time
 
 PR_SET_PDEATHSIG = 1
@@ -55,6 +66,13 @@ STARTED = "ok"
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 #: Rounds of "SIGKILL everything below us, reap" before giving up on a fork bomb.
 _MAX_KILL_ROUNDS = 2000
+#: Bytes moved between a pipe and the terminal at once.
+_CHUNK = 65536
+#: Reads of what is left in the terminal once the agent exited (an orphan may go on).
+_MAX_DRAIN_READS = 256
+#: Input held for an agent that reads none; beyond it the runner's writes block, and its
+#: stdin timeout tells the client, as for an agent on pipes.
+_MAX_HELD_INPUT = 1024 * 1024
 
 
 class _Stop(Exception):
@@ -104,7 +122,21 @@ def _below(root: int) -> list[int]:
     return out
 
 
-def _child(command: list[str], err_w: int, mem_mb: str | None, keeper: int) -> None:
+def _open_terminal(size: str) -> tuple[int, int]:
+    """A pseudo-terminal of ``size`` (``COLSxROWS``) with echo off (the commands typed are
+    not the tool's output; a raw-mode TUI draws its input itself): (master, slave)."""
+    cols, _, rows = size.partition("x")
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", int(rows), int(cols), 0, 0))
+    attrs = termios.tcgetattr(slave)
+    attrs[3] &= ~termios.ECHO
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    return master, slave
+
+
+def _child(
+    command: list[str], err_w: int, mem_mb: str | None, keeper: int, terminal: int | None
+) -> None:
     """In the forked child: become the agent (never returns)."""
     step = "setsid"
     try:
@@ -113,6 +145,12 @@ def _child(command: list[str], err_w: int, mem_mb: str | None, keeper: int) -> N
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != keeper:
             raise OSError(3, "the keeper exited before the agent started")
+        if terminal is not None:
+            step = "ioctl(TIOCSCTTY)"  # the session's controlling terminal, its group in front
+            fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
+            os.dup2(terminal, 0)
+            os.dup2(terminal, 1)
+            os.close(terminal)
         for sig in _STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         # Python ignores SIGPIPE; an exec'd program expects the default (die on EPIPE).
@@ -186,6 +224,97 @@ def _stop(signum: int, frame: object) -> None:
     raise _Stop
 
 
+def _reap(leader: int) -> int | None:
+    """Reap every child that exited; the leader's wait status if it was one of them."""
+    status = None
+    while True:
+        try:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            if status is None:
+                raise  # the leader cannot have gone unnoticed: give up, clean up
+            return status
+        if pid == 0:
+            return status
+        if pid == leader:
+            status = wait_status
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _relay(master: int, leader: int) -> int:
+    """With ``--pty``: copy the runner's stdin (fd 0) to the terminal and the terminal to
+    the runner's stdout (fd 1), reaping children, until the agent leader exits; then copy
+    what is left in the terminal. Returns the leader's wait status.
+
+    Input waits in a buffer (up to ``_MAX_HELD_INPUT``) while the terminal is full (the
+    agent reads nothing), so output keeps flowing meanwhile; output is written to the
+    runner as it comes (the runner always reads; while it paces the agent, the agent blocks
+    on its terminal). End of input is the terminal's end-of-file key (``^D``), as a person
+    would type it."""
+    wake_r, wake_w = os.pipe()
+    for fd in (wake_r, wake_w, master):
+        os.set_blocking(fd, False)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    signal.set_wakeup_fd(wake_w)  # a SIGCHLD ends the select below
+    to_agent = bytearray()
+    reading_input = terminal_open = output_open = True
+    eof = termios.tcgetattr(master)[6][termios.VEOF]
+
+    def copy_out() -> bool:
+        """One read of the terminal copied to the runner; False when nothing was there."""
+        nonlocal terminal_open, output_open
+        try:
+            data = os.read(master, _CHUNK)
+        except BlockingIOError:
+            return False
+        except OSError as e:  # EIO: no process has the terminal open any more
+            if e.errno != errno.EIO:
+                raise
+            data = b""
+        if not data:
+            terminal_open = False
+            return False
+        if output_open:
+            try:
+                _write_all(1, data)
+            except OSError:  # the runner closed its end: it is going away
+                output_open = False
+        return True
+
+    while True:
+        status = _reap(leader)
+        if status is not None:
+            break
+        taking_input = reading_input and len(to_agent) < _MAX_HELD_INPUT
+        readable = [wake_r] + [master] * terminal_open + [0] * taking_input
+        writable = [master] if to_agent and terminal_open else []
+        ready, _, _ = select.select(readable, writable, [])
+        if wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, _CHUNK)
+        if master in ready:
+            copy_out()
+        if 0 in ready:
+            data = os.read(0, _CHUNK)
+            if not data:
+                reading_input = False
+                data = eof if isinstance(eof, bytes) else bytes([eof])
+            to_agent += data
+        if to_agent and terminal_open:
+            with contextlib.suppress(BlockingIOError):
+                del to_agent[: os.write(master, to_agent)]
+    for _ in range(_MAX_DRAIN_READS):
+        if not terminal_open or not copy_out():
+            break
+    signal.set_wakeup_fd(-1)
+    return status
+
+
 def main(argv: list[str]) -> None:
     if "--" not in argv:
         sys.stderr.write("usage: launch.py --status-fd N [options] -- program [args...]\n")
@@ -217,14 +346,28 @@ def main(argv: list[str]) -> None:
         if cpus:
             step = "sched_setaffinity"
             os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+        terminal: tuple[int, int] | None = None
+        if "--pty" in values:
+            step = "openpty"
+            terminal = _open_terminal(values["--pty"])
         step = "fork"
         err_r, err_w = os.pipe()  # both close-on-exec: EOF on err_r = the exec succeeded
         keeper = os.getpid()
         leader = os.fork()
         if leader == 0:
             os.close(err_r)
-            _child(command, err_w, values.get("--mem-mb"), keeper)
+            if terminal is not None:
+                os.close(terminal[0])
+            _child(
+                command,
+                err_w,
+                values.get("--mem-mb"),
+                keeper,
+                terminal[1] if terminal is not None else None,
+            )
         os.close(err_w)
+        if terminal is not None:
+            os.close(terminal[1])  # the agent holds it: the terminal hangs up when it is gone
     except _Stop:
         _fail(status_fd, 4, f"{step} interrupted: the runner is stopping")
         return
@@ -246,8 +389,13 @@ def main(argv: list[str]) -> None:
         os.write(status_fd, f"{STARTED}\t{leader}".encode())
         os.close(status_fd)
         devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
+        for fd in (0, 1, 2) if terminal is None else (2,):
             os.dup2(devnull, fd)
+        if terminal is not None:
+            status = _relay(terminal[0], leader)
+            os.close(terminal[0])
+            for fd in (0, 1):  # the runner's pipes end now (the agent never had them)
+                os.dup2(devnull, fd)
         os.close(devnull)
         while status is None:
             pid, wait_status = os.waitpid(-1, 0)  # adopted orphans are reaped here too

@@ -22,13 +22,17 @@ send as ``agent:create`` ``payload.model``::
     # completion_regex = "^DONE$"                     # a stdout line that ends a turn
     # prompt_regex = "\\? \\[y/N\\] $"                  # the tool waits for a reply
     # multiline = false                               # keep newlines inside a command
+    # pty = false                                     # run it under a pseudo-terminal
 
 ``driver`` (see :mod:`agent_runner.drivers`) decides how a command is written, how output is
 read and how the end of a turn is detected: ``claude-code`` (stream-json in and out, one
 process), ``codex`` (``argv`` runs :mod:`agent_runner.drivers.codex_shim`, one ``codex
 exec`` per command), ``line`` (default; without ``completion_regex`` the end of a turn is not
 detectable and a command's ``timeout`` is not enforced: its reply says
-``"timeoutEnforced": false``).
+``"timeoutEnforced": false``). ``pty = true`` (line only) runs a terminal tool (one that
+refuses to run without a terminal, a TUI) under a pseudo-terminal: stdin and stdout are the
+terminal, output is published as what a terminal shows (see
+:mod:`agent_runner.drivers.line`).
 
 ``argv`` (required, non-empty list of strings) is executed directly, never through a shell;
 ``argv[0]`` and every ``requires`` entry are looked up on the agent's ``PATH``. These
@@ -84,9 +88,10 @@ _KNOWN_KEYS = frozenset(
         "completion_regex",
         "prompt_regex",
         "multiline",
+        "pty",
     }
 )
-_LINE_ONLY = frozenset({"completion_regex", "prompt_regex", "multiline"})
+_LINE_ONLY = frozenset({"completion_regex", "prompt_regex", "multiline", "pty"})
 _PERMISSION_KEYS = frozenset(
     {
         "permission_mode",
@@ -127,6 +132,8 @@ class ModelSpec:
     completion_regex: re.Pattern[str] | None = None
     prompt_regex: re.Pattern[str] | None = None
     multiline: bool = False
+    #: Run under a pseudo-terminal (line driver only).
+    pty: bool = False
     description: str = ""
 
     @property
@@ -145,7 +152,10 @@ class ModelSpec:
         if self.driver == "codex":
             return Codex()
         return LineTool(
-            completion=self.completion_regex, prompt=self.prompt_regex, multiline=self.multiline
+            completion=self.completion_regex,
+            prompt=self.prompt_regex,
+            multiline=self.multiline,
+            terminal=self.pty,
         )
 
     def launch_argv(self, permissions: AgentPermissions | None) -> tuple[str, ...]:
@@ -305,6 +315,9 @@ def parse_models(text: str, *, source: Path, python: str = sys.executable) -> Mo
         multiline = raw.get("multiline", False)
         if not isinstance(multiline, bool):
             raise ModelConfigError(f"model {name!r}: multiline must be true or false")
+        pty = raw.get("pty", False)
+        if not isinstance(pty, bool):
+            raise ModelConfigError(f"model {name!r}: pty must be true or false")
         description = raw.get("description", "")
         if not isinstance(description, str):
             raise ModelConfigError(f"model {name!r}: description must be text")
@@ -323,6 +336,7 @@ def parse_models(text: str, *, source: Path, python: str = sys.executable) -> Mo
             completion_regex=completion,
             prompt_regex=prompt,
             multiline=multiline,
+            pty=pty,
             description=description,
         )
     return ModelRegistry(models=models, source=source)

@@ -38,6 +38,9 @@ STARTED = b"ok"
 PR_SET_CHILD_SUBREAPER = 36
 #: How long the wrapper may take to exec the agent.
 LAUNCH_TIMEOUT_S = 15.0
+#: The pseudo-terminal of a ``pty`` agent: wide, so that a tool's lines rarely wrap.
+PTY_COLUMNS = 200
+PTY_ROWS = 50
 
 
 def become_subreaper() -> bool:
@@ -97,6 +100,8 @@ class LaunchSpec:
     cwd: Path
     memory_mb: int | None = None
     cpus: Sequence[int] | None = None
+    #: Run the agent with a pseudo-terminal as its stdin and stdout (the keeper relays it).
+    pty: bool = False
 
 
 def wrapper_argv(spec: LaunchSpec, status_fd: int) -> list[str]:
@@ -106,6 +111,8 @@ def wrapper_argv(spec: LaunchSpec, status_fd: int) -> list[str]:
         args += ["--mem-mb", str(spec.memory_mb)]
     if spec.cpus:
         args += ["--cpus", ",".join(str(c) for c in spec.cpus)]
+    if spec.pty:
+        args += ["--pty", f"{PTY_COLUMNS}x{PTY_ROWS}"]
     return [*args, "--", *spec.argv]
 
 

@@ -432,7 +432,14 @@ class Runner:
             try:
                 home.mkdir(mode=0o700)
                 process = await AgentProcess.start(
-                    LaunchSpec(argv=argv, env=env, cwd=workspace, memory_mb=memory_mb, cpus=cpus)
+                    LaunchSpec(
+                        argv=argv,
+                        env=env,
+                        cwd=workspace,
+                        memory_mb=memory_mb,
+                        cpus=cpus,
+                        pty=model.pty,
+                    )
                 )
             except BaseException as e:
                 _remove_home(home)

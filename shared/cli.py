@@ -23,7 +23,7 @@ from shared.topics import ALERT_CATEGORY_ORDER, ALERT_LEVEL_ORDER
 
 if TYPE_CHECKING:
     from shared.client import DashboardClient, DashboardEvent, StateChange
-    from shared.protocol import MetricsUpdatePayload, SystemAlertMessage
+    from shared.protocol import AgentOutputPayload, MetricsUpdatePayload, SystemAlertMessage
 
 
 #: Variables of the client commands (read here, not by a service's settings object).
@@ -564,6 +564,36 @@ async def _agent_command(
     return 0
 
 
+async def _agent_permission(
+    client: DashboardClient, args: argparse.Namespace, progress: _Progress
+) -> int:
+    progress.say(f"answering permission request {args.request_id} of agent {args.agent_id}…")
+    result = await client.answer_permission(
+        args.agent_id, args.request_id, args.decision == "allow", args.message
+    )
+    done = "allowed" if args.decision == "allow" else "denied"
+    progress.say(f"{result.get('tool', 'the tool')} {done} (its turn goes on)")
+    return 0
+
+
+def format_output(payload: AgentOutputPayload) -> str:
+    """What ``teamdash agent tail`` prints for one output event: its readable text, and
+    under a permission request or a question the command that answers it."""
+    from shared.protocol import InputRequestEvent, PermissionRequestEvent
+
+    event = payload.event
+    if isinstance(event, PermissionRequestEvent):
+        text = payload.data or f"[permission] {event.tool} {event.summary}: allow or deny?"
+        answer = f"teamdash agent permission {payload.agentId} {event.requestId} allow|deny"
+    elif isinstance(event, InputRequestEvent):
+        # A plain line tool's question was printed already (data is empty then).
+        text = payload.data
+        answer = f"teamdash agent command {payload.agentId} REPLY"
+    else:
+        return payload.data
+    return text.rstrip("\n") + f"\n  answer: {answer}\n"
+
+
 async def _agent_control(
     client: DashboardClient, args: argparse.Namespace, progress: _Progress
 ) -> int:
@@ -591,7 +621,7 @@ async def _agent_tail(
     async for event in sub:
         if isinstance(event, AgentOutputMessage):
             out = sys.stderr if event.payload.stream == "stderr" else sys.stdout
-            out.write(event.payload.data)
+            out.write(format_output(event.payload))
             out.flush()
             chunks += 1
             if args.count and chunks >= args.count:
@@ -723,6 +753,16 @@ def _add_client_commands(sub: Any) -> None:
     c.add_argument("--timeout-ms", type=int, default=None, help="AGENT_COMMAND_TIMEOUT after this")
     c.add_argument("--interactive", action="store_true")
     c.set_defaults(func=_client_command(_agent_command))
+    c = verbs.add_parser(
+        "permission",
+        parents=[common],
+        help="answer an agent's permission request (shown by `teamdash agent tail`)",
+    )
+    c.add_argument("agent_id", metavar="ID")
+    c.add_argument("request_id", metavar="REQUEST_ID", help="the request's id (requestId)")
+    c.add_argument("decision", choices=("allow", "deny"))
+    c.add_argument("--message", default=None, help="with deny: told to the agent (why not)")
+    c.set_defaults(func=_client_command(_agent_permission))
     for action in ("pause", "resume", "terminate"):
         c = verbs.add_parser(action, parents=[common], help=f"{action} an agent")
         c.add_argument("agent_id", metavar="ID")

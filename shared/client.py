@@ -65,6 +65,8 @@ from shared.protocol import (
     AgentCreatedMessage,
     AgentErrorMessage,
     AgentOutputMessage,
+    AgentPermissionMessage,
+    AgentPermissionPayload,
     AgentRef,
     AgentStatusMessage,
     AuthMessage,
@@ -732,6 +734,24 @@ class DashboardClient:
             interactive=interactive,
         )
         return await self.request(AgentCommandMessage(type="agent:command", payload=payload))
+
+    async def answer_permission(
+        self, agent_id: str, request_id: str, allow: bool, message: str | None = None
+    ) -> dict[str, Any]:
+        """Answer the agent's ``permission_request`` event whose ``requestId`` is
+        ``request_id``: ``allow`` lets the tool run, else it is denied (``message`` tells the
+        agent why, or what to do instead). Returns the ack result (``agentId``, ``tool``); a
+        ``permission_resolved`` event follows on the agent's topic, then the rest of its turn.
+        Errors: INVALID_MESSAGE (no such request is waiting), AGENT_NOT_FOUND,
+        INSUFFICIENT_PERMISSIONS (not the owner's operator, nor an admin)."""
+        payload = _build(
+            AgentPermissionPayload,
+            agentId=agent_id,
+            requestId=request_id,
+            decision="allow" if allow else "deny",
+            message=message,
+        )
+        return await self.request(AgentPermissionMessage(type="agent:permission", payload=payload))
 
     async def pause(self, agent_id: str) -> dict[str, Any]:
         return await self.request(

@@ -7,7 +7,7 @@ driver         contract
 ``codex``      ``codex exec --json``: one process per command, the CLI's session resumed
                (through :mod:`agent_runner.drivers.codex_shim`)
 ``line``       any line tool: command + newline in, text out; completion and prompts by
-               regex
+               regex; with ``pty``, a terminal tool (:mod:`.terminal` renders its lines)
 =============  ======================================================================
 
 A model names its driver in the model configuration (``driver = "…"``); adding a CLI with

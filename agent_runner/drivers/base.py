@@ -11,7 +11,7 @@ A driver owns, for one agent:
 The agent (``agent_runner/agent.py``) is the adapter: it feeds lines in and publishes,
 writes and times what comes out. ``passthrough`` drivers (plain line tools) have their
 output published as it is, piece by piece; the others replace each line with its readable
-events (the line itself rides along in ``raw``).
+events or text (the line itself rides along in ``raw``).
 """
 
 from __future__ import annotations
@@ -49,10 +49,11 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class Shown:
-    """One readable event and its text (``agent:output`` ``data``)."""
+    """One output event: its text (``agent:output`` ``data``) and what it means (``None``:
+    plain text, e.g. a terminal tool's line with its escape sequences rendered)."""
 
     text: str
-    event: AgentEvent
+    event: AgentEvent | None
 
 
 @dataclass(slots=True)
@@ -66,7 +67,7 @@ class Reading:
     #: Bytes to write to the CLI's stdin at once (an answer it waits for).
     reply: bytes | None = None
 
-    def show(self, text: str, event: AgentEvent) -> None:
+    def show(self, text: str, event: AgentEvent | None) -> None:
         """Publish ``event`` with ``text`` (a newline is added; empty stays empty)."""
         self.shown.append(Shown(text if not text or text.endswith("\n") else text + "\n", event))
 
@@ -79,6 +80,9 @@ class Driver(Protocol):
     #: False when the end of a turn cannot be detected (a command's timeout then is not
     #: enforced).
     detects_turns: bool
+    #: True while the CLI waits for the reply to a prompt it printed (``input_request``):
+    #: the next command is that reply, within the current turn, not a turn of its own.
+    awaiting_reply: bool
 
     def frame(self, command: str) -> bytes:
         """The bytes written to the CLI's stdin for one (sanitized) command."""

@@ -122,6 +122,7 @@ class ClaudeCode:
     passthrough = False
     multiline = True
     detects_turns = True
+    awaiting_reply = False
 
     def __init__(self) -> None:
         #: Open permission requests: request id → (tool name, the input to allow).

@@ -74,6 +74,7 @@ class Codex:
     passthrough = False
     multiline = True
     detects_turns = True
+    awaiting_reply = False
 
     def __init__(self) -> None:
         self._reported: list[str] = []

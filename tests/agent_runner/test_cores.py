@@ -406,6 +406,8 @@ def test_framing() -> None:
             "[models.x]\nargv = ['sh']\ndriver = 'codex'\ncompletion_regex = 'x'\n",
             "only apply to driver 'line'",
         ),
+        ("[models.x]\nargv = ['sh']\ndriver = 'claude-code'\npty = true\n", "only apply"),
+        ("[models.x]\nargv = ['sh']\npty = 'yes'\n", "pty must be true or false"),
         ("[models.x]\nargv = ['sh']\npermission_mode = 'plan'\n", "need a driver"),
         (
             "[models.x]\nargv = ['sh']\ndriver = 'claude-code'\npermission_mode = 'plan'\n"

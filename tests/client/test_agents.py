@@ -1,17 +1,24 @@
 """Agents end to end through the SDK and the CLI: a real gateway, a real agent runner process
-and the fixture agents of ``tests/agents`` (model ``echo``, ``crash``, ``slow``)."""
+and the fixture agents of ``tests/agents`` (models ``echo``, ``crash``, ``slow``, and
+``claude-ask``: the Claude Code contract asking the dashboard before it writes a file)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from shared.client import DashboardClient, DashboardEvent, Subscription
+import pytest
+
+from shared.client import ClientError, DashboardClient, DashboardEvent, Subscription
+from shared.errors import ErrorCode
 from shared.protocol import (
     AgentCreatedMessage,
     AgentErrorMessage,
     AgentOutputMessage,
     AgentStatusMessage,
+    PermissionRequestEvent,
+    PermissionResolvedEvent,
+    TurnEndEvent,
 )
 from tests.client.conftest import Stack
 from tests.client.helpers import CliProcess, live, run_cli
@@ -158,3 +165,89 @@ async def test_cli_tail_of_a_crashing_agent(stack: Stack, runner) -> None:
     assert "fatal: something went wrong" in tail.stderr  # the agent's stderr goes to stderr
     assert "fatal" not in tail.stdout
     assert "crashed" in tail.stderr and "exit code 3" in tail.stderr
+
+
+def agent_event(kind: str) -> Callable[[DashboardEvent], bool]:
+    """The ``agent:output`` event whose readable ``event`` is of ``kind``."""
+    return lambda e: (
+        isinstance(e, AgentOutputMessage)
+        and e.payload.event is not None
+        and e.payload.event.kind == kind
+    )
+
+
+async def test_permission_prompt_answered_through_the_sdk(gateway, runner, tmp_path) -> None:
+    async with DashboardClient(ws_url(gateway), token("alice", ("operator",))) as c:
+        agent_id = (await c.create_agent("asker", "claude-ask", "perm")).agent_id
+        sub = await c.subscribe_agent(agent_id)
+        await c.send_command(agent_id, "write a.txt")
+        seen = await until(sub, agent_event("permission_request"))
+        ask = seen[-1]
+        assert isinstance(ask, AgentOutputMessage)
+        request = ask.payload.event
+        assert isinstance(request, PermissionRequestEvent)
+        assert request.tool == "Write" and request.summary.endswith("a.txt")
+        assert "allow or deny" in ask.payload.data
+        assert not (tmp_path / "ws" / "perm" / "a.txt").exists()  # the turn waits for it
+
+        # A request that is not waiting is refused with the spec's code.
+        with pytest.raises(ClientError) as refused:
+            await c.answer_permission(agent_id, "no-such-request", allow=True)
+        assert refused.value.code == ErrorCode.INVALID_MESSAGE
+
+        result = await c.answer_permission(agent_id, request.requestId, allow=True)
+        assert result == {"agentId": agent_id, "tool": "Write"}
+        rest = await until(sub, agent_event("turn_end"))
+        resolved = [e for e in rest if agent_event("permission_resolved")(e)]
+        assert [e.payload.event for e in resolved if isinstance(e, AgentOutputMessage)] == [
+            PermissionResolvedEvent(
+                kind="permission_resolved", requestId=request.requestId, decision="allow"
+            )
+        ]
+        end = rest[-1]
+        assert isinstance(end, AgentOutputMessage) and isinstance(end.payload.event, TurnEndEvent)
+        assert end.payload.event.success
+        assert (tmp_path / "ws" / "perm" / "a.txt").read_text() == "hi\n"
+        # Answered once: the same request cannot be answered again.
+        with pytest.raises(ClientError) as again:
+            await c.answer_permission(agent_id, request.requestId, allow=False)
+        assert again.value.code == ErrorCode.INVALID_MESSAGE
+        await c.terminate(agent_id)
+
+
+async def test_permission_prompt_answered_through_the_cli(stack: Stack, runner, tmp_path) -> None:
+    env = stack.cli_env
+    rc, out, err = await run_cli(
+        env, "agent", "create", "asker", "--model", "claude-ask", "--workspace", "perm-cli"
+    )
+    assert rc == 0, err
+    agent_id = out.strip().splitlines()[-1]
+    tail = await CliProcess.start(env, "agent", "tail", agent_id)
+    try:
+        await tail.wait_stderr("tailing agent")
+        rc, _, err = await run_cli(env, "agent", "command", agent_id, "write b.txt")
+        assert rc == 0, err
+        await wait_for(lambda: "  answer: " in tail.stdout, what="the answer line in tail")
+        # The tail prints the request readably, and the very command that answers it.
+        [asked] = [line for line in tail.stdout.splitlines() if line.startswith("[permission]")]
+        assert asked.startswith("[permission] Write ") and asked.endswith(": allow or deny?")
+        [answer] = [line for line in tail.stdout.splitlines() if line.startswith("  answer: ")]
+        words = answer.split()[1:]
+        assert words[:4] == ["teamdash", "agent", "permission", agent_id]
+        assert words[5] == "allow|deny"
+        rc, _, err = await run_cli(env, *words[1:5], "deny", "--message", "not in this workspace")
+        assert rc == 0, err
+        assert "Write denied" in err
+        await wait_for(lambda: "[permission] Write: deny" in tail.stdout, what="the decision")
+        await wait_for(lambda: "[done]" in tail.stdout, what="the end of the turn")
+        # Denied: the agent was told why, and wrote nothing.
+        assert "[tool failed] not in this workspace" in tail.stdout
+        assert not (tmp_path / "ws" / "perm-cli" / "b.txt").exists()
+        # A request id that is not waiting: exit 1 with the spec's code.
+        rc, _, err = await run_cli(env, *words[1:5], "allow")
+        assert rc == 1 and "INVALID_MESSAGE (4001)" in err, err
+        rc, _, err = await run_cli(env, "agent", "terminate", agent_id)
+        assert rc == 0, err
+        assert await tail.wait() == 0, tail.stderr
+    finally:
+        await tail.kill()

@@ -6,12 +6,16 @@ import random
 
 import pytest
 
+from shared.cli import format_output
 from shared.client import SeenWindow, backoff_delay, filter_accepts, metrics_sections
 from shared.protocol import (
+    AgentEvent,
     AgentOutputMessage,
     AgentOutputPayload,
     AgentStatusMessage,
     AgentStatusPayload,
+    InputRequestEvent,
+    PermissionRequestEvent,
 )
 from tests.gateway.test_fanout import alert, metrics
 
@@ -100,3 +104,25 @@ def test_metrics_sections_keep_what_was_asked_for() -> None:
     assert only_system.system is not None and only_system.agents is None
     only_agents = metrics_sections(full, ["agents"]).payload
     assert only_agents.system is None and only_agents.agents is not None
+
+
+def test_tail_shows_how_to_answer_a_permission_request_or_a_question() -> None:
+    def output(data: str, event: AgentEvent | None) -> AgentOutputPayload:
+        return AgentOutputPayload(
+            agentId="a1", stream="stdout", data=data, timestamp=1, sequence=1, event=event
+        )
+
+    ask = PermissionRequestEvent(
+        kind="permission_request", requestId="r-1", tool="Bash", summary="rm -rf build"
+    )
+    assert format_output(output("[permission] Bash rm -rf build: allow or deny?\n", ask)) == (
+        "[permission] Bash rm -rf build: allow or deny?\n"
+        "  answer: teamdash agent permission a1 r-1 allow|deny\n"
+    )
+    question = InputRequestEvent(kind="input_request", prompt="Apply? (Y)es/(N)o")
+    assert format_output(output("Apply? (Y)es/(N)o \n", question)) == (
+        "Apply? (Y)es/(N)o \n  answer: teamdash agent command a1 REPLY\n"
+    )
+    # A plain line tool's prompt was printed as it came (no newline): the hint goes below.
+    assert format_output(output("", question)) == "\n  answer: teamdash agent command a1 REPLY\n"
+    assert format_output(output("echo: hi\n", None)) == "echo: hi\n"

@@ -8,6 +8,7 @@ install. Nothing is skipped.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,46 @@ TEAMDASH_SERVICES = {
     "agent-runner": "runner",
     "metrics-collector": "collector",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One ``FROM … AS name`` stage of the Dockerfile: its base and its instructions
+    (continuation lines joined, comments dropped)."""
+
+    base: str
+    instructions: list[str]
+
+    def arg_default(self, name: str) -> str | None:
+        for line in self.instructions:
+            words = line.split()
+            if words[0] == "ARG" and words[1].startswith(f"{name}="):
+                return words[1].split("=", 1)[1].strip('"')
+        return None
+
+    def last(self, keyword: str) -> str | None:
+        """The argument text of the stage's last ``keyword`` instruction."""
+        found = [line.split(None, 1)[1] for line in self.instructions if line.split()[0] == keyword]
+        return found[-1] if found else None
+
+
+def dockerfile_stages() -> dict[str, Stage]:
+    """The Dockerfile's stages by name (an unnamed one by its position)."""
+    lines = [line for line in DOCKERFILE.read_text().splitlines() if not line.startswith("#")]
+    instructions = "\n".join(lines).replace("\\\n", " ").splitlines()
+    stages: dict[str, Stage] = {}
+    current: Stage | None = None
+    for line in instructions:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "FROM":
+            current = Stage(base=words[1], instructions=[])
+            name = words[3] if len(words) > 3 and words[2].upper() == "AS" else str(len(stages))
+            stages[name] = current
+        elif current is not None:
+            current.instructions.append(" ".join(words))
+    return stages
 
 
 def require(binary: str, package: str) -> str:

@@ -1,13 +1,19 @@
 """compose.yaml, the Dockerfile and .dockerignore: valid for a real Compose implementation,
-and saying what the deployment needs (one image, replicas behind HAProxy, health checks, the
-JWT secret as a file secret, documented settings)."""
+and saying what the deployment needs (one Dockerfile, a runner target with the pinned Claude
+Code CLI, replicas behind HAProxy, health checks, the JWT secret and the API key as file
+secrets, documented settings)."""
 
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
+from agent_runner.drivers.claude import CLAUDE_CODE_VERSION
+from agent_runner.models import load_models
+from agent_runner.settings import RunnerSettings
 from shared.cli import build_parser
 from shared.redis_server import PUBSUB_BUFFER_LIMIT
+from shared.settings import Env
 from tests.deploy.conftest import (
     COMPOSE_FILE,
     DOCKERFILE,
@@ -15,6 +21,7 @@ from tests.deploy.conftest import (
     HAPROXY_COMPOSE_CFG,
     TEAMDASH_SERVICES,
     compose,
+    dockerfile_stages,
     documented_variables,
     haproxy_variables,
     require,
@@ -45,16 +52,85 @@ def test_docker_compose_accepts_the_file() -> None:
     assert set(services) == {"redis", "haproxy", *TEAMDASH_SERVICES}
 
 
-def test_one_image_for_every_service_and_the_command_picks_the_service() -> None:
+def test_one_dockerfile_builds_every_service_and_the_command_picks_the_service() -> None:
     services = compose()["services"]
-    images = {services[name]["image"] for name in TEAMDASH_SERVICES}
-    assert len(images) == 1, images
+    stages = dockerfile_stages()
     for name, command in TEAMDASH_SERVICES.items():
         service = services[name]
         assert service["build"]["context"] == "."
+        assert service["build"].get("dockerfile", "Dockerfile") == "Dockerfile"
+        assert service["build"]["target"] in stages, service["build"]
         assert service["command"] == [command]
         build_parser().parse_args(service["command"])  # a real teamdash subcommand
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+    # Gateway and collector share one image; the runner's target is that one plus its CLIs.
+    assert services["gateway"]["image"] == services["metrics-collector"]["image"]
+    assert services["gateway"]["build"] == services["metrics-collector"]["build"]
+    runner = services["agent-runner"]
+    assert runner["image"] != services["gateway"]["image"]
+    assert stages[runner["build"]["target"]].base == services["gateway"]["build"]["target"]
+
+
+def test_the_runner_image_has_node_git_and_the_pinned_claude_code_cli() -> None:
+    runner = dockerfile_stages()[compose()["services"]["agent-runner"]["build"]["target"]]
+    # One place for the version: the build argument's default is the driver's constant.
+    assert runner.arg_default("CLAUDE_CODE_VERSION") == CLAUDE_CODE_VERSION
+    runs = " && ".join(line for line in runner.instructions if line.startswith("RUN "))
+    assert '"@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}"' in runs
+    assert "npm install -g" in runs and "apt-get install" in runs and " git " in runs
+    # The build fails unless the installed CLI reports that very version.
+    assert 'claude --version | grep -F "${CLAUDE_CODE_VERSION}"' in runs
+    # Node >= 22 (the CLI's engines), from Node's official image of the same Debian release.
+    [node_copy] = [
+        line for line in runner.instructions if line.startswith("COPY --from=") and "/node " in line
+    ]
+    node_stage = dockerfile_stages()[node_copy.split()[1].removeprefix("--from=")]
+    image, tag = node_stage.base.split(":")
+    assert image == "node" and int(tag.split("-")[0]) >= 22
+    assert tag.split("-")[1] in runner_base_release(), (node_stage.base, runner_base_release())
+    # It still runs as the service user, and runs the runner.
+    assert runner.last("USER") == "teamdash:teamdash"
+    assert runner.last("CMD") == '["runner"]'
+    # The default models' program is what the image installs.
+    for name in ("claude-3-opus", "claude-3-sonnet"):
+        assert load_models().get(name).program == "claude"
+
+
+def runner_base_release() -> str:
+    """The Debian release of the runtime image (``python:3.11-slim-bookworm`` → bookworm)."""
+    return dockerfile_stages()["runtime"].base.rsplit("-", 1)[1]
+
+
+def test_the_anthropic_api_key_is_a_file_secret_the_runner_reads(tmp_path: Path) -> None:
+    doc = compose()
+    assert doc["secrets"]["anthropic_api_key"]["file"].startswith("./deploy/secrets/")
+    runner = doc["services"]["agent-runner"]
+    [secret] = runner["secrets"]
+    env = service_env(runner)
+    assert env["TEAMDASH_SECRETS_DIR"] == "/run/secrets"
+    # Compose mounts it as /run/secrets/<secret name>: the runner's settings, built from the
+    # service's environment with that folder here, hand the key to the default models.
+    mounted = tmp_path / "run-secrets"
+    mounted.mkdir()
+    (mounted / secret).write_text("sk-ant-test\n")
+    env.pop("TEAMDASH_RUNNER_ID")  # "{hostname}" is filled in by `teamdash runner`
+    settings = RunnerSettings.from_env(
+        Env(
+            {
+                **env,
+                "TEAMDASH_SECRETS_DIR": str(mounted),
+                "TEAMDASH_STATE_DIR": str(tmp_path / "state"),
+                "TEAMDASH_WORKSPACE_ROOT": str(tmp_path / "workspaces"),
+            }
+        )
+    )
+    assert settings.passthrough_env == {"ANTHROPIC_API_KEY": "sk-ant-test"}
+    assert "ANTHROPIC_API_KEY" in settings.models.get("claude-3-sonnet").pass_env
+    for service in doc["services"].values():
+        assert "ANTHROPIC_API_KEY" not in service_env(service), "no key in plain environment"
+    # Only the runner gets it.
+    for name in ("gateway", "metrics-collector"):
+        assert "anthropic_api_key" not in doc["services"][name].get("secrets", [])
 
 
 def test_redis_keeps_busy_gateways_subscribed_as_the_embedded_one_does() -> None:
@@ -110,7 +186,7 @@ def test_every_service_has_a_healthcheck_with_the_right_command() -> None:
 def test_the_jwt_secret_is_a_file_secret_the_gateway_reads() -> None:
     doc = compose()
     secrets = doc["secrets"]
-    assert list(secrets) == ["jwt_secret"]
+    assert set(secrets) == {"jwt_secret", "anthropic_api_key"}
     assert secrets["jwt_secret"]["file"].startswith("./deploy/secrets/")
     gateway = doc["services"]["gateway"]
     assert gateway["secrets"] == ["jwt_secret"]
@@ -151,7 +227,7 @@ def test_every_variable_the_stack_sets_is_documented() -> None:
 
 def test_dockerfile_is_small_non_root_and_installs_without_test_extras() -> None:
     text = DOCKERFILE.read_text()
-    assert "FROM python:3.11-slim" in text
+    assert dockerfile_stages()["runtime"].base.startswith("python:3.11-slim")
     user_lines = [line for line in text.splitlines() if line.startswith("USER ")]
     assert user_lines and not user_lines[-1].split()[1].startswith(("root", "0"))
     assert 'ENTRYPOINT ["teamdash"]' in text
