@@ -859,6 +859,10 @@ class DashboardClient:
             )
         ws = await self._wait_connected(deadline, message)
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        # A caller that stopped waiting (its own timeout or cancel scope) leaves nobody to
+        # retrieve a later ConnectionLost: mark it retrieved, or asyncio logs "Future
+        # exception was never retrieved" (seen in the soak).
+        future.add_done_callback(_retrieved)
         self._pending[message.id] = _Pending(future, message.type, on_success)
         try:
             try:
@@ -1258,6 +1262,11 @@ class DashboardClient:
 # ---------------------------------------------------------------------------
 
 M = TypeVar("M")
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _build(model_type: type[M], /, **fields: Any) -> M:
