@@ -90,7 +90,7 @@ class Dashboard {
             item.append(el("span", "status", ""));
             item.addEventListener("click", () => void this.select(agentId));
             $("agents").append(item);
-            row = { name, status: "", item, output: undefined, subscription: undefined };
+            row = { name, status: "", item, output: undefined, subscription: undefined, partial: undefined };
             this.agents.set(agentId, row);
         }
         return row;
@@ -127,20 +127,48 @@ class Dashboard {
         if (output === undefined)
             return;
         const atEnd = output.scrollTop + output.clientHeight >= output.scrollHeight - 4;
-        const line = this.line(event);
+        const line = this.line(row, event);
         if (line === undefined)
             return;
-        output.append(line);
+        if (line instanceof HTMLElement)
+            output.append(line);
+        else
+            output.append(...line);
         if (atEnd)
             output.scrollTop = output.scrollHeight;
     }
-    line(event) {
+    /** Plain output, one element per line: a chunk may end mid-line, the next one goes on
+     * with it. */
+    rawOutput(row, stream, data) {
+        const parts = data.split("\n");
+        const out = [];
+        const first = parts.shift() ?? "";
+        if (row.partial !== undefined && row.partial.stream === stream)
+            row.partial.line.textContent += first;
+        else if (first !== "" || parts.length > 0)
+            out.push(el("div", `line ${stream}`, first));
+        for (const part of parts)
+            out.push(el("div", `line ${stream}`, part));
+        // `data` ending with "\n" leaves an empty last element: drop it, no line is open.
+        if (data.endsWith("\n")) {
+            const last = out.pop();
+            if (last !== undefined && last.textContent !== "")
+                out.push(last);
+            row.partial = undefined;
+        }
+        else {
+            const line = out.at(-1) ?? row.partial?.line;
+            row.partial = line === undefined ? undefined : { stream, line };
+        }
+        return out;
+    }
+    line(row, event) {
         switch (event.type) {
             case "agent:output": {
                 const p = event.payload;
                 const e = p.event;
                 if (e === undefined)
-                    return el("div", `line ${p.stream}`, p.data.replace(/\n$/, ""));
+                    return this.rawOutput(row, p.stream, p.data);
                 switch (e.kind) {
                     case "text":
                         return el("div", "line stdout text", e.text);
