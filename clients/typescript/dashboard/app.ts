@@ -14,6 +14,7 @@ import {
 
 const TOKEN_KEY = "teamdash.token";
 const CHART_POINTS = 60;
+const FLUSH_MS = 50;
 
 function $(id: string): HTMLElement {
   const el = document.getElementById(id);
@@ -59,6 +60,8 @@ class Dashboard {
   private selected: string | undefined;
   private readonly series = { cpu: [] as number[], memory: [] as number[] };
   private readonly alertCounts = new Map<string, number>();
+  private readonly pending = new Map<HTMLElement, HTMLElement[]>();
+  private flushTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(private readonly client: DashboardWebSocket) {}
 
@@ -90,6 +93,11 @@ class Dashboard {
       line += ` in ${Math.round(event.delayMs)} ms (closed ${event.code})`;
     } else if (event.state === "missed") {
       line += `: ${event.reason}${event.missed !== undefined ? `, ${event.missed} events` : ""}${event.topic !== undefined ? ` on ${event.topic}` : ""}`;
+      // A gap on one topic reaches its pane as `subscription:gap`; a resume that could not
+      // replay everything concerns every pane.
+      if (event.topic === undefined) {
+        for (const row of this.agents.values()) this.queue(row, [el("div", "line error gap", `events missed (${line})`)]);
+      }
     } else if (event.state === "failed") {
       line += `: ${event.error.message}`;
     }
@@ -142,16 +150,32 @@ class Dashboard {
     }
   }
 
-  /** Append one readable line per event; the pane follows the end unless scrolled up. */
+  /** Queue the event's readable lines for its pane. */
   private render(row: AgentRow, event: AgentSubscriptionEvent | SubscriptionGapMessage): void {
-    const output = row.output;
-    if (output === undefined) return;
-    const atEnd = output.scrollTop + output.clientHeight >= output.scrollHeight - 4;
     const line = this.line(row, event);
-    if (line === undefined) return;
-    if (line instanceof HTMLElement) output.append(line);
-    else output.append(...line);
-    if (atEnd) output.scrollTop = output.scrollHeight;
+    if (line !== undefined) this.queue(row, line instanceof HTMLElement ? [line] : line);
+  }
+
+  /** Lines reach the page in batches, every FLUSH_MS: one layout per batch, not per event,
+   * so a fast agent (or a replay of a thousand events after a reconnect) does not keep the
+   * page busy for seconds, which would also delay its heartbeat answers. */
+  private queue(row: AgentRow, lines: HTMLElement[]): void {
+    if (row.output === undefined || lines.length === 0) return;
+    const pending = this.pending.get(row.output);
+    if (pending === undefined) this.pending.set(row.output, [...lines]);
+    else pending.push(...lines);
+    this.flushTimer ??= setTimeout(() => this.flush(), FLUSH_MS);
+  }
+
+  private flush(): void {
+    this.flushTimer = undefined;
+    for (const [output, lines] of this.pending) {
+      // The pane follows the end unless the user scrolled up.
+      const atEnd = output.scrollTop + output.clientHeight >= output.scrollHeight - 4;
+      output.append(...lines);
+      if (atEnd) output.scrollTop = output.scrollHeight;
+    }
+    this.pending.clear();
   }
 
   /** Plain output, one element per line: a chunk may end mid-line, the next one goes on

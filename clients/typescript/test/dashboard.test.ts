@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import { chromium, type BrowserContext, type Page } from "playwright-core";
 import { Stack, t } from "./stack.js";
 
-const CHROMIUM = process.env.TEAMDASH_CHROMIUM ?? "/usr/bin/chromium";
+const CHROMIUM = process.env.TEAMDASH_TEST_CHROMIUM ?? "/usr/bin/chromium";
 const SCREENSHOTS = resolve(dirname(fileURLToPath(import.meta.url)), "../../screenshots");
 
 let stack: Stack;

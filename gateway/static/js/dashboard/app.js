@@ -4,6 +4,7 @@
 import { DashboardError, DashboardWebSocket, } from "../src/index.js";
 const TOKEN_KEY = "teamdash.token";
 const CHART_POINTS = 60;
+const FLUSH_MS = 50;
 function $(id) {
     const el = document.getElementById(id);
     if (el === null)
@@ -36,6 +37,8 @@ class Dashboard {
     selected;
     series = { cpu: [], memory: [] };
     alertCounts = new Map();
+    pending = new Map();
+    flushTimer;
     constructor(client) {
         this.client = client;
     }
@@ -68,6 +71,12 @@ class Dashboard {
         }
         else if (event.state === "missed") {
             line += `: ${event.reason}${event.missed !== undefined ? `, ${event.missed} events` : ""}${event.topic !== undefined ? ` on ${event.topic}` : ""}`;
+            // A gap on one topic reaches its pane as `subscription:gap`; a resume that could not
+            // replay everything concerns every pane.
+            if (event.topic === undefined) {
+                for (const row of this.agents.values())
+                    this.queue(row, [el("div", "line error gap", `events missed (${line})`)]);
+            }
         }
         else if (event.state === "failed") {
             line += `: ${event.error.message}`;
@@ -121,21 +130,35 @@ class Dashboard {
             row.subscription = await this.client.subscribeAgent({ agentId, onEvent: (event) => this.render(row, event) });
         }
     }
-    /** Append one readable line per event; the pane follows the end unless scrolled up. */
+    /** Queue the event's readable lines for its pane. */
     render(row, event) {
-        const output = row.output;
-        if (output === undefined)
-            return;
-        const atEnd = output.scrollTop + output.clientHeight >= output.scrollHeight - 4;
         const line = this.line(row, event);
-        if (line === undefined)
+        if (line !== undefined)
+            this.queue(row, line instanceof HTMLElement ? [line] : line);
+    }
+    /** Lines reach the page in batches, every FLUSH_MS: one layout per batch, not per event,
+     * so a fast agent (or a replay of a thousand events after a reconnect) does not keep the
+     * page busy for seconds, which would also delay its heartbeat answers. */
+    queue(row, lines) {
+        if (row.output === undefined || lines.length === 0)
             return;
-        if (line instanceof HTMLElement)
-            output.append(line);
+        const pending = this.pending.get(row.output);
+        if (pending === undefined)
+            this.pending.set(row.output, [...lines]);
         else
-            output.append(...line);
-        if (atEnd)
-            output.scrollTop = output.scrollHeight;
+            pending.push(...lines);
+        this.flushTimer ??= setTimeout(() => this.flush(), FLUSH_MS);
+    }
+    flush() {
+        this.flushTimer = undefined;
+        for (const [output, lines] of this.pending) {
+            // The pane follows the end unless the user scrolled up.
+            const atEnd = output.scrollTop + output.clientHeight >= output.scrollHeight - 4;
+            output.append(...lines);
+            if (atEnd)
+                output.scrollTop = output.scrollHeight;
+        }
+        this.pending.clear();
     }
     /** Plain output, one element per line: a chunk may end mid-line, the next one goes on
      * with it. */
