@@ -38,6 +38,7 @@ from gateway.runners import RunnerClient
 from gateway.sending import Sender
 from gateway.sessions import SessionStore
 from gateway.settings import GatewaySettings
+from gateway.static_files import PREFIX, SECURITY_HEADERS, load_static
 from shared.bus import EventBus, PubSubHub, as_text
 from shared.keys import LOGS_TOPIC, METRICS_TOPIC, Keys
 from shared.metrics_http import watch_tasks
@@ -134,6 +135,7 @@ class Gateway:
         )
         self._probe_channel = self.keys.gateway_probe(settings.gateway_id)
         self._probes: dict[bytes, asyncio.Future[None]] = {}
+        self._static = load_static()
         self.connections: set[Connection] = set()
         self.tasks = OwnedTasks(log, f"gateway {settings.gateway_id}")
         self.sender = Sender(cap=settings.send_buffer_bytes, metrics=self.metrics, tasks=self.tasks)
@@ -482,6 +484,16 @@ class Gateway:
         if path == "/metrics":
             await self._update_gauges()
             return _response(HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE_LATEST)
+        if path == "/" or path == PREFIX.rstrip("/"):
+            response = _text_response(HTTPStatus.FOUND, f"the dashboard is at {PREFIX}\n")
+            response.headers["Location"] = PREFIX
+            return response
+        page = self._static.get(path)
+        if page is not None:
+            response = _response(HTTPStatus.OK, page.body, page.content_type)
+            for name, value in SECURITY_HEADERS:
+                response.headers[name] = value
+            return response
         return _text_response(
             HTTPStatus.NOT_FOUND, f"not found; the WebSocket endpoint is {self.settings.path}\n"
         )

@@ -335,6 +335,13 @@ def _stop(children: list[Child]) -> None:
         c.wait_or_kill(STOP_GRACE_S)
 
 
+def dashboard_url(host: str, port: int, path: str, token: str) -> str:
+    """The dashboard page's URL, signed in: the token (and a WebSocket path other than
+    ``/ws``) in the fragment, which the browser never sends to the server."""
+    fragment = f"token={token}" + ("" if path == "/ws" else f"&ws={path}")
+    return f"http://{host}:{port}/dashboard/#{fragment}"
+
+
 def _banner(
     host: str, port: int, path: str, children: list[Child], redis_url: str, token: str
 ) -> None:
@@ -342,6 +349,7 @@ def _banner(
         "",
         "Team Dashboard backend is up.",
         f"  WebSocket:  ws://{host}:{port}{path}",
+        f"  Dashboard: {dashboard_url(host, port, path, token)}",
         f"  Health:     http://{host}:{port}/healthz   /readyz",
         f"  Redis:      {redis_url}",
         "  Processes:",
@@ -437,6 +445,7 @@ def _banner_lb(topology: LocalTopology, token: str) -> None:
         "",
         "Team Dashboard backend is up, behind HAProxy.",
         f"  WebSocket:  {topology.lb_url}   (HAProxy, leastconn over {topology.gateways} gateways)",
+        f"  Dashboard: {dashboard_url(topology.host, topology.lb_port, topology.path, token)}",
         f"  Redis:      {topology.redis_url}",
         f"  HAProxy runtime API: {topology.stats_socket}",
         "  Processes:",

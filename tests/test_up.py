@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.helpers import ROOT, free_port, port_open, t, wait_for
+from tests.helpers import ROOT, free_port, http_get, port_open, t, wait_for
 from tests.wsclient import WSClient
 
 
@@ -49,6 +49,20 @@ async def test_up_serves_metrics_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> 
             lambda: b"Press Ctrl-C" in (tmp_path / "up.log").read_bytes(), timeout=10, what="banner"
         )
         descendants = _services(up)
+
+        # The banner's Dashboard line: the page on the gateway's port, the dev token in the
+        # fragment (never sent to the server), good for a WebSocket session.
+        banner = (tmp_path / "up.log").read_text()
+        url = next(
+            line.split("Dashboard: ", 1)[1] for line in banner.splitlines() if "Dashboard: " in line
+        )
+        page, _, fragment = url.strip().partition("#token=")
+        assert page == f"http://127.0.0.1:{port}/dashboard/"
+        status, body = http_get(page)
+        assert status == 200 and "Team Dashboard" in body
+        dashboard = await WSClient.authed(f"ws://127.0.0.1:{port}/ws", fragment)
+        assert dashboard.status["userId"] == "dev"
+        await dashboard.close()
 
         # `teamdash token` in "another terminal": same state folder, token alone on the last line.
         out = subprocess.run(
