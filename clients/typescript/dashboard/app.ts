@@ -221,7 +221,7 @@ class Dashboard {
           case "retry":
             return el("div", "line notice", `retrying: ${p.data}`);
           case "permission_request":
-            return this.permissionPrompt(e.tool, e.summary);
+            return this.permissionPrompt(p.agentId, e.requestId, e.tool, e.summary);
           case "permission_resolved":
             return el("div", "line notice", `permission ${e.requestId}: ${e.decision}`);
           case "input_request":
@@ -242,10 +242,20 @@ class Dashboard {
     }
   }
 
-  /** A permission prompt. Allow/deny buttons need `agent:permission` in the SDK, which
-   * needs its ack result in the schema (shared/protocol.py ACK_RESULTS): not there yet. */
-  private permissionPrompt(tool: string, summary: string): HTMLElement {
-    return el("div", "line permission", `${tool} asks for permission: ${summary}`);
+  /** A permission prompt with its answers (`agent:permission`); the buttons are disabled
+   * once one is pressed, and the agent's `permission_resolved` event follows. */
+  private permissionPrompt(agentId: string, requestId: string, tool: string, summary: string): HTMLElement {
+    const line = el("div", "line permission", `${tool} asks for permission: ${summary} `);
+    for (const decision of ["allow", "deny"] as const) {
+      const button = el("button", `answer ${decision}`, decision) as HTMLButtonElement;
+      button.type = "button";
+      button.addEventListener("click", () => {
+        line.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+        this.act(this.client.answerPermission(agentId, requestId, decision));
+      });
+      line.append(button);
+    }
+    return line;
   }
 
   private wireForms(): void {

@@ -208,7 +208,7 @@ class Dashboard {
                     case "retry":
                         return el("div", "line notice", `retrying: ${p.data}`);
                     case "permission_request":
-                        return this.permissionPrompt(e.tool, e.summary);
+                        return this.permissionPrompt(p.agentId, e.requestId, e.tool, e.summary);
                     case "permission_resolved":
                         return el("div", "line notice", `permission ${e.requestId}: ${e.decision}`);
                     case "input_request":
@@ -228,10 +228,20 @@ class Dashboard {
                 return undefined;
         }
     }
-    /** A permission prompt. Allow/deny buttons need `agent:permission` in the SDK, which
-     * needs its ack result in the schema (shared/protocol.py ACK_RESULTS): not there yet. */
-    permissionPrompt(tool, summary) {
-        return el("div", "line permission", `${tool} asks for permission: ${summary}`);
+    /** A permission prompt with its answers (`agent:permission`); the buttons are disabled
+     * once one is pressed, and the agent's `permission_resolved` event follows. */
+    permissionPrompt(agentId, requestId, tool, summary) {
+        const line = el("div", "line permission", `${tool} asks for permission: ${summary} `);
+        for (const decision of ["allow", "deny"]) {
+            const button = el("button", `answer ${decision}`, decision);
+            button.type = "button";
+            button.addEventListener("click", () => {
+                line.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+                this.act(this.client.answerPermission(agentId, requestId, decision));
+            });
+            line.append(button);
+        }
+        return line;
     }
     wireForms() {
         $("create").addEventListener("submit", (event) => {

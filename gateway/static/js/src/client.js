@@ -289,6 +289,16 @@ export class DashboardWebSocket {
     terminate(agentId, options = {}) {
         return this.request("agent:terminate", { agentId, ...(options.force ? { force: true } : {}) });
     }
+    /** Answer an agent's `permission_request` event (its `requestId`): allow or deny the
+     * tool use; a deny may say why. */
+    answerPermission(agentId, requestId, decision, message) {
+        return this.request("agent:permission", {
+            agentId,
+            requestId,
+            decision,
+            ...(message !== undefined ? { message } : {}),
+        });
+    }
     /** With `agentId`: that agent's output, status and errors (topic `agent:{id}`); without:
      * lifecycle events of every agent you may see (topic `agents`). */
     subscribeAgent(options = {}) {
