@@ -24,7 +24,7 @@ export interface AckPayload {
   /**
    * On success: the request's result (RequestResults names which).
    */
-  result?: AgentCommandResult | AgentControlResult | CreateAgentResult | SubscribeResult | TokenRefreshResult | UnsubscribeResult;
+  result?: AgentCommandResult | AgentControlResult | AgentListResult | AgentPermissionResult | CreateAgentResult | SubscribeResult | TokenRefreshResult | UnsubscribeResult;
   success: boolean;
 }
 
@@ -103,6 +103,61 @@ export interface AgentErrorPayload {
  */
 export type AgentEventFilter = "stdout" | "stderr" | "status" | "error" | "created";
 
+/**
+ * One agent of `agent:list` (the spec's `AgentInfo`, from the agent registry).
+ */
+export interface AgentInfo {
+  agentId: string;
+  endTime?: number;
+  exitCode?: number;
+  lastActivity?: number;
+  limits: AgentLimits;
+  model: string;
+  name: string;
+  owner: string;
+  pid?: number;
+  reason?: string;
+  runner: string;
+  signal?: string;
+  startTime?: number;
+  status: "starting" | "running" | "paused" | "stopping" | "stopped" | "crashed";
+  uptime?: number;
+  usage?: AgentUsage;
+  workspace?: string;
+}
+
+export interface AgentLimits {
+  cpu?: number;
+  memory?: number;
+}
+
+/**
+ * `agent:list` (an addition to the spec): the agents the caller may see, paged,
+ * with the position of the `agents` topic the list reflects.
+ */
+export interface AgentListMessage {
+  id?: string;
+  metadata?: Metadata;
+  payload?: AgentListPayload;
+  timestamp?: number;
+  type: "agent:list";
+}
+
+export interface AgentListPayload {
+  after?: string;
+  includeEnded?: boolean;
+  limit?: number;
+  owner?: string;
+  status?: Array<"starting" | "running" | "paused" | "stopping" | "stopped" | "crashed">;
+}
+
+export interface AgentListResult {
+  agents: AgentInfo[];
+  next?: string;
+  position: StreamPosition;
+  total: number;
+}
+
 export interface AgentMetrics {
   agentId: string;
   /**
@@ -158,6 +213,11 @@ export interface AgentPermissionPayload {
   requestId: string;
 }
 
+export interface AgentPermissionResult {
+  agentId: string;
+  tool?: string;
+}
+
 /**
  * `agent:create` `payload.permissions`: the CLI's permission mode and the tools it
  * may use without asking. Each value must be in the model's operator-set allow-list
@@ -198,6 +258,17 @@ export interface AgentStatusPayload {
   agentId: string;
   details?: AgentStatusDetails;
   status: "starting" | "running" | "paused" | "stopping" | "stopped" | "crashed";
+}
+
+/**
+ * An agent's latest resource sample (its runner samples every
+ * `TEAMDASH_STATS_INTERVAL_S`).
+ */
+export interface AgentUsage {
+  cpu: number;
+  memory: number;
+  sampledAt: number;
+  threads: number;
 }
 
 /**
@@ -256,7 +327,7 @@ export interface ClientHeartbeatPayload {
 /**
  * Every message a client may send (client → server).
  */
-export type ClientMessage = AuthMessage | CreateAgentMessage | AgentCommandMessage | TerminateAgentMessage | AgentControlMessage | SubscribeAgentMessage | SubscribeMetricsMessage | SubscribeLogsMessage | UnsubscribeMessage | ClientHeartbeatMessage | AgentPermissionMessage;
+export type ClientMessage = AuthMessage | CreateAgentMessage | AgentCommandMessage | TerminateAgentMessage | AgentControlMessage | SubscribeAgentMessage | SubscribeMetricsMessage | SubscribeLogsMessage | UnsubscribeMessage | ClientHeartbeatMessage | AgentPermissionMessage | AgentListMessage;
 
 export interface ConnectionStatusMessage {
   id: string;
@@ -468,7 +539,9 @@ export interface PermissionResolvedEvent {
 export interface RequestResults {
   "agent:command": AgentCommandResult;
   "agent:create": CreateAgentResult;
+  "agent:list": AgentListResult;
   "agent:pause": AgentControlResult;
+  "agent:permission": AgentPermissionResult;
   "agent:resume": AgentControlResult;
   "agent:terminate": AgentControlResult;
   auth: TokenRefreshResult;
@@ -546,6 +619,7 @@ export interface SubscribeAgentMessage {
 export interface SubscribeAgentPayload {
   agentId?: string;
   filters?: AgentEventFilter[];
+  since?: StreamPosition;
 }
 
 export interface SubscribeLogsMessage {
@@ -558,6 +632,7 @@ export interface SubscribeLogsMessage {
 
 export interface SubscribeLogsPayload {
   filters?: LogsFilter[];
+  since?: StreamPosition;
 }
 
 /**
@@ -575,14 +650,18 @@ export interface SubscribeMetricsMessage {
 
 export interface SubscribeMetricsPayload {
   filters?: MetricsFilter[];
+  since?: StreamPosition;
 }
 
 export interface SubscribePayload {
   agentId?: string;
   filters?: Array<AgentEventFilter | MetricsFilter | LogsFilter>;
+  since?: StreamPosition;
 }
 
 export interface SubscribeResult {
+  missed?: number;
+  recovered?: boolean;
   subscriptionId: string;
   topic: string;
 }
