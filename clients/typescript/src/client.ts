@@ -58,6 +58,8 @@ import {
   type SubscribeAgentPayload,
   type SubscribeLogsPayload,
   type SubscribeMetricsPayload,
+  type AgentListPayload,
+  type AgentPermissionPayload,
   type SubscriptionGapMessage,
   type TerminateAgentPayload,
   type TokenRefreshResult,
@@ -83,6 +85,8 @@ export interface RequestPayloads {
   "subscribe:metrics": SubscribeMetricsPayload;
   "subscribe:logs": SubscribeLogsPayload;
   unsubscribe: UnsubscribePayload;
+  "agent:permission": AgentPermissionPayload;
+  "agent:list": AgentListPayload;
 }
 export type RequestType = keyof RequestResults;
 // Fails to compile when the schema gains a request type this map does not have (or loses one).
