@@ -19,6 +19,7 @@ import anyio
 import orjson
 import redis.asyncio as aioredis
 from pydantic import ValidationError
+from redis.commands.core import AsyncScript
 
 from shared.agent_info import AgentSnapshot, agent_info
 from shared.bus import Position, as_text
@@ -124,7 +125,8 @@ class RunnerClient:
         self._outages = outages
         #: False while heartbeats may have aged in an outage (nothing is judged dead then).
         self._heartbeats_trusted = heartbeats_trusted
-        self._snapshot = redis.register_script(_SNAPSHOT_LUA)
+        #: Registered on first use (tests hand in a partial Redis for other requests).
+        self._snapshot: AsyncScript | None = None
 
     @property
     def pending_count(self) -> int:
@@ -188,6 +190,8 @@ class RunnerClient:
         """Every agent of the registry (live, and ended within the history TTL) with the
         ``agents`` topic's position it reflects, in one atomic read."""
         k = self.keys
+        if self._snapshot is None:
+            self._snapshot = self.redis.register_script(_SNAPSHOT_LUA)
         reply = await self._snapshot(
             keys=[k.topic_meta(AGENTS_TOPIC), k.agent_index, k.agents, k.agent_stats],
             args=[k.agent(""), k.topic_stream(agent_topic(""))],
