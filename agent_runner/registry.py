@@ -25,7 +25,8 @@ field               meaning
 ``endTime``         Unix ms when it ended; with ``exitCode``, ``signal``, ``reason``
 ==================  ============================================================
 
-Live agents are members of ``Keys.agents``, ``Keys.runner_agents(runnerId)`` and
+Every agent is a member of ``Keys.agent_index`` (scored by ``startTime``, what ``agent:list``
+reads) until its hash expires. Live agents are members of ``Keys.agents``, ``Keys.runner_agents(runnerId)`` and
 ``Keys.user_agents(owner)``. When an agent ends it is removed from the three sets and its
 hash expires after the history TTL (so a late request finds ``status: stopped``).
 The per-user limit is one Lua script: check ``SCARD`` and ``SADD`` atomically.
@@ -56,6 +57,10 @@ def _mapping(fields: Fields) -> dict[Any, Any]:
     return dict(fields)
 
 
+def _start_time(fields: Fields) -> float:
+    return float(fields.get("startTime", 0))
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -83,6 +88,7 @@ class Registry:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.agent(agent_id), mapping=_mapping(fields))
             pipe.persist(self.keys.agent(agent_id))
+            pipe.zadd(self.keys.agent_index, {agent_id: _start_time(fields)})
             pipe.sadd(self.keys.agents, agent_id)
             pipe.sadd(self.keys.runner_agents(runner_id), agent_id)
             await pipe.execute()
@@ -94,6 +100,7 @@ class Registry:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.agent(agent_id), mapping=_mapping(fields))
             pipe.persist(self.keys.agent(agent_id))
+            pipe.zadd(self.keys.agent_index, {agent_id: _start_time(fields)})
             pipe.sadd(self.keys.agents, agent_id)
             pipe.sadd(self.keys.runner_agents(runner_id), agent_id)
             pipe.sadd(self.keys.user_agents(owner), agent_id)

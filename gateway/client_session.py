@@ -42,9 +42,13 @@ from gateway.guard import check_frame
 from gateway.limits import TokenBucket
 from gateway.router import Filter, Subscription, catch_up, parse_filters
 from gateway.settings import GatewaySettings
+from shared.agent_info import ENDED_STATES, AgentSnapshot
 from shared.bus import Position, Replay
 from shared.errors import ErrorCode, ProtocolError, TeamdashError
 from shared.protocol import (
+    AgentInfo,
+    AgentListMessage,
+    AgentListResult,
     AuthMessage,
     ClientMessage,
     ConnectionStatusMessage,
@@ -54,6 +58,7 @@ from shared.protocol import (
     HeartbeatPayload,
     Metadata,
     RestoredSubscription,
+    StreamPosition,
     SubscribeMessage,
     SystemAlertMessage,
     SystemAlertPayload,
@@ -720,6 +725,8 @@ class ClientSession(Generic[C]):
                 since = Position(0, None)
         else:
             topic = {"agent": AGENTS_TOPIC, "metrics": METRICS_TOPIC, "logs": LOGS_TOPIC}[kind]
+        if message.payload.since is not None:
+            since = Position(message.payload.since.offset, message.payload.since.epoch)
         sub: Subscription[C] = Subscription(
             id=new_id(),
             conn=self.conn,
@@ -736,13 +743,21 @@ class ClientSession(Generic[C]):
         self.subscriptions.pop(sub.id, None)
 
     def subscribed(
-        self, message_id: str, sub: Subscription[C], replay: Replay | None
+        self,
+        message_id: str,
+        sub: Subscription[C],
+        replay: Replay | None,
+        *,
+        since_given: bool = False,
     ) -> list[Action]:
         """``sub`` is routed (events published from now on reach the connection): the ack,
-        then its catch-up, then the session write."""
-        actions: list[Action] = [
-            *self.answer(message_id, result={"subscriptionId": sub.id, "topic": sub.topic})
-        ]
+        then its catch-up, then the session write. A subscribe with ``since`` learns in
+        the ack what the catch-up could not give (``missed``, ``recovered``)."""
+        result: dict[str, Any] = {"subscriptionId": sub.id, "topic": sub.topic}
+        if since_given:
+            result["missed"] = replay.missed if replay is not None else 0
+            result["recovered"] = replay.recovered if replay is not None else True
+        actions: list[Action] = [*self.answer(message_id, result=result)]
         if replay is not None:
             frames = catch_up([sub], [replay.events])
             if frames:
@@ -769,6 +784,52 @@ class ClientSession(Generic[C]):
         return [Detach(sub)]
 
     # -- agents ----------------------------------------------------------------------------
+    def agent_list_owner(self, message: AgentListMessage) -> str | None:
+        """Whose agents ``message`` may list (None: everyone's); raises
+        INSUFFICIENT_PERMISSIONS when an operator asks for another user's. The caller
+        reads the registry, then calls :meth:`agents_listed`."""
+        visible, asked = self.visible_owner(), message.payload.owner
+        if visible is not None and asked is not None and asked != visible:
+            raise TeamdashError(
+                ErrorCode.INSUFFICIENT_PERMISSIONS, "your role lists only your own agents"
+            )
+        return asked if asked is not None else visible
+
+    def agents_listed(
+        self, message: AgentListMessage, owner: str | None, snapshot: AgentSnapshot
+    ) -> list[Action]:
+        """The ack of ``agent:list``: the page of ``snapshot`` that ``message`` asks for,
+        ordered by start time then id, with the snapshot's position."""
+        p = message.payload
+        after: tuple[int, str] | None = None
+        if p.after is not None:
+            start, _, agent_id = p.after.partition(":")
+            if not start.isdigit() or not agent_id:
+                raise TeamdashError(
+                    ErrorCode.INVALID_MESSAGE, f"after {p.after!r} is not a page's next"
+                )
+            after = (int(start), agent_id)
+        statuses = set(p.status or ())
+
+        def wanted(a: AgentInfo) -> bool:
+            if owner is not None and a.owner != owner:
+                return False
+            if statuses:
+                return a.status in statuses
+            return p.includeEnded or a.status not in ENDED_STATES
+
+        matching = sorted(filter(wanted, snapshot.agents), key=_list_key)
+        page = [a for a in matching if after is None or _list_key(a) > after][: p.limit]
+        more = bool(page) and _list_key(page[-1]) < _list_key(matching[-1])
+        position = snapshot.position
+        result = AgentListResult(
+            agents=page,
+            position=StreamPosition(offset=position.offset, epoch=position.epoch),
+            next="{}:{}".format(*_list_key(page[-1])) if more else None,
+            total=len(matching),
+        )
+        return self.answer(message.id, result=result.model_dump(mode="json", exclude_none=True))
+
     def agent_created(
         self, message: CreateAgentMessage, agent_id: str, result: dict[str, Any]
     ) -> tuple[list[Action], Subscription[C]]:
@@ -892,6 +953,10 @@ class ClientSession(Generic[C]):
             )
         self.subscriptions.clear()
         return subs, update
+
+
+def _list_key(agent: AgentInfo) -> tuple[int, str]:
+    return (agent.startTime or 0, agent.agentId)
 
 
 def _notice(

@@ -55,6 +55,7 @@ from shared.bus import Position, Replay
 from shared.errors import ErrorCode, TeamdashError
 from shared.protocol import (
     AckMessage,
+    AgentListMessage,
     AuthMessage,
     ClientMessage,
     CreateAgentMessage,
@@ -321,7 +322,14 @@ class Connection:
             except BaseException:
                 session.forget(sub)
                 raise
-            await self._carry_out(session.subscribed(message.id, sub, replay))
+            since_given = message.payload.since is not None
+            await self._carry_out(
+                session.subscribed(message.id, sub, replay, since_given=since_given)
+            )
+        elif isinstance(message, AgentListMessage):
+            owner = session.agent_list_owner(message)
+            snapshot = await parts.runners.agent_snapshot(now_ms())
+            await self._carry_out(session.agents_listed(message, owner, snapshot))
         elif isinstance(message, UnsubscribeMessage):
             await self._carry_out(session.unsubscribe(message))
         elif isinstance(message, AuthMessage):

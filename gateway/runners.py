@@ -19,14 +19,17 @@ import anyio
 import orjson
 import redis.asyncio as aioredis
 from pydantic import ValidationError
+from redis.commands.core import AsyncScript
 
-from shared.bus import as_text
+from shared.agent_info import AgentSnapshot, agent_info
+from shared.bus import Position, as_text
 from shared.errors import ErrorCode, TeamdashError
 from shared.keys import Keys
 from shared.protocol import (
     AgentCommandMessage,
     AgentControlMessage,
     AgentPermissionMessage,
+    AgentUsage,
     CreateAgentMessage,
     TerminateAgentMessage,
 )
@@ -39,6 +42,7 @@ from shared.runner_protocol import (
 )
 from shared.tasks import raise_if_cancelled
 from shared.tokens import Identity
+from shared.topics import AGENTS_TOPIC, agent_topic
 
 #: What a client may ask of an existing agent.
 ControlMessage = (
@@ -47,14 +51,41 @@ ControlMessage = (
 
 log = logging.getLogger("ws.runners")
 
-#: Statuses of an agent that has no process any more.
-ENDED = frozenset({"stopped", "crashed"})
-
 #: The answer to a request whose reply never came while Redis failed during its wait.
 OUTCOME_UNKNOWN = (
     "the runner may have carried out this request; its reply was lost in a Redis outage "
     "— check the agent's status before retrying"
 )
+
+
+#: One read of the registry for ``agent:list``, atomic with the ``agents`` topic's position
+#: (so the list reflects exactly the events up to it, and maybe some after it). Entries of
+#: the index whose hash expired (ended agents past the history TTL) are dropped here.
+_SNAPSHOT_LUA = """
+-- KEYS[1] agents topic meta, KEYS[2] agent index, KEYS[3] live agents, KEYS[4] agent stats
+-- ARGV[1] prefix of agent hashes, ARGV[2] prefix of agent topic streams
+-- Returns {offset, epoch, stats (flat hash), hash1 (flat), last event of 1 or false, ...}
+local meta = redis.call('hmget', KEYS[1], 'offset', 'epoch')
+local ids = redis.call('zrange', KEYS[2], 0, -1)
+local seen = {}
+for _, id in ipairs(ids) do seen[id] = true end
+-- Agents registered before the index existed are in the live set only.
+for _, id in ipairs(redis.call('smembers', KEYS[3])) do
+  if not seen[id] then ids[#ids + 1] = id end
+end
+local out = {meta[1] or '0', meta[2] or '', redis.call('hgetall', KEYS[4])}
+for _, id in ipairs(ids) do
+  local h = redis.call('hgetall', ARGV[1] .. id)
+  if #h == 0 then
+    redis.call('zrem', KEYS[2], id)
+  else
+    local last = redis.call('xrevrange', ARGV[2] .. id, '+', '-', 'COUNT', 1)
+    out[#out + 1] = h
+    out[#out + 1] = last[1] and last[1][2][2] or false
+  end
+end
+return out
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +125,8 @@ class RunnerClient:
         self._outages = outages
         #: False while heartbeats may have aged in an outage (nothing is judged dead then).
         self._heartbeats_trusted = heartbeats_trusted
+        #: Registered on first use (tests hand in a partial Redis for other requests).
+        self._snapshot: AsyncScript | None = None
 
     @property
     def pending_count(self) -> int:
@@ -152,6 +185,33 @@ class RunnerClient:
         if owner is None or runner_id is None:
             raise TeamdashError(ErrorCode.AGENT_NOT_FOUND, f"agent {agent_id!r} not found")
         return AgentRecord(agent_id, owner, runner_id, status or "unknown")
+
+    async def agent_snapshot(self, now_ms: int) -> AgentSnapshot:
+        """Every agent of the registry (live, and ended within the history TTL) with the
+        ``agents`` topic's position it reflects, in one atomic read."""
+        k = self.keys
+        if self._snapshot is None:
+            self._snapshot = self.redis.register_script(_SNAPSHOT_LUA)
+        reply = await self._snapshot(
+            keys=[k.topic_meta(AGENTS_TOPIC), k.agent_index, k.agents, k.agent_stats],
+            args=[k.agent(""), k.topic_stream(agent_topic(""))],
+        )
+        offset, epoch, stats = int(reply[0]), as_text(reply[1]) or None, reply[2]
+        usage = _usage(stats)
+        agents = []
+        for i in range(3, len(reply), 2):
+            flat = [as_text(v) for v in reply[i]]
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            last = reply[i + 1]
+            info = agent_info(
+                fields,
+                usage=usage.get(fields.get("agentId", "")),
+                last_activity=_timestamp(last) if last else None,
+                now_ms=now_ms,
+            )
+            if info is not None:
+                agents.append(info)
+        return AgentSnapshot(Position(offset, epoch), agents)
 
     async def runner_alive(self, runner_id: str) -> bool:
         score = await self.redis.zscore(self.keys.runners, runner_id)
@@ -328,6 +388,32 @@ class RunnerClient:
                     waiters.remove(waiter)
                 if not waiters:
                     del self._pending[request_id]
+
+
+def _usage(stats: list[bytes]) -> dict[str, AgentUsage]:
+    """Agent id → its latest sample, from the flat ``Keys.agent_stats`` hash."""
+    out: dict[str, AgentUsage] = {}
+    for doc in stats[1::2]:
+        try:
+            sample = orjson.loads(doc)
+            for a in sample["agents"]:
+                out[a["agentId"]] = AgentUsage(
+                    cpu=float(a["cpu"]),
+                    memory=int(a["memory"]),
+                    threads=int(a["threads"]),
+                    sampledAt=int(sample["ts"]),
+                )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, ValidationError):
+            log.warning("malformed agent stats: %r", doc[:200])
+    return out
+
+
+def _timestamp(event: bytes) -> int | None:
+    try:
+        value = orjson.loads(event).get("timestamp")
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, int) else None
 
 
 def reply_error(code: int | None, error: str | None) -> TeamdashError:

@@ -23,7 +23,12 @@ from shared.topics import ALERT_CATEGORY_ORDER, ALERT_LEVEL_ORDER
 
 if TYPE_CHECKING:
     from shared.client import DashboardClient, DashboardEvent, StateChange
-    from shared.protocol import AgentOutputPayload, MetricsUpdatePayload, SystemAlertMessage
+    from shared.protocol import (
+        AgentInfo,
+        AgentOutputPayload,
+        MetricsUpdatePayload,
+        SystemAlertMessage,
+    )
 
 
 #: Variables of the client commands (read here, not by a service's settings object).
@@ -516,6 +521,39 @@ def format_alert(event: SystemAlertMessage) -> str:
     return f"{_clock(event.timestamp)}  {p.level.upper():8} {p.category:11} {p.message}"
 
 
+def format_agent_row(agent: AgentInfo) -> str:
+    """One line for an agent of ``agent:list`` (``teamdash agents list``)."""
+    uptime = f"{agent.uptime // 1000}s" if agent.uptime is not None else "-"
+    pid = str(agent.pid) if agent.pid is not None else "-"
+    return (
+        f"{agent.agentId}  {agent.status:8} {agent.name}  model={agent.model} "
+        f"owner={agent.owner} pid={pid} uptime={uptime} runner={agent.runner}"
+    )
+
+
+async def _agents_list(
+    client: DashboardClient, args: argparse.Namespace, progress: _Progress
+) -> int:
+    after: str | None = None
+    while True:
+        page = await client.list_agents(
+            status=args.status or None,
+            owner=args.owner,
+            include_ended=args.all,
+            limit=args.page_size,
+            after=after,
+        )
+        if after is None:
+            progress.say(f"{page.total} agents (agents topic at offset {page.position.offset})")
+        for agent in page.agents:
+            print(
+                agent.model_dump_json(exclude_none=True) if args.json else format_agent_row(agent)
+            )
+        if page.next is None:
+            return 0
+        after = page.next
+
+
 async def _agents_watch(
     client: DashboardClient, args: argparse.Namespace, progress: _Progress
 ) -> int:
@@ -721,8 +759,23 @@ def _add_client_commands(sub: Any) -> None:
         "--count", type=int, default=0, help="stop after N events (default: never)"
     )
 
-    p = sub.add_parser("agents", help="watch the lifecycle of every agent you may see")
+    p = sub.add_parser("agents", help="list, or watch the lifecycle of, every agent you may see")
     verbs = p.add_subparsers(dest="verb", required=True)
+    ls = verbs.add_parser("list", parents=[common], help="the agents you may see, oldest first")
+    ls.add_argument(
+        "--status",
+        action="append",
+        default=[],
+        choices=("starting", "running", "paused", "stopping", "stopped", "crashed"),
+        help="only agents in this status (repeatable)",
+    )
+    ls.add_argument("--owner", default=None, help="only this user's agents")
+    ls.add_argument(
+        "--all", action="store_true", help="also agents that ended within the history TTL"
+    )
+    ls.add_argument("--page-size", type=int, default=100, help="agents per request (1-1000)")
+    ls.add_argument("--json", action="store_true", help="one JSON object per agent")
+    ls.set_defaults(func=_client_command(_agents_list))
     w = verbs.add_parser("watch", parents=[common, counted], help="live agent lifecycle events")
     w.set_defaults(func=_client_command(_agents_watch))
 

@@ -64,10 +64,14 @@ from shared.protocol import (
     AgentControlMessage,
     AgentCreatedMessage,
     AgentErrorMessage,
+    AgentListMessage,
+    AgentListPayload,
+    AgentListResult,
     AgentOutputMessage,
     AgentPermissionMessage,
     AgentPermissionPayload,
     AgentRef,
+    AgentState,
     AgentStatusMessage,
     AuthMessage,
     AuthPayload,
@@ -374,6 +378,9 @@ class Subscription:
         self._seen = SeenWindow()
         #: Every ``subscription:gap`` notice this subscription got (also yielded in order).
         self.gaps: list[SubscriptionGapMessage] = []
+        #: Subscribed with ``since``: events after it no longer retained (its ack's
+        #: ``missed``).
+        self.missed = 0
 
     def __repr__(self) -> str:
         return f"Subscription(id={self.id!r}, topic={self.topic!r}, filters={list(self.filters)})"
@@ -767,13 +774,44 @@ class DashboardClient:
         payload = _build(TerminateAgentPayload, agentId=agent_id, force=force or None)
         return await self.request(TerminateAgentMessage(type="agent:terminate", payload=payload))
 
+    async def list_agents(
+        self,
+        *,
+        status: Sequence[AgentState] | None = None,
+        owner: str | None = None,
+        include_ended: bool = False,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> AgentListResult:
+        """One page of the agents you may see (``agent:list``), oldest start first. Pass
+        the page's ``next`` as ``after`` for the next one (None: the last page). To follow
+        changes from there, subscribe with ``since`` = the first page's ``position``:
+        every later lifecycle event arrives exactly once."""
+        payload = _build(
+            AgentListPayload,
+            status=list(status) if status else None,
+            owner=owner,
+            includeEnded=include_ended,
+            limit=limit,
+            after=after,
+        )
+        result = await self.request(AgentListMessage(type="agent:list", payload=payload))
+        return AgentListResult.model_validate(result)
+
     async def subscribe_agent(
-        self, agent_id: str | None = None, filters: Sequence[str] | None = None
+        self,
+        agent_id: str | None = None,
+        filters: Sequence[str] | None = None,
+        *,
+        since: StreamPosition | None = None,
     ) -> Subscription:
         """With ``agent_id``: that agent's output, status and errors (topic ``agent:{id}``);
         without: lifecycle events of every agent you may see (topic ``agents``). ``filters``:
-        ``stdout``, ``stderr``, ``status``, ``error``, ``created``."""
-        return await self._subscribe("agent", agent_id, filters)
+        ``stdout``, ``stderr``, ``status``, ``error``, ``created``. ``since``: start after
+        this position of the topic (e.g. an ``agent:list`` result's ``position``) instead of
+        live from now; the subscription's ``ack`` tells what could not be replayed
+        (``subscription.missed``)."""
+        return await self._subscribe("agent", agent_id, filters, since=since)
 
     async def subscribe_metrics(self, filters: Sequence[str] | None = None) -> Subscription:
         """``metrics:update`` events (topic ``metrics``); ``filters``: ``system``, ``agents``."""
@@ -890,11 +928,15 @@ class DashboardClient:
         agent_id: str | None,
         filters: Sequence[str] | None,
         existing: Subscription | None = None,
+        *,
+        since: StreamPosition | None = None,
     ) -> Subscription:
         wanted = tuple(filters or ())
         message = SubscribeMessage(
             type=f"subscribe:{kind}",  # type: ignore[arg-type]
-            payload=_build(SubscribePayload, agentId=agent_id, filters=list(wanted) or None),
+            payload=_build(
+                SubscribePayload, agentId=agent_id, filters=list(wanted) or None, since=since
+            ),
         )
         made: list[Subscription] = []
 
@@ -915,6 +957,7 @@ class DashboardClient:
                     filters=wanted,
                     queue_size=self.queue_size,
                 )
+            sub.missed = int(result.get("missed") or 0)
             self._subs[sub_id] = sub
             made.append(sub)
 

@@ -98,8 +98,15 @@ class Keys:
 
     @property
     def agents(self) -> str:
-        """Set of every known agent id."""
+        """Set of the live agent ids."""
         return f"{self.prefix}:agents"
+
+    @property
+    def agent_index(self) -> str:
+        """Sorted set of every agent id, live or ended, scored by start time (ms): what
+        ``agent:list`` reads. An ended agent's entry goes when its hash has expired (the
+        list prunes it)."""
+        return f"{self.prefix}:agent-index"
 
     def runner_agents(self, runner_id: str) -> str:
         """Set of the agent ids one runner owns."""

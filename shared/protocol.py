@@ -243,6 +243,10 @@ class SubscribePayload(_Strict):
     filters: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] | None = Field(
         default=None, max_length=32
     )
+    #: Start after this position of the topic (an addition to the spec): the events after
+    #: it that the replay buffer still holds, then live, with no gap and no duplicate
+    #: (``offset: 0`` for everything retained). Omitted: live from now.
+    since: StreamPosition | None = None
 
 
 class SubscribeMessage(WSMessage):
@@ -287,6 +291,27 @@ class AgentPermissionMessage(WSMessage):
     payload: AgentPermissionPayload
 
 
+class AgentListPayload(_Strict):
+    #: Only agents in one of these statuses (default: every live one; ended ones with
+    #: ``includeEnded`` or when asked for by status).
+    status: list[AgentState] | None = Field(default=None, max_length=6)
+    #: Only this user's agents (an operator may only name themselves).
+    owner: Identifier | None = None
+    #: Include agents that ended within the history TTL.
+    includeEnded: StrictBool = False
+    limit: Annotated[StrictInt, Field(ge=1, le=1000)] = 100
+    #: The previous page's ``next``.
+    after: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+
+class AgentListMessage(WSMessage):
+    """``agent:list`` (an addition to the spec): the agents the caller may see, paged,
+    with the position of the ``agents`` topic the list reflects."""
+
+    type: Literal["agent:list"]
+    payload: AgentListPayload = Field(default_factory=AgentListPayload)
+
+
 ClientMessage: TypeAlias = Annotated[
     AuthMessage
     | CreateAgentMessage
@@ -296,7 +321,8 @@ ClientMessage: TypeAlias = Annotated[
     | SubscribeMessage
     | UnsubscribeMessage
     | HeartbeatMessage
-    | AgentPermissionMessage,
+    | AgentPermissionMessage
+    | AgentListMessage,
     Field(discriminator="type"),
 ]
 
@@ -477,6 +503,68 @@ class SubscribeResult(_Strict):
     subscriptionId: str
     #: The topic the subscription follows (``agent:{id}``, ``agents``, ``metrics``, ``logs``).
     topic: str
+    #: With ``since``: events after it that are no longer retained (0: none), and whether
+    #: the catch-up is complete (nothing missed, same epoch).
+    missed: int | None = None
+    recovered: bool | None = None
+
+
+class AgentUsage(_Strict):
+    """An agent's latest resource sample (its runner samples every
+    ``TEAMDASH_STATS_INTERVAL_S``)."""
+
+    #: Percent of one core (can exceed 100 on several cores).
+    cpu: float
+    #: Resident bytes of the agent's whole process tree.
+    memory: int
+    threads: int
+    #: When it was sampled (Unix ms).
+    sampledAt: int
+
+
+class AgentLimits(_Strict):
+    #: MB; absent when unlimited.
+    memory: float | None = None
+    #: Cores; absent when unlimited.
+    cpu: float | None = None
+
+
+class AgentInfo(_Strict):
+    """One agent of ``agent:list`` (the spec's ``AgentInfo``, from the agent registry)."""
+
+    agentId: str
+    name: str
+    model: str
+    owner: str
+    status: AgentState
+    pid: int | None = None
+    #: Unix ms.
+    startTime: int | None = None
+    #: Milliseconds it has run (until its end, for an ended agent).
+    uptime: int | None = None
+    #: Unix ms of its latest event (output, status, error) the replay buffer holds.
+    lastActivity: int | None = None
+    #: The runner that owns its process.
+    runner: str
+    workspace: str | None = None
+    limits: AgentLimits
+    usage: AgentUsage | None = None
+    #: For an ended agent: Unix ms of its end, exit code or signal, and why.
+    endTime: int | None = None
+    exitCode: int | None = None
+    signal: str | None = None
+    reason: str | None = None
+
+
+class AgentListResult(_Strict):
+    agents: list[AgentInfo]
+    #: The position of the ``agents`` topic this list reflects: every event up to it is in
+    #: the list. Subscribe with ``since`` set to it to get every later change exactly once.
+    position: StreamPosition
+    #: Pass as ``after`` for the next page; absent on the last page.
+    next: str | None = None
+    #: How many agents match the filters (every page).
+    total: int
 
 
 class UnsubscribeResult(_Strict):
@@ -531,6 +619,7 @@ ACK_RESULTS: dict[str, type[BaseModel]] = {
     "subscribe:metrics": SubscribeResult,
     "subscribe:logs": SubscribeResult,
     "unsubscribe": UnsubscribeResult,
+    "agent:list": AgentListResult,
 }
 
 #: Subscribe request type → the names its ``filters`` may hold.
@@ -631,6 +720,7 @@ CLIENT_TYPES: frozenset[str] = frozenset(
         "ping",
         "pong",
         "agent:permission",
+        "agent:list",
     }
 )
 

@@ -29,10 +29,13 @@ from gateway.client_session import (
     WriteSession,
 )
 from gateway.settings import GatewaySettings
+from shared.agent_info import AgentSnapshot, agent_info
 from shared.bus import Event, Position, Replay
 from shared.errors import ErrorCode, TeamdashError
 from shared.protocol import (
     AckMessage,
+    AgentInfo,
+    AgentListMessage,
     ConnectionStatusMessage,
     HeartbeatMessage,
     SubscribeMessage,
@@ -411,3 +414,87 @@ def test_heartbeat_pings_then_closes_once_after_two_silent_intervals():
     assert s.heartbeat(NOW + 2 * interval + 1) == "close"
     assert s.phase is Phase.CLOSING
     assert s.heartbeat(NOW + 3 * interval) is None
+
+
+# -- agent:list --------------------------------------------------------------------------------
+def _info(agent_id: str, owner: str, status: str, start: int) -> AgentInfo:
+    fields = {
+        "agentId": agent_id,
+        "owner": owner,
+        "status": status,
+        "startTime": str(start),
+        "name": agent_id,
+        "model": "echo",
+        "runnerId": "r1",
+    }
+    info = agent_info(fields, usage=None, last_activity=None, now_ms=start + 5)
+    assert info is not None
+    return info
+
+
+SNAPSHOT = AgentSnapshot(
+    Position(7, "ep"),
+    [
+        _info("a3", "alice", "running", 30),
+        _info("a1", "alice", "stopped", 10),
+        _info("b1", "bob", "paused", 20),
+        _info("a2", "alice", "running", 20),
+    ],
+)
+
+
+def list_message(**payload: Any) -> AgentListMessage:
+    message = decode_client_message(frame("agent:list", payload or None, id_="ls"))
+    assert isinstance(message, AgentListMessage)
+    return message
+
+
+def listed(s: ClientSession[str], **payload: Any) -> dict[str, Any]:
+    message = list_message(**payload)
+    result = acks(s.agents_listed(message, s.agent_list_owner(message), SNAPSHOT))[0].payload.result
+    assert result is not None
+    return result
+
+
+def test_agent_list_is_ordered_by_start_paged_and_carries_the_position():
+    s = opened("vic", "viewer")
+    first = listed(s, limit=2)
+    assert [a["agentId"] for a in first["agents"]] == ["a2", "b1"]  # ended a1 left out
+    assert first["position"] == {"offset": 7, "epoch": "ep"} and first["total"] == 3
+    second = listed(s, limit=2, after=first["next"])
+    assert [a["agentId"] for a in second["agents"]] == ["a3"] and "next" not in second
+    every = listed(s, includeEnded=True)
+    assert [a["agentId"] for a in every["agents"]] == ["a1", "a2", "b1", "a3"]
+    assert every["agents"][0]["uptime"] == 5 and "next" not in every
+    assert [a["agentId"] for a in listed(s, status=["stopped", "paused"])["agents"]] == [
+        "a1",
+        "b1",
+    ]
+    assert [a["agentId"] for a in listed(s, owner="bob")["agents"]] == ["b1"]
+
+
+def test_an_operator_lists_only_their_own_agents():
+    s = opened("alice", "operator")
+    assert {a["owner"] for a in listed(s, includeEnded=True)["agents"]} == {"alice"}
+    with pytest.raises(TeamdashError) as e:
+        s.agent_list_owner(list_message(owner="bob"))
+    assert e.value.code is ErrorCode.INSUFFICIENT_PERMISSIONS
+
+
+def test_agent_list_refuses_a_cursor_it_did_not_make_and_bad_limits():
+    s = opened("vic", "viewer")
+    with pytest.raises(TeamdashError) as e:
+        listed(s, after="nonsense")
+    assert e.value.code is ErrorCode.INVALID_MESSAGE
+    got = s.receive(frame("agent:list", {"limit": 1001}), NOW, WALL)
+    assert got.message is None and acks(got.actions)[0].payload.code is ErrorCode.INVALID_MESSAGE
+
+
+def test_subscribe_since_a_position_catches_up_from_it_and_acks_what_was_missed():
+    s = opened()
+    sub, since = s.subscribe(subscribe(s, "agent", since={"offset": 4, "epoch": "ep"}))
+    assert sub.topic == "agents" and since == Position(4, "ep")
+    sub.catching_up, sub.cursor = True, since
+    replay = Replay([], Position(9, "ep"), 5, False)
+    result = acks(s.subscribed("sub-agent", sub, replay, since_given=True))[0].payload.result
+    assert result == {"subscriptionId": sub.id, "topic": "agents", "missed": 5, "recovered": False}

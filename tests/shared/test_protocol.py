@@ -311,6 +311,18 @@ VALID_CLIENT_MESSAGES: list[tuple[dict[str, Any], type[p.WSMessage]]] = [
         },
         p.AgentPermissionMessage,
     ),
+    ({"type": "agent:list"}, p.AgentListMessage),
+    (
+        {
+            "type": "agent:list",
+            "payload": {"status": ["running"], "owner": "alice", "limit": 10, "after": "1:a"},
+        },
+        p.AgentListMessage,
+    ),
+    (
+        {"type": "subscribe:agent", "payload": {"since": {"offset": 4, "epoch": "e"}}},
+        p.SubscribeMessage,
+    ),
 ]
 
 

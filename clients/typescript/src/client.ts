@@ -60,6 +60,7 @@ import {
   type SubscribeAgentPayload,
   type SubscribeLogsPayload,
   type SubscribeMetricsPayload,
+  type AgentListPayload,
   type SubscriptionGapMessage,
   type TerminateAgentPayload,
   type TokenRefreshResult,
@@ -86,6 +87,7 @@ export interface RequestPayloads {
   "subscribe:metrics": SubscribeMetricsPayload;
   "subscribe:logs": SubscribeLogsPayload;
   unsubscribe: UnsubscribePayload;
+  "agent:list": AgentListPayload;
 }
 export type RequestType = keyof RequestResults;
 // Fails to compile when the schema gains a request type this map does not have (or loses one).

@@ -24,7 +24,7 @@ export interface AckPayload {
   /**
    * On success: the request's result (RequestResults names which).
    */
-  result?: AgentCommandResult | AgentControlResult | AgentPermissionResult | CreateAgentResult | SubscribeResult | TokenRefreshResult | UnsubscribeResult;
+  result?: AgentCommandResult | AgentControlResult | AgentListResult | AgentPermissionResult | CreateAgentResult | SubscribeResult | TokenRefreshResult | UnsubscribeResult;
   success: boolean;
 }
 
@@ -102,6 +102,61 @@ export interface AgentErrorPayload {
  * A filter name of `subscribe:agent` (docs/protocol.md, Subscriptions and filters).
  */
 export type AgentEventFilter = "stdout" | "stderr" | "status" | "error" | "created";
+
+/**
+ * One agent of `agent:list` (the spec's `AgentInfo`, from the agent registry).
+ */
+export interface AgentInfo {
+  agentId: string;
+  endTime?: number;
+  exitCode?: number;
+  lastActivity?: number;
+  limits: AgentLimits;
+  model: string;
+  name: string;
+  owner: string;
+  pid?: number;
+  reason?: string;
+  runner: string;
+  signal?: string;
+  startTime?: number;
+  status: "starting" | "running" | "paused" | "stopping" | "stopped" | "crashed";
+  uptime?: number;
+  usage?: AgentUsage;
+  workspace?: string;
+}
+
+export interface AgentLimits {
+  cpu?: number;
+  memory?: number;
+}
+
+/**
+ * `agent:list` (an addition to the spec): the agents the caller may see, paged,
+ * with the position of the `agents` topic the list reflects.
+ */
+export interface AgentListMessage {
+  id?: string;
+  metadata?: Metadata;
+  payload?: AgentListPayload;
+  timestamp?: number;
+  type: "agent:list";
+}
+
+export interface AgentListPayload {
+  after?: string;
+  includeEnded?: boolean;
+  limit?: number;
+  owner?: string;
+  status?: Array<"starting" | "running" | "paused" | "stopping" | "stopped" | "crashed">;
+}
+
+export interface AgentListResult {
+  agents: AgentInfo[];
+  next?: string;
+  position: StreamPosition;
+  total: number;
+}
 
 export interface AgentMetrics {
   agentId: string;
@@ -209,6 +264,17 @@ export interface AgentStatusPayload {
 }
 
 /**
+ * An agent's latest resource sample (its runner samples every
+ * `TEAMDASH_STATS_INTERVAL_S`).
+ */
+export interface AgentUsage {
+  cpu: number;
+  memory: number;
+  sampledAt: number;
+  threads: number;
+}
+
+/**
  * `auth`: must be the first message, within 5 s of connecting. Both shapes of the spec
  * are accepted: `{type, token, clientId}` and `{type, payload: {token, clientId}}`; after
  * parsing, `payload` always holds the credentials.
@@ -264,7 +330,7 @@ export interface ClientHeartbeatPayload {
 /**
  * Every message a client may send (client → server).
  */
-export type ClientMessage = AuthMessage | CreateAgentMessage | AgentCommandMessage | TerminateAgentMessage | AgentControlMessage | SubscribeAgentMessage | SubscribeMetricsMessage | SubscribeLogsMessage | UnsubscribeMessage | ClientHeartbeatMessage | AgentPermissionMessage;
+export type ClientMessage = AuthMessage | CreateAgentMessage | AgentCommandMessage | TerminateAgentMessage | AgentControlMessage | SubscribeAgentMessage | SubscribeMetricsMessage | SubscribeLogsMessage | UnsubscribeMessage | ClientHeartbeatMessage | AgentPermissionMessage | AgentListMessage;
 
 export interface ConnectionStatusMessage {
   id: string;
@@ -476,6 +542,7 @@ export interface PermissionResolvedEvent {
 export interface RequestResults {
   "agent:command": AgentCommandResult;
   "agent:create": CreateAgentResult;
+  "agent:list": AgentListResult;
   "agent:pause": AgentControlResult;
   "agent:permission": AgentPermissionResult;
   "agent:resume": AgentControlResult;
@@ -555,6 +622,7 @@ export interface SubscribeAgentMessage {
 export interface SubscribeAgentPayload {
   agentId?: string;
   filters?: AgentEventFilter[];
+  since?: StreamPosition;
 }
 
 export interface SubscribeLogsMessage {
@@ -567,6 +635,7 @@ export interface SubscribeLogsMessage {
 
 export interface SubscribeLogsPayload {
   filters?: LogsFilter[];
+  since?: StreamPosition;
 }
 
 /**
@@ -584,14 +653,18 @@ export interface SubscribeMetricsMessage {
 
 export interface SubscribeMetricsPayload {
   filters?: MetricsFilter[];
+  since?: StreamPosition;
 }
 
 export interface SubscribePayload {
   agentId?: string;
   filters?: Array<AgentEventFilter | MetricsFilter | LogsFilter>;
+  since?: StreamPosition;
 }
 
 export interface SubscribeResult {
+  missed?: number;
+  recovered?: boolean;
   subscriptionId: string;
   topic: string;
 }
