@@ -17,9 +17,11 @@ events or text (the line itself rides along in ``raw``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from shared.protocol import AgentEvent, TurnEndEvent
+import orjson
+
+from shared.protocol import AgentEvent, NoticeEvent, TurnEndEvent
 
 #: ``agent:error`` codes drivers report (stable: frontends and alerts key on them).
 AUTH_REQUIRED = "AGENT_AUTH_REQUIRED"
@@ -113,3 +115,16 @@ def first_line(text: str, limit: int = SUMMARY_CHARS) -> str:
         if line.strip():
             return clip(line, limit)
     return ""
+
+
+def json_line(line: str, reading: Reading) -> dict[str, Any] | None:
+    """The JSON object a CLI printed on ``line``; None when it is not one of its JSON lines
+    (a warning printed on stdout), which is then shown as it is."""
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        reading.show(line.rstrip("\r\n"), NoticeEvent(kind="notice"))
+        return None
+    return doc

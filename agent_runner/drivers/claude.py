@@ -42,6 +42,7 @@ from agent_runner.drivers.base import (
     Reading,
     clip,
     first_line,
+    json_line,
 )
 from shared.protocol import (
     NoticeEvent,
@@ -175,13 +176,8 @@ class ClaudeCode:
 
     def read(self, line: str) -> Reading:
         reading = Reading()
-        try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            doc = None
-        if not isinstance(doc, dict):
-            # Not one of its JSON lines (a warning printed on stdout): show it as it is.
-            reading.show(line.rstrip("\r\n"), NoticeEvent(kind="notice"))
+        doc = json_line(line, reading)
+        if doc is None:
             return reading
         kind = doc.get("type")
         if kind == "assistant":

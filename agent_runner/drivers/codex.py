@@ -35,6 +35,7 @@ from agent_runner.drivers.base import (
     Reading,
     clip,
     first_line,
+    json_line,
 )
 from shared.protocol import (
     NoticeEvent,
@@ -103,12 +104,8 @@ class Codex:
 
     def read(self, line: str) -> Reading:
         reading = Reading()
-        try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            doc = None
-        if not isinstance(doc, dict):
-            reading.show(line.rstrip("\r\n"), NoticeEvent(kind="notice"))
+        doc = json_line(line, reading)
+        if doc is None:
             return reading
         kind = doc.get("type")
         if kind == "thread.started":
