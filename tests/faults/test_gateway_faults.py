@@ -17,11 +17,11 @@ from shared.protocol import ConnectionStatusPayload
 from shared.topology import LocalTopology
 from tests.deploy.test_failover import read_ticks, started_topology
 from tests.gateway.conftest import token
-from tests.helpers import t
+from tests.helpers import t, wait_for
 
 #: SDK clients following the agent (``TEAMDASH_FAULT_CLIENTS`` for a heavier run).
 CLIENTS = int(os.environ.get("TEAMDASH_FAULT_CLIENTS", "40"))
-TICKS = 3000  # the ticker model prints 3000 lines, one every 2 ms
+TICKS = 3000  # the ticker-4ms model prints 3000 lines, one every 4 ms (12 s; 4 s of replay)
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ async def test_gateway_killed_under_load_every_client_gets_every_line_once(topol
     await asyncio.gather(*(c.connect() for c in clients))
     try:
         creator = clients[0]
-        agent = await creator.create_agent("ticker", "ticker", "ticker")
+        agent = await creator.create_agent("ticker", "ticker-4ms", "ticker")
         subs = await asyncio.gather(
             *(c.subscribe_agent(agent.agent_id, filters=["stdout", "status"]) for c in clients)
         )
@@ -71,12 +71,17 @@ async def test_gateway_killed_under_load_every_client_gets_every_line_once(topol
         on = Counter(topology.gateway_index(c.gateway_id) for c in clients)
         victim, moved = on.most_common(1)[0]
         topology.kill_gateway(victim)
+        # The kill falls in the middle of the stream (the agent prints for 12 s), so every
+        # client of the victim must reconnect to get the rest.
+        assert all(len(ticks[i]) < TICKS - 100 for i in range(CLIENTS)), "a cut mid-stream"
         try:
             await asyncio.wait_for(asyncio.gather(*readers), t(60))
         finally:
             for r in readers:
                 r.cancel()
-        assert sum(c.reconnects for c in clients) >= moved
+        await wait_for(
+            lambda: sum(c.reconnects for c in clients) >= moved, what="every moved client back"
+        )
         for i, c in enumerate(clients):
             assert c.gateway_id is not None
             assert topology.gateway_index(c.gateway_id) != victim
@@ -84,7 +89,7 @@ async def test_gateway_killed_under_load_every_client_gets_every_line_once(topol
             assert sequences[i] == sorted(set(sequences[i])), f"client {i}: a duplicate"
             # Others subscribed after the agent started (live "from now"), so they start a
             # few lines in. From there on, a line is missing only if the resume said so:
-            # within the replay window (1000 events, here 2 s of output) nothing is.
+            # within the replay window (1000 events, here 4 s of output) nothing is.
             first = 1 if c is creator else ticks[i][0]
             missing = sorted(set(range(first, TICKS + 1)) - set(ticks[i]))
             told = sum(status.missed for status in resumes[i])
