@@ -165,7 +165,12 @@ async def _gone(processes: list[psutil.Process], what: str) -> None:
         return not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
     try:
-        await wait_for(all_gone, timeout=30, what=what)
+        # A service stops by itself here: the runner gives its agents their grace (5 s) and
+        # more (10 s), then flushes its events (5 s) — to a Redis that may be gone too.
+        await wait_for(all_gone, timeout=60, what=what)
+    except AssertionError as e:
+        left = [" ".join(p.cmdline()[:4]) for p in processes if p.is_running()]
+        raise AssertionError(f"{e}; still running: {left}") from None
     finally:
         for p in processes:  # never leave one behind, even when the test fails
             if p.is_running():
