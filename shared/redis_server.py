@@ -11,32 +11,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from shared.lifeline import die_with_parent
+
 #: ``client-output-buffer-limit`` for pub/sub clients: a gateway is disconnected when it has
 #: 256 MB waiting, or over 64 MB for 60 s (Redis's default, 32 MB / 8 MB, drops a gateway
 #: after a second or two of a burst it is still working through). compose.yaml uses the same.
 PUBSUB_BUFFER_LIMIT = ("pubsub", "256mb", "64mb", "60")
-
-
-#: Run before ``redis-server`` in its own process (``python -c``, then exec): on Linux the
-#: server gets SIGTERM when the process that started it dies, even by SIGKILL, so a killed
-#: ``teamdash up`` or test run leaves no Redis behind (it runs in its own session). No
-#: ``preexec_fn``: that is unsafe in a process with threads.
-_DIE_WITH_PARENT = """
-import os, sys
-parent, argv = int(sys.argv[1]), sys.argv[2:]
-if sys.platform.startswith("linux"):
-    import ctypes, signal
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(3)  # the parent died before the signal was armed
-os.execv(argv[0], argv)
-"""
 
 
 class RedisLaunchError(RuntimeError):
@@ -99,43 +84,41 @@ class EmbeddedRedis:
             workdir.mkdir(parents=True, exist_ok=True)
         for attempt in range(5):
             port = self.port or free_port(self.host)
+            # The server gets SIGTERM when the process that started it dies, even by
+            # SIGKILL, so a killed ``teamdash up`` or test run leaves no Redis behind.
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-I",
-                    "-S",
-                    "-c",
-                    _DIE_WITH_PARENT,
-                    str(os.getpid()),
-                    binary,
-                    "--bind",
-                    self.host,
-                    "--port",
-                    str(port),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes" if self.persistent else "no",
-                    "--appendfsync",
-                    "always",
-                    "--dir",
-                    str(workdir),
-                    "--protected-mode",
-                    "yes",
-                    "--daemonize",
-                    "no",
-                    "--loglevel",
-                    "warning",
-                    "--logfile",
-                    str(workdir / "redis.log"),
-                    # Keys of the bus carry TTLs; evicting them silently would break replay.
-                    "--maxmemory-policy",
-                    "noeviction",
-                    # A gateway busy with a burst must not lose its pub/sub connection at
-                    # Redis's default 32 MB (see docs/operations.md).
-                    "--client-output-buffer-limit",
-                    *PUBSUB_BUFFER_LIMIT,
-                ],
+                die_with_parent(
+                    [
+                        binary,
+                        "--bind",
+                        self.host,
+                        "--port",
+                        str(port),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "yes" if self.persistent else "no",
+                        "--appendfsync",
+                        "always",
+                        "--dir",
+                        str(workdir),
+                        "--protected-mode",
+                        "yes",
+                        "--daemonize",
+                        "no",
+                        "--loglevel",
+                        "warning",
+                        "--logfile",
+                        str(workdir / "redis.log"),
+                        # Keys of the bus carry TTLs; evicting them silently would break replay.
+                        "--maxmemory-policy",
+                        "noeviction",
+                        # A gateway busy with a burst must not lose its pub/sub connection at
+                        # Redis's default 32 MB (see docs/operations.md).
+                        "--client-output-buffer-limit",
+                        *PUBSUB_BUFFER_LIMIT,
+                    ]
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 stdin=subprocess.DEVNULL,
