@@ -312,6 +312,27 @@ class AgentListMessage(WSMessage):
     payload: AgentListPayload = Field(default_factory=AgentListPayload)
 
 
+class AgentHistoryPayload(_Strict):
+    agentId: Identifier
+    #: Events after this offset of the agent's topic (the previous page's ``next``);
+    #: omitted: from the oldest event the transcript keeps.
+    after: Annotated[StrictInt, Field(ge=0)] | None = None
+    #: Events before this offset (the previous page's ``prev``, to scroll back); with no
+    #: ``after``, the newest ``limit`` of them.
+    before: Annotated[StrictInt, Field(ge=1)] | None = None
+    limit: Annotated[StrictInt, Field(ge=1, le=1000)] = 100
+    #: Only events of these kinds (the ``subscribe:agent`` filter names).
+    filters: list[AgentEventFilter] | None = Field(default=None, max_length=8)
+
+
+class AgentHistoryMessage(WSMessage):
+    """``agent:history`` (an addition to the spec): one page of an agent's durable
+    transcript, the same events a live subscriber got, with their positions."""
+
+    type: Literal["agent:history"]
+    payload: AgentHistoryPayload
+
+
 ClientMessage: TypeAlias = Annotated[
     AuthMessage
     | CreateAgentMessage
@@ -322,7 +343,8 @@ ClientMessage: TypeAlias = Annotated[
     | UnsubscribeMessage
     | HeartbeatMessage
     | AgentPermissionMessage
-    | AgentListMessage,
+    | AgentListMessage
+    | AgentHistoryMessage,
     Field(discriminator="type"),
 ]
 
@@ -567,6 +589,31 @@ class AgentListResult(_Strict):
     total: int
 
 
+#: The events of one agent's topic (``agent:{agentId}``), as ``agent:history`` returns them.
+AgentTopicEvent: TypeAlias = Annotated[
+    AgentOutputMessage | AgentStatusMessage | AgentErrorMessage | AgentCreatedMessage,
+    Field(discriminator="type"),
+]
+
+
+class AgentHistoryResult(_Strict):
+    """One page of ``agent:history``."""
+
+    #: In order (oldest first), at most ``limit``: ``agent:output``, ``agent:status``,
+    #: ``agent:error`` and ``agent:created`` events exactly as a subscriber got them.
+    events: list[AgentTopicEvent]
+    #: Pass as ``after`` for the next (newer) page; null when this page reaches the newest
+    #: event (subscribe with ``since`` = ``position`` to go on live).
+    next: int | None = None
+    #: Pass as ``before`` for the page before this one (older); null at the oldest event kept.
+    prev: int | None = None
+    #: The newest event of the transcript when it was read (its offset and epoch).
+    position: StreamPosition
+    #: Events between ``after`` and this page that the transcript no longer keeps (its
+    #: caps or retention dropped them); 0 when nothing is missing.
+    missed: int = 0
+
+
 class UnsubscribeResult(_Strict):
     subscriptionId: str
 
@@ -620,6 +667,7 @@ ACK_RESULTS: dict[str, type[BaseModel]] = {
     "subscribe:logs": SubscribeResult,
     "unsubscribe": UnsubscribeResult,
     "agent:list": AgentListResult,
+    "agent:history": AgentHistoryResult,
 }
 
 #: Subscribe request type → the names its ``filters`` may hold.
@@ -721,6 +769,7 @@ CLIENT_TYPES: frozenset[str] = frozenset(
         "pong",
         "agent:permission",
         "agent:list",
+        "agent:history",
     }
 )
 

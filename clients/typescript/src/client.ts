@@ -61,6 +61,7 @@ import {
   type SubscribeLogsPayload,
   type SubscribeMetricsPayload,
   type AgentListPayload,
+  type AgentHistoryPayload,
   type SubscriptionGapMessage,
   type TerminateAgentPayload,
   type TokenRefreshResult,
@@ -88,6 +89,7 @@ export interface RequestPayloads {
   "subscribe:logs": SubscribeLogsPayload;
   unsubscribe: UnsubscribePayload;
   "agent:list": AgentListPayload;
+  "agent:history": AgentHistoryPayload;
 }
 export type RequestType = keyof RequestResults;
 // Fails to compile when the schema gains a request type this map does not have (or loses one).

@@ -24,7 +24,7 @@ export interface AckPayload {
   /**
    * On success: the request's result (RequestResults names which).
    */
-  result?: AgentCommandResult | AgentControlResult | AgentListResult | AgentPermissionResult | CreateAgentResult | SubscribeResult | TokenRefreshResult | UnsubscribeResult;
+  result?: AgentCommandResult | AgentControlResult | AgentHistoryResult | AgentListResult | AgentPermissionResult | CreateAgentResult | SubscribeResult | TokenRefreshResult | UnsubscribeResult;
   success: boolean;
 }
 
@@ -102,6 +102,37 @@ export interface AgentErrorPayload {
  * A filter name of `subscribe:agent` (docs/protocol.md, Subscriptions and filters).
  */
 export type AgentEventFilter = "stdout" | "stderr" | "status" | "error" | "created";
+
+/**
+ * `agent:history` (an addition to the spec): one page of an agent's durable
+ * transcript, the same events a live subscriber got, with their positions.
+ */
+export interface AgentHistoryMessage {
+  id?: string;
+  metadata?: Metadata;
+  payload: AgentHistoryPayload;
+  timestamp?: number;
+  type: "agent:history";
+}
+
+export interface AgentHistoryPayload {
+  after?: number;
+  agentId: string;
+  before?: number;
+  filters?: Array<"stdout" | "stderr" | "status" | "error" | "created">;
+  limit?: number;
+}
+
+/**
+ * One page of `agent:history`.
+ */
+export interface AgentHistoryResult {
+  events: Array<AgentOutputMessage | AgentStatusMessage | AgentErrorMessage | AgentCreatedMessage>;
+  missed: number;
+  next?: number;
+  position: StreamPosition;
+  prev?: number;
+}
 
 /**
  * One agent of `agent:list` (the spec's `AgentInfo`, from the agent registry).
@@ -330,7 +361,7 @@ export interface ClientHeartbeatPayload {
 /**
  * Every message a client may send (client → server).
  */
-export type ClientMessage = AuthMessage | CreateAgentMessage | AgentCommandMessage | TerminateAgentMessage | AgentControlMessage | SubscribeAgentMessage | SubscribeMetricsMessage | SubscribeLogsMessage | UnsubscribeMessage | ClientHeartbeatMessage | AgentPermissionMessage | AgentListMessage;
+export type ClientMessage = AuthMessage | CreateAgentMessage | AgentCommandMessage | TerminateAgentMessage | AgentControlMessage | SubscribeAgentMessage | SubscribeMetricsMessage | SubscribeLogsMessage | UnsubscribeMessage | ClientHeartbeatMessage | AgentPermissionMessage | AgentListMessage | AgentHistoryMessage;
 
 export interface ConnectionStatusMessage {
   id: string;
@@ -542,6 +573,7 @@ export interface PermissionResolvedEvent {
 export interface RequestResults {
   "agent:command": AgentCommandResult;
   "agent:create": CreateAgentResult;
+  "agent:history": AgentHistoryResult;
   "agent:list": AgentListResult;
   "agent:pause": AgentControlResult;
   "agent:permission": AgentPermissionResult;
