@@ -352,10 +352,13 @@ class EventBus:
             return None
         return self.keys.transcript(topic)
 
-    async def read_since(self, topic: str, since: Position, *, limit: int = REPLAY_LIMIT) -> Replay:
-        """Events after ``since``, oldest first: from a topic with a transcript, the next
-        ``limit`` (``more`` when others follow); from any other topic, at most the ``limit``
-        newest (``missed`` counts those before them).
+    async def read_since(
+        self, topic: str, since: Position, *, limit: int = REPLAY_LIMIT, paged: bool = False
+    ) -> Replay:
+        """Events after ``since``, oldest first, at most the ``limit`` newest (``missed``
+        counts those before them). ``paged``: from a topic with a transcript, the next
+        ``limit`` after ``since`` instead (``more`` when others follow: read on from the
+        last one).
 
         A ``since`` with no epoch (the reader subscribed before the topic had any event)
         accepts the current epoch from its start."""
@@ -366,7 +369,7 @@ class EventBus:
         after = 0 if epoch_changed else since.offset
         if head.offset <= after:
             return Replay([], head, 0, not epoch_changed)
-        transcript = self._transcript_of(topic)
+        transcript = self._transcript_of(topic) if paged else None
         if transcript is not None:
             entries = await self.redis.xrange(
                 transcript, min=f"{after + 1}-0", max="+", count=limit

@@ -149,16 +149,19 @@ async def test_a_new_epoch_starts_a_new_transcript(redis: aioredis.Redis, keys: 
 async def test_read_since_pages_through_the_transcript(redis: aioredis.Redis, keys: Keys) -> None:
     bus = EventBus(redis, keys, maxlen=100, transcript=LIMITS)
     await publish_lines(bus, 2500)
-    replay = await bus.read_since(TOPIC, Position(0, None))
+    replay = await bus.read_since(TOPIC, Position(0, None), paged=True)
     assert [e.offset for e in replay.events] == list(range(1, 1001))
     assert replay.more and replay.recovered and replay.missed == 0
     head = replay.events[-1].position
-    replay = await bus.read_since(TOPIC, Position(2000, head.epoch))
+    replay = await bus.read_since(TOPIC, Position(2000, head.epoch), paged=True)
     assert [e.offset for e in replay.events] == list(range(2001, 2501))
     assert not replay.more
-    # Without a transcript the newest 1000 and the count of the others, as before.
+    # Not paged (a route's resync), or without a transcript: the newest 1000 and the
+    # count of the others, as before.
+    replay = await bus.read_since(TOPIC, Position(0, None))
+    assert replay.events[-1].offset == 2500 and replay.missed > 0 and not replay.more
     plain = EventBus(redis, keys, maxlen=100)
-    replay = await plain.read_since(TOPIC, Position(0, None))
+    replay = await plain.read_since(TOPIC, Position(0, None), paged=True)
     assert replay.events[-1].offset == 2500 and replay.missed > 0 and not replay.more
 
 
