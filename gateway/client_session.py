@@ -946,6 +946,8 @@ class ClientSession(Generic[C]):
             ),
             "missed": page.missed(p.after) if p.before is None or p.after is not None else 0,
         }
+        # Absent, not null, like every optional field (``next``: on the last page).
+        result = {k: v for k, v in result.items() if v is not None}
         events = [e.data for e in page.events if filt.accepts(e.tags)]
         return [SendFrames([ack_with_events(message.id, result, events)])]
 

@@ -602,10 +602,10 @@ class AgentHistoryResult(_Strict):
     #: In order (oldest first), at most ``limit``: ``agent:output``, ``agent:status``,
     #: ``agent:error`` and ``agent:created`` events exactly as a subscriber got them.
     events: list[AgentTopicEvent]
-    #: Pass as ``after`` for the next (newer) page; null when this page reaches the newest
+    #: Pass as ``after`` for the next (newer) page; absent when this page reaches the newest
     #: event (subscribe with ``since`` = ``position`` to go on live).
     next: int | None = None
-    #: Pass as ``before`` for the page before this one (older); null at the oldest event kept.
+    #: Pass as ``before`` for the page before this one (older); absent at the oldest event kept.
     prev: int | None = None
     #: The newest event of the transcript when it was read (its offset and epoch).
     position: StreamPosition

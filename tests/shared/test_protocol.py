@@ -323,6 +323,14 @@ VALID_CLIENT_MESSAGES: list[tuple[dict[str, Any], type[p.WSMessage]]] = [
         {"type": "subscribe:agent", "payload": {"since": {"offset": 4, "epoch": "e"}}},
         p.SubscribeMessage,
     ),
+    ({"type": "agent:history", "payload": {"agentId": AGENT_ID}}, p.AgentHistoryMessage),
+    (
+        {
+            "type": "agent:history",
+            "payload": {"agentId": AGENT_ID, "after": 0, "before": 9, "limit": 1000},
+        },
+        p.AgentHistoryMessage,
+    ),
 ]
 
 
@@ -494,6 +502,9 @@ def test_wrong_field_types_are_invalid_message(payload: dict[str, Any], where: s
         frame(id="m1", type="ping", timestamp=1.5),
         frame(id="m1", type="ping", metadata={"priority": "urgent"}),
         frame(id="m1", type="ping", metadata="high"),
+        frame(id="m1", type="agent:history", payload={"agentId": AGENT_ID, "limit": 1001}),
+        frame(id="m1", type="agent:history", payload={"agentId": AGENT_ID, "before": 0}),
+        frame(id="m1", type="agent:history", payload={"agentId": AGENT_ID, "filters": ["x"]}),
     ],
     ids=[
         "create-no-payload",
@@ -512,6 +523,9 @@ def test_wrong_field_types_are_invalid_message(payload: dict[str, Any], where: s
         "envelope-timestamp-float",
         "priority-unknown",
         "metadata-string",
+        "history-limit",
+        "history-before-0",
+        "history-filter",
     ],
 )
 def test_invalid_payloads_are_invalid_message(data: bytes) -> None:
