@@ -370,17 +370,12 @@ class Connection:
             self._spawn(self._agent_request(message), f"{message.type}:{message.id}")
 
     async def _history(self, message: AgentHistoryMessage) -> list[Action]:
-        p = message.payload
+        p, parts = message.payload, self.parts
         filt = self.session.history_filter(message)
-        page = await self.parts.routes.bus.read_history(
+        page = await parts.routes.bus.read_history(
             agent_topic(p.agentId), after=p.after, before=p.before, limit=p.limit
         )
-        try:
-            owner: str | None = (await self.parts.runners.agent(p.agentId)).owner
-        except TeamdashError as e:
-            if e.code is not ErrorCode.AGENT_NOT_FOUND:
-                raise
-            owner = None
+        owner = await parts.runners.owner_of(p.agentId)
         return self.session.history_read(message, owner, filt, page)
 
     async def _agent_request(self, message: CreateAgentMessage | ControlMessage) -> None:

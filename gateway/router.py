@@ -329,8 +329,11 @@ def drop_queued(group: list[Subscription[C]]) -> None:
 
 
 def _after(position: Position | None, than: Position) -> bool:
-    """``position`` lies after ``than`` (another epoch counts as after)."""
-    return position is not None and (position.epoch != than.epoch or position.offset > than.offset)
+    """``position`` lies after ``than`` (another epoch counts as after; a position with no
+    epoch is the start of any)."""
+    if position is None or position.epoch is None:
+        return False
+    return position.epoch != than.epoch or position.offset > than.offset
 
 
 def _order(key: tuple[str | None, int]) -> tuple[str, int]:

@@ -186,6 +186,15 @@ class RunnerClient:
             raise TeamdashError(ErrorCode.AGENT_NOT_FOUND, f"agent {agent_id!r} not found")
         return AgentRecord(agent_id, owner, runner_id, status or "unknown")
 
+    async def owner_of(self, agent_id: str) -> str | None:
+        """The agent's owner; None when the registry does not know it (any more)."""
+        try:
+            return (await self.agent(agent_id)).owner
+        except TeamdashError as e:
+            if e.code is not ErrorCode.AGENT_NOT_FOUND:
+                raise
+            return None
+
     async def agent_snapshot(self, now_ms: int) -> AgentSnapshot:
         """Every agent of the registry (live, and ended within the history TTL) with the
         ``agents`` topic's position it reflects, in one atomic read."""

@@ -17,6 +17,7 @@ from gateway.client_session import (
     Audit,
     ClientSession,
     Close,
+    ContinueCatchUp,
     Detach,
     IllegalTransition,
     Phase,
@@ -30,10 +31,11 @@ from gateway.client_session import (
 )
 from gateway.settings import GatewaySettings
 from shared.agent_info import AgentSnapshot, agent_info
-from shared.bus import Event, Position, Replay
+from shared.bus import Event, HistoryPage, Position, Replay
 from shared.errors import ErrorCode, TeamdashError
 from shared.protocol import (
     AckMessage,
+    AgentHistoryMessage,
     AgentInfo,
     AgentListMessage,
     ConnectionStatusMessage,
@@ -498,3 +500,92 @@ def test_subscribe_since_a_position_catches_up_from_it_and_acks_what_was_missed(
     replay = Replay([], Position(9, "ep"), 5, False)
     result = acks(s.subscribed("sub-agent", sub, replay, since_given=True))[0].payload.result
     assert result == {"subscriptionId": sub.id, "topic": "agents", "missed": 5, "recovered": False}
+
+
+# -- catching up from a transcript, a page at a time ---------------------------------------
+def agent_event(offset: int, *tags: str, epoch: str = "ep") -> Event:
+    body = orjson.dumps({"type": "agent:output", "n": offset})
+    return Event("agent:a1", offset, epoch, tags or ("stdout", "user:alice"), body)
+
+
+def numbers(actions: list[Action]) -> list[int]:
+    return [orjson.loads(f)["n"] for a in actions if isinstance(a, SendFrames) for f in a.frames]
+
+
+def test_a_transcript_catch_up_goes_on_page_by_page_then_merges_the_queue():
+    s = opened()
+    sub, since = s.subscribe(subscribe(s, "agent", agentId="a1"), "alice")
+    since = Position(0, None)
+    sub.catching_up, sub.cursor = True, since
+    first = Replay([agent_event(i) for i in (1, 2, 3)], Position(9, "ep"), 0, True, more=True)
+    actions = s.subscribed("sub-agent", sub, first, since_given=True)
+    assert isinstance(actions[0], Send) and numbers(actions) == [1, 2, 3]
+    assert [a.subscriptions for a in actions if isinstance(a, ContinueCatchUp)] == [[sub]]
+    assert sub.catching_up and s.catching_up([sub]) == Position(3, "ep")
+    # Live events queue meanwhile (one the next page also holds).
+    sub.queued += [agent_event(6), agent_event(10)]
+    middle = Replay([agent_event(i) for i in (4, 5, 6)], Position(9, "ep"), 0, True, more=True)
+    page = s.caught_up_page([sub], middle)
+    assert numbers(page) == [4, 5, 6] and [e.offset for e in sub.queued] == [10]
+    assert any(isinstance(a, WriteSession) for a in page)
+    last = Replay([agent_event(i) for i in (7, 8, 9)], Position(9, "ep"), 0, True)
+    page = s.caught_up_page([sub], last)
+    assert numbers(page) == [7, 8, 9, 10]
+    assert not any(isinstance(a, ContinueCatchUp) for a in page)
+    assert not sub.catching_up and s.catching_up([sub]) is None
+
+
+def test_a_catch_up_stops_when_the_subscription_ends_and_says_what_it_lost():
+    s = opened()
+    sub, _ = s.subscribe(subscribe(s, "agent", agentId="a1"), "alice")
+    sub.catching_up, sub.cursor = True, Position(3, "ep")
+    # The transcript dropped 4..5 while the catch-up ran: a gap notice before 6.
+    page = s.caught_up_page([sub], Replay([agent_event(6)], Position(9, "ep"), 2, False, more=True))
+    [gap] = [a.message for a in page if isinstance(a, Send)]
+    assert gap.type == "subscription:gap"
+    assert (gap.payload.missed, gap.payload.since.offset, gap.payload.position.offset) == (2, 3, 5)
+    # Redis fails: live from what was queued, after a gap of unknown size.
+    sub.queued = [agent_event(20)]
+    failed = s.catch_up_failed([sub])
+    [gap] = [a.message for a in failed if isinstance(a, Send)]
+    assert gap.payload.missed is None and gap.payload.position.offset == 19
+    assert numbers(failed) == [20] and not sub.catching_up
+    assert s.catch_up_failed([sub]) == []
+    other, _ = s.subscribe(subscribe(s, "agent", agentId="a1"), "alice")
+    other.catching_up = True
+    s.unsubscribe(decode_client_message(frame("unsubscribe", {"subscriptionId": other.id})))
+    assert s.catching_up([other]) is None
+
+
+def test_history_pages_are_read_by_those_who_may_see_the_agent():
+    page = HistoryPage(
+        [agent_event(4), agent_event(5, "stderr", "user:alice")], Position(9, "ep"), 1
+    )
+    message = decode_client_message(
+        frame("agent:history", {"agentId": "a1", "after": 3, "filters": ["stderr"]})
+    )
+    assert isinstance(message, AgentHistoryMessage)
+    s = opened("vic", "viewer")
+    filt = s.history_filter(message)
+    [sent] = s.history_read(message, "alice", filt, page)
+    assert isinstance(sent, SendFrames)
+    ack = orjson.loads(sent.frames[0])
+    assert ack["payload"]["messageId"] == "m1" and ack["payload"]["success"]
+    assert ack["payload"]["result"] == {
+        "events": [{"type": "agent:output", "n": 5}],
+        "next": 5,
+        "prev": 4,
+        "position": {"offset": 9, "epoch": "ep"},
+        "missed": 0,
+    }
+    AckMessage.model_validate(ack)
+    # The registry forgot the agent: its events name the owner.
+    assert s.history_read(message, None, filt, page)
+    bob = opened("bob")
+    for owner in ("alice", None):
+        with pytest.raises(TeamdashError) as e:
+            bob.history_read(message, owner, filt, page)
+        assert e.value.code is ErrorCode.INSUFFICIENT_PERMISSIONS
+    with pytest.raises(TeamdashError) as e:
+        bob.history_read(message, None, filt, HistoryPage([], None, None))
+    assert e.value.code is ErrorCode.AGENT_NOT_FOUND
