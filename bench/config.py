@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-SCENARIOS = ("ceiling", "fanout", "connections", "requests", "agent-output")
+SCENARIOS = ("ceiling", "fanout", "connections", "requests", "agent-output", "state")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -54,6 +54,15 @@ class BenchConfig:
     firehose_lines: int = 200_000
     firehose_size: int = 100
 
+    # -- state (bench/state.py) -------------------------------------------------------
+    #: Events per round and mode of the publish-cost comparison (transcripts on / off).
+    publish_events: int = 200_000
+    #: Agents in the registry for ``agent:list``, and requests timed.
+    list_agents: int = 1000
+    list_requests: int = 200
+    #: Lines of the transcript read back with ``agent:history`` and ``subscribe since``.
+    history_lines: int = 1_000_000
+
     # -- profiling ------------------------------------------------------------------
     #: py-spy the (first) gateway during these phases: fan-out step labels (a rate, "afap"),
     #: "connect" and "idle" (largest C), "requests", "agent-output".
@@ -79,6 +88,9 @@ PRESETS = {
         request_clients=4,
         commands=50,
         firehose_lines=20_000,
+        publish_events=50_000,
+        list_requests=100,
+        history_lines=100_000,
     ),
     # The size of the smoke test (tests/bench/test_bench_smoke.py): machinery, not figures.
     "smoke": BenchConfig(
@@ -97,6 +109,10 @@ PRESETS = {
         request_clients=1,
         commands=5,
         firehose_lines=200,
+        publish_events=1000,
+        list_agents=20,
+        list_requests=5,
+        history_lines=2000,
     ),
 }
 
@@ -151,6 +167,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--commands", type=int, help="agent:command per request client")
     p.add_argument("--firehose-lines", type=int, help="lines the agent-output agent prints")
+    p.add_argument("--history-lines", type=int, help="lines of the state scenario's transcript")
     p.add_argument(
         "--profile",
         nargs="?",
@@ -194,6 +211,7 @@ def from_args(argv: list[str] | None = None) -> BenchConfig:
         "request_clients",
         "commands",
         "firehose_lines",
+        "history_lines",
         "out_dir",
     ):
         value = getattr(args, name)

@@ -436,6 +436,7 @@ def markdown(result: dict[str, Any]) -> str:
             ],
         )
         lines += ["", "Latency: from the agent writing the line to the subscriber having it.", ""]
+    lines += _state(sc.get("state"))
     profiles = _profiles(result)
     if profiles:
         lines += ["## Gateway profiles (py-spy)", ""]
@@ -463,6 +464,74 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("errors"):
         lines += ["## Errors", ""] + [f"- {e}" for e in result["errors"]] + [""]
     return "\n".join(lines) + "\n"
+
+
+def _state(st: Any) -> list[str]:
+    """The state scenario (bench/state.py): publish cost, agent:list, history."""
+    if not isinstance(st, dict) or "error" in st:
+        return []
+    pc, al, h = st["publish_cost"], st["agent_list"], st["history"]
+    lines = ["## Dashboard state", ""]
+    lines += _table(
+        ["publish, per event", "no transcript", "with transcript", "ratio"],
+        [
+            [
+                "publisher wall µs",
+                _f(pc["without"]["publisher_us_per_event"], 2),
+                _f(pc["with"]["publisher_us_per_event"], 2),
+                _f(pc["publisher_us_per_event_ratio"], 2),
+            ],
+            [
+                "Redis CPU µs",
+                _f(pc["without"]["redis_cpu_us_per_event"], 2),
+                _f(pc["with"]["redis_cpu_us_per_event"], 2),
+                _f(pc["redis_cpu_us_per_event_ratio"], 2),
+            ],
+        ],
+    )
+    lines += [
+        "",
+        f"{pc['rounds']} rounds of {pc['events_per_round']:,} events per mode, alternating, "
+        "in batches of 500 (as the runner's outbox publishes).",
+        "",
+    ]
+    rows = [
+        [
+            "agent:list",
+            f"{al['agents']:,} agents, one page",
+            _ms(al["ack_ms"]["p50"]),
+            _ms(al["ack_ms"]["p99"]),
+            "",
+            "",
+        ]
+    ]
+    pages = h.get("pages")
+    if pages:
+        rows.append(
+            [
+                "agent:history",
+                f"{h['lines']:,} lines, pages of 1000",
+                "",
+                "",
+                _f(pages["events_per_s"], 0),
+                _f(pages["cpu_pct"].get("gateway")),
+            ]
+        )
+    since = h.get("subscribe_since_start")
+    if since:
+        rows.append(
+            [
+                "subscribe since 0",
+                f"{h['lines']:,} lines",
+                "",
+                "",
+                _f(since["events_per_s"], 0),
+                _f(since["cpu_pct"].get("gateway")),
+            ]
+        )
+    lines += _table(["request", "size", "p50 ms", "p99 ms", "events/s", "gw CPU%"], rows)
+    lines += [""]
+    return lines
 
 
 def _profiles(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import redis
 
-from bench import report, scenarios
+from bench import report, scenarios, state
 from bench.config import BenchConfig
 from bench.loadgen import raise_nofile
 from bench.procs import Child, Pool
@@ -166,6 +166,8 @@ async def _scenarios(ctx: scenarios.Context, result: dict[str, Any], want: set[s
                 )
         finally:
             await stack.stop()
+    if "state" in want:
+        out["state"] = await _guard(result, "state", state.state(ctx))
 
 
 async def _cancel_on_sigterm(coro: Any) -> Any:

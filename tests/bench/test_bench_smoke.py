@@ -92,4 +92,14 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert out["lost"] == 0 and out["duplicated"] == 0 and out["sequence_gaps"] == 0
     assert out["done_marker"] and out["events_per_s"] is not None
 
+    state = sc["state"]
+    cost = state["publish_cost"]
+    for mode in ("with", "without"):
+        assert cost[mode]["publisher_us_per_event"] > 0
+    assert state["agent_list"]["ack_ms"]["count"] == 5
+    history = state["history"]
+    assert history["pages"]["events"] == history["lines"] == 2000
+    since = history["subscribe_since_start"]
+    assert since["events"] == 2000 and since["duplicated"] == 0 and since["gaps"] == 0
+
     assert _leftovers(result["id"], tmp_path) == []
