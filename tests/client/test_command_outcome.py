@@ -23,6 +23,7 @@ from tests.client.conftest import Stack
 from tests.client.helpers import run_cli
 from tests.client.test_agents import agent_event, stdout_text, until
 from tests.gateway.conftest import token, ws_url
+from tests.helpers import t
 
 
 async def waiting_for_permission(sub: Subscription) -> None:
@@ -98,10 +99,18 @@ async def test_a_failed_turn_is_an_error_ack_with_the_failures_code(gateway, run
 async def test_the_command_timeout_ends_the_wait(gateway, runner) -> None:
     async with DashboardClient(ws_url(gateway), token("alice", ("operator",))) as c:
         agent_id = (await c.create_agent("asker", "claude-ask", "timeout")).agent_id
-        with pytest.raises(ClientError) as late:
-            await c.send_command(agent_id, "write t.txt", wait="completed", timeout_ms=300)
+        # A client whose usual ack time is shorter than the command's timeout: the wait
+        # for the outcome grows to match, so the timeout, not the client, ends it.
+        timeout_ms = int(t(3) * 1000)
+        async with DashboardClient(
+            ws_url(gateway), token("alice", ("operator",)), request_timeout=t(1)
+        ) as quick:
+            with pytest.raises(ClientError) as late:
+                await quick.send_command(
+                    agent_id, "write t.txt", wait="completed", timeout_ms=timeout_ms
+                )
         assert late.value.code == ErrorCode.AGENT_COMMAND_TIMEOUT
-        assert late.value.message == "the command did not complete within 300 ms"
+        assert late.value.message == f"the command did not complete within {timeout_ms} ms"
         await c.terminate(agent_id, force=True)
 
 
