@@ -389,11 +389,10 @@ class Agent:
                     ),
                 )
             self._pending.append(pending)
-        # The turn this command's outcome is: its own, or (a reply) the one that asked. Set
-        # before writing: the turn may end while the write drains.
-        turn = pending if pending is not None else self._pending[0] if waits else None
-        if waits and turn is not None:
-            turn.waiters.append(request)
+        if waits:
+            # The turn whose outcome this command gets: its own, or (a reply) the one that
+            # asked. Set before writing: the turn may end while the write drains.
+            (pending or self._pending[0]).waiters.append(request)
         try:
             stdin.write(data)
             async with asyncio.timeout(STDIN_TIMEOUT_S):

@@ -33,6 +33,7 @@ from shared.errors import ErrorCode, TeamdashError
 from shared.keys import Keys
 from shared.protocol import (
     AgentCommandMessage,
+    AgentCommandPayload,
     AgentControlMessage,
     AgentPermissionMessage,
     AgentUsage,
@@ -413,7 +414,7 @@ class RunnerClient:
                 )
             if not first.outcomeFollows:
                 return first
-            return await self._outcome(waiter, first, outages, payload)
+            return await self._outcome(waiter, first, payload)
         finally:
             waiters = self._pending.get(request_id)
             if waiters is not None:
@@ -423,15 +424,14 @@ class RunnerClient:
                     del self._pending[request_id]
 
     async def _outcome(
-        self, waiter: _Waiter, first: RunnerReply, outages: int, payload: RunnerPayload
+        self, waiter: _Waiter, first: RunnerReply, payload: RunnerPayload
     ) -> RunnerReply:
         """The second reply of a command that waits for its turn: within its ``timeout``
         plus the reply timeout (the runner reports AGENT_COMMAND_TIMEOUT at the timeout),
         else as long as the runner lives and this gateway's Redis link holds."""
-        if self._outages() != outages:
-            raise TeamdashError(ErrorCode.SERVICE_UNAVAILABLE, OUTCOME_LOST)
-        waiter.turn_outages = outages
-        timeout_ms = getattr(payload, "timeout", None)
+        # From now on: the first reply came through, and the outcome is published after it.
+        waiter.turn_outages = self._outages()
+        timeout_ms = payload.timeout if isinstance(payload, AgentCommandPayload) else None
         limit_s = None if timeout_ms is None else timeout_ms / 1000 + self.reply_timeout_s
         with anyio.move_on_after(limit_s):
             reply = await waiter.next()
@@ -442,7 +442,7 @@ class RunnerClient:
         raise TeamdashError(
             ErrorCode.SERVICE_UNAVAILABLE,
             f"runner {first.runnerId} did not report the command's outcome within "
-            f"{limit_s:g}s of its timeout",
+            f"{self.reply_timeout_s:g}s after its timeout",
         )
 
 

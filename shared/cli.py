@@ -607,12 +607,10 @@ async def _agent_command(
         interactive=args.interactive or None,
         wait="completed" if args.wait else None,
     )
-    if not args.wait:
-        progress.say("command delivered (follow its output with `teamdash agent tail`)")
-    elif result.get("turn") is None:
-        progress.say("command delivered: it answers the agent's question (no turn of its own)")
-    else:
+    if args.wait:
         print(format_turn(TurnEndEvent.model_validate(result["turn"])), flush=True)
+    else:
+        progress.say("command delivered (follow its output with `teamdash agent tail`)")
     return 0
 
 
