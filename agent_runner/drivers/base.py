@@ -88,7 +88,7 @@ class Driver(Protocol):
     #: Whether a command may keep its newlines.
     multiline: bool
     #: False when the end of a turn cannot be detected (a command's timeout then is not
-    #: enforced).
+    #: enforced, and a command cannot wait for its turn: ``wait: "completed"`` is refused).
     detects_turns: bool
     #: True while the CLI waits for the reply to a prompt it printed (``input_request``):
     #: the next command is that reply, within the current turn, not a turn of its own.
