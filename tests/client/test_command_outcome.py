@@ -2,8 +2,8 @@
 SDK and the CLI on a real gateway, a real runner process and the fixture CLIs of
 ``tests/agents`` (``claude``: Claude Code not logged in; ``claude-key``: logged in;
 ``claude-ask``: a turn that waits for a permission decision, i.e. a turn that does not end
-until something happens; ``echo-untracked``: no completion marker; ``tui``: a terminal tool
-that asks a question)."""
+until something happens; ``codex``: the ``codex exec --json`` contract; ``echo-untracked``:
+no completion marker; ``tui``: a terminal tool that asks a question)."""
 
 from __future__ import annotations
 
@@ -93,6 +93,25 @@ async def test_a_failed_turn_is_an_error_ack_with_the_failures_code(gateway, run
         ok = await c.send_command(agent_id, "fine now", wait="completed")
         assert ok["turn"]["success"] is True
         await c.terminate(logged_out)
+        await c.terminate(agent_id)
+
+
+async def test_codex_turns_are_acked_with_their_outcome(gateway, runner) -> None:
+    """The Codex driver (one process per command, its thread resumed): each command's ack
+    is its own turn's outcome."""
+    async with DashboardClient(ws_url(gateway), token("alice", ("operator",))) as c:
+        agent_id = (await c.create_agent("coder", "codex", "codex")).agent_id
+        done = await c.send_command(agent_id, "hello", wait="completed")
+        assert done["turn"] == {
+            "kind": "turn_end",
+            "success": True,
+            "usage": {"inputTokens": 1200, "outputTokens": 34, "cachedInputTokens": 200},
+        }
+        with pytest.raises(ClientError) as offline:
+            await c.send_command(agent_id, "offline", wait="completed")
+        assert offline.value.code == ErrorCode.AGENT_API_UNREACHABLE
+        assert offline.value.message.startswith("Codex cannot reach its API")
+        assert (await c.send_command(agent_id, "again", wait="completed"))["turn"]["success"]
         await c.terminate(agent_id)
 
 
