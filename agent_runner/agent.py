@@ -20,6 +20,9 @@ tasks (started by :meth:`Agent.announce`, cancelled and awaited by :meth:`Agent.
 While a command's turn runs (it is the oldest pending one), the events a driver reads carry
 ``metadata.correlationId`` = that command's id; its turn ends with a ``turn_end`` event, and
 a failure the driver read becomes an ``agent:error`` + ``agent`` alert with the same id.
+A command sent with ``wait: "completed"`` is replied to twice: once written, and when its
+turn ends (:meth:`Agent._owe`) — with the ``turn_end``, the turn's first failure, its
+timeout, or the agent's end, whichever comes first.
 
 Every status change happens under one lock, in this order: state machine → registry → act
 (signal) → reply to the gateway → queue the events; so the reply always precedes the events
@@ -35,7 +38,7 @@ import logging
 import signal
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,7 +46,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from agent_runner import events
-from agent_runner.drivers import DriverError, Reading
+from agent_runner.drivers import DriverError, Failure, Reading
 from agent_runner.errors import AgentNotFound, Busy, CommandTimeout, InvalidRequest
 from agent_runner.models import ModelSpec
 from agent_runner.outbox import Outbox
@@ -65,6 +68,7 @@ from shared.protocol import (
     PermissionRequestEvent,
     PermissionResolvedEvent,
     TerminateAgentPayload,
+    TurnEndEvent,
     now_ms,
 )
 from shared.runner_protocol import RunnerRequest
@@ -78,6 +82,9 @@ INBOX_SIZE = 64
 STDIN_TIMEOUT_S = 5.0
 #: Commands remembered for completion matching.
 MAX_PENDING = 1024
+#: How long a command's outcome reply is retried after connection errors (its gateway
+#: waits for it as long as the runner's heartbeat and its own Redis link hold).
+OUTCOME_RETRY_MS = 15_000
 READ_SIZE = 64 * 1024
 STDERR_TAIL_CHARS = 8192
 #: Longest the pumps may take to drain after the process group is gone.
@@ -100,6 +107,8 @@ class Replier(Protocol):
         *,
         error: TeamdashError | None = None,
         result: dict[str, Any] | None = None,
+        outcome_follows: bool = False,
+        deadline_ms: int | None = None,
     ) -> Awaitable[None]: ...
 
 
@@ -124,6 +133,11 @@ class PendingCommand:
     request_id: str
     timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
+    #: Requests owed this turn's outcome (``wait: "completed"``): the command, and replies
+    #: to the CLI's questions typed within its turn.
+    waiters: list[RunnerRequest] = field(default_factory=list)
+    #: The first failure the driver read in this turn: the code and message of its outcome.
+    failure: Failure | None = None
 
 
 def _payload(model: type[Any], request: RunnerRequest) -> Any:
@@ -140,6 +154,19 @@ def _waiting_for(event: object) -> str | None:
     if isinstance(event, InputRequestEvent):
         return f"waits for input: {event.prompt}"
     return None
+
+
+def _how_it_ended(reason: str, exit_code: int | None, sig: str | None) -> str:
+    """How an agent ended, for a person (``reason`` as in ``agent:status.details``)."""
+    if reason in ("terminated", "killed"):
+        return f"was {reason}"
+    if reason == "runner-stopped":
+        return "was stopped with its runner"
+    if reason == "oom":
+        return "exceeded its memory limit"
+    if sig is not None:
+        return f"was killed by {sig}"
+    return f"exited with code {exit_code}"
 
 
 class Agent:
@@ -331,6 +358,18 @@ class Agent:
         )
         # A reply to the CLI's question goes on the turn that asked it (no turn of its own).
         tracked = driver.detects_turns and not driver.awaiting_reply
+        waits = payload.wait == "completed"
+        if waits and not driver.detects_turns:
+            raise InvalidRequest(
+                f"model {self.info.model.name!r} cannot tell when a turn ends (its driver "
+                'has no completion marker): send the command without wait "completed" and '
+                "follow the agent's output"
+            )
+        if waits and not tracked and not self._pending:
+            raise InvalidRequest(
+                f"agent {self.agent_id} waits for a reply to a question no command's turn "
+                'asked: this reply has no turn to wait for; send it without wait "completed"'
+            )
         data = driver.frame(text)
         stdin = self.process.stdin
         if stdin.is_closing():
@@ -341,18 +380,30 @@ class Agent:
                 old = self._pending.popleft()
                 if old.timer is not None:
                     old.timer.cancel()
+                self._owe(
+                    old,
+                    error=TeamdashError(
+                        ErrorCode.RESOURCE_EXHAUSTED,
+                        f"over {MAX_PENDING} commands of agent {self.agent_id} wait for their "
+                        "turns: this one's outcome is no longer tracked",
+                    ),
+                )
             self._pending.append(pending)
+        if waits:
+            # The turn whose outcome this command gets: its own, or (a reply) the one that
+            # asked. Set before writing: the turn may end while the write drains.
+            (pending or self._pending[0]).waiters.append(request)
         try:
             stdin.write(data)
             async with asyncio.timeout(STDIN_TIMEOUT_S):
                 await stdin.drain()
         except TimeoutError:
-            self._forget(pending)
+            self._forget(pending, request)
             raise CommandTimeout(
                 f"agent {self.agent_id} did not read its input within {STDIN_TIMEOUT_S:g}s"
             ) from None
         except (BrokenPipeError, ConnectionResetError) as e:
-            self._forget(pending)
+            self._forget(pending, request)
             raise AgentNotFound(
                 f"agent {self.agent_id} no longer reads commands (stdin closed)"
             ) from e
@@ -366,7 +417,9 @@ class Agent:
                 pending.timer = loop.call_later(
                     payload.timeout / 1000, self._command_timed_out, pending, payload.timeout
                 )
-        await self._reply(request, result=result)
+        # If the turn ended while the write drained, its outcome went out already (the
+        # gateway takes whichever reply is final).
+        await self._reply(request, result=result, outcome_follows=waits)
 
     async def _permission(self, request: RunnerRequest, payload: AgentPermissionPayload) -> None:
         if self.state.status not in (Status.RUNNING, Status.PAUSED):
@@ -399,34 +452,72 @@ class Agent:
             raise AgentNotFound(f"agent {self.agent_id} no longer reads input") from e
         await self._reply(request, result={"agentId": self.agent_id, "tool": tool})
 
-    def _forget(self, pending: PendingCommand | None) -> None:
+    def _forget(self, pending: PendingCommand | None, request: RunnerRequest) -> None:
+        """A command that could not be written: no turn of its own, no outcome owed."""
         if pending is not None:
             with contextlib.suppress(ValueError):
                 self._pending.remove(pending)
+        for turn in self._pending:
+            with contextlib.suppress(ValueError):
+                turn.waiters.remove(request)
+
+    def _owe(
+        self,
+        turn: PendingCommand,
+        *,
+        error: TeamdashError | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        """Reply the turn's outcome to the requests waiting for it, each in a task of this
+        agent (called from a pump or a timer, which must not wait for Redis)."""
+        waiters, turn.waiters = turn.waiters, []
+        for request in waiters:
+            self._task(self._send_outcome(request, error, result), "outcome")
+
+    async def _send_outcome(
+        self, request: RunnerRequest, error: TeamdashError | None, result: dict[str, Any] | None
+    ) -> None:
+        await self._reply(
+            request, error=error, result=result, deadline_ms=now_ms() + OUTCOME_RETRY_MS
+        )
 
     def _command_timed_out(self, pending: PendingCommand, timeout_ms: int) -> None:
         pending.timer = None
         if self.ended.is_set() or not any(p is pending for p in self._pending):
             return
         pending.timed_out = True
+        text = f"the command did not complete within {timeout_ms} ms"
         self._outbox.put_many(
             events.error(
                 self.agent_id,
                 self.info.owner,
                 ErrorCode.AGENT_COMMAND_TIMEOUT.name,
-                f"the command did not complete within {timeout_ms} ms",
+                text,
                 pending.request_id,
                 error_code=ErrorCode.AGENT_COMMAND_TIMEOUT,
             )
         )
+        self._owe(pending, error=CommandTimeout(text))
 
-    def _completed(self) -> None:
-        """The oldest pending command's turn ended."""
-        if self._pending:
-            done = self._pending.popleft()
-            if done.timer is not None:
-                done.timer.cancel()
-                done.timer = None
+    def _completed(self, end: TurnEndEvent) -> None:
+        """The oldest pending command's turn ended: its outcome to those waiting for it."""
+        if not self._pending:
+            return
+        done = self._pending.popleft()
+        if done.timer is not None:
+            done.timer.cancel()
+            done.timer = None
+        if not done.waiters:
+            return
+        if end.success:
+            turn = end.model_dump(exclude_none=True)
+            self._owe(done, result={"agentId": self.agent_id, "turn": turn})
+            return
+        failure = done.failure
+        if failure is None:
+            code = ErrorCode.__members__.get(end.errorCode or "", ErrorCode.AGENT_TURN_FAILED)
+            failure = Failure(code.name, end.error or "the command's turn failed")
+        self._owe(done, error=TeamdashError(failure.error_code, failure.message))
 
     def _cancel_timers(self) -> None:
         for pending in self._pending:
@@ -561,7 +652,8 @@ class Agent:
     def _act(self, reading: Reading, raw: str | None) -> int:
         """Publish what the driver read (the first event carries the ``raw`` line), write
         its answer, surface its failures and end the turn; returns the events queued."""
-        correlation = self._pending[0].request_id if self._pending else None
+        turn = self._pending[0] if self._pending else None
+        correlation = turn.request_id if turn is not None else None
         if reading.reply is not None and not self.process.stdin.is_closing():
             self.process.stdin.write(reading.reply)
         info = self.info
@@ -593,8 +685,15 @@ class Agent:
                     )
                 )
         for failure in reading.failures:
+            if turn is not None and turn.failure is None:
+                turn.failure = failure
             items += events.error(
-                info.agent_id, info.owner, failure.code, failure.message, correlation
+                info.agent_id,
+                info.owner,
+                failure.code,
+                failure.message,
+                correlation,
+                error_code=failure.error_code,
             )
             items.append(
                 events.alert(
@@ -608,7 +707,7 @@ class Agent:
         if items:
             self._outbox.put_many(items)
         if reading.turn_end is not None:
-            self._completed()
+            self._completed(reading.turn_end)
         return len(reading.shown)
 
     def _publish_readable(self, text: str, event: AgentEvent, correlation: str | None) -> None:
@@ -656,6 +755,8 @@ class Agent:
                 for task in stuck:  # a pipe held open by a process outside our reach
                     task.cancel()
                 await asyncio.gather(*stuck, return_exceptions=True)
+            # Whatever the pumps read last has been acted on: these turns never ended.
+            waiting = [request for turn in self._pending for request in turn.waiters]
             self._cancel_timers()
             exit_code = returncode if returncode >= 0 else None
             sig = signal_name(-returncode) if returncode < 0 else None
@@ -665,6 +766,7 @@ class Agent:
                 # Already reported crashed (runner-lost) by whoever reaped us: stay quiet.
                 self.state.handle(Event.LOST)
                 log.warning("abandoned agent %s is gone", self.agent_id)
+                await self._unfinished(waiting, "was killed (its runner had been taken for dead)")
                 return
             if status == Status.STOPPING:
                 event, reason, correlation = Event.REAPED, self._stop_reason, self._stop_correlation
@@ -706,6 +808,13 @@ class Agent:
                 items += self._crash_items(reason, exit_code, sig)
             self._outbox.put_many(items)
             log.info("agent %s %s (%s, exit %s)", self.agent_id, new.value, reason, returncode)
+            await self._unfinished(waiting, _how_it_ended(reason, exit_code, sig))
+
+    async def _unfinished(self, waiting: list[RunnerRequest], how: str) -> None:
+        """The agent ended before the turns ``waiting`` wait for: AGENT_NOT_FOUND to each
+        (awaited here: the agent's tasks are cancelled once it has ended)."""
+        error = AgentNotFound(f"agent {self.info.name!r} {how} before the command's turn ended")
+        await asyncio.gather(*(self._send_outcome(r, error, None) for r in waiting))
 
     def _crash_items(
         self, reason: str, exit_code: int | None, sig: str | None

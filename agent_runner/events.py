@@ -28,9 +28,10 @@ Every agent event has ``metadata.agentId``; events caused by a request carry
 * ``AGENT_LOST`` (no ``errorCode``): its runner died or restarted (status ``crashed``,
   reason ``runner-lost`` / ``runner-restarted``);
 * what a driver read in the CLI's output (:mod:`agent_runner.drivers.base`, each with an
-  ``agent`` alert, correlated with the command whose turn it was): ``AGENT_AUTH_REQUIRED``
-  (not logged in, credentials refused), ``AGENT_RATE_LIMITED``, ``AGENT_API_UNREACHABLE``
-  (a retry storm without a reply), ``AGENT_API_ERROR``, ``AGENT_TURN_FAILED``.
+  ``agent`` alert, correlated with the command whose turn it was, and its ``errorCode``
+  2005-2009): ``AGENT_AUTH_REQUIRED`` (not logged in, credentials refused),
+  ``AGENT_RATE_LIMITED``, ``AGENT_API_UNREACHABLE`` (a retry storm without a reply),
+  ``AGENT_API_ERROR``, ``AGENT_TURN_FAILED``.
 
 Drivers that read a structured format publish ``agent:output`` events built from the model
 (:func:`readable`): ``data`` is readable text, ``event`` says what it is, ``raw`` is the

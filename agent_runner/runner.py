@@ -236,7 +236,13 @@ class Runner:
         *,
         error: TeamdashError | None = None,
         result: dict[str, Any] | None = None,
+        outcome_follows: bool = False,
+        deadline_ms: int | None = None,
     ) -> None:
+        """Publish the reply to ``request`` on its gateway's channel, retried on a new
+        connection after a connection error until ``deadline_ms`` (default: the request's
+        deadline). ``outcome_follows``: a first reply, the command's outcome comes later."""
+        deadline_ms = request.deadlineMs if deadline_ms is None else deadline_ms
         message = RunnerReply(
             requestId=request.requestId,
             success=error is None,
@@ -245,6 +251,7 @@ class Runner:
             # The agent id is always there: the gateway matches replies by it too.
             result=result if result is not None else {"agentId": request.agentId},
             runnerId=self.runner_id,
+            outcomeFollows=outcome_follows or None,
         )
         channel = self.keys.reply_channel(request.gatewayId)
         data = message.model_dump_json(exclude_none=True)
@@ -259,7 +266,7 @@ class Runner:
                 # ran would run it twice, so try again on a new connection meanwhile.
                 self._redis_failed(e)
                 pause = REPLY_RETRY_S[min(attempt, len(REPLY_RETRY_S) - 1)]
-                left_s = (request.deadlineMs - now_ms()) / 1000
+                left_s = (deadline_ms - now_ms()) / 1000
                 if left_s <= 0:
                     log.error(
                         "reply to %s for %s %s not sent (past its deadline, %d attempts): %s",

@@ -4,7 +4,13 @@ rate (shared by all gateways), whether the agent's runner is alive, the request 
 runner and the wait for its real outcome, and the reply's error as the client's error.
 
 :meth:`RunnerClient.create_agent` and :meth:`RunnerClient.control_agent` are what a
-connection calls; each returns the ack's ``result`` or raises the error to answer with."""
+connection calls; each returns the ack's ``result`` or raises the error to answer with.
+
+A command sent with ``wait: "completed"`` waits twice: for the runner's first reply (it was
+delivered) within the reply timeout, then for its outcome — within the command's
+``timeout`` plus the reply timeout, or as long as it takes without one. That second wait
+ends early, with SERVICE_UNAVAILABLE, when the runner's heartbeat expires or this gateway's
+Redis link fails (the outcome may be lost in the outage): :meth:`RunnerClient.watch_pending`."""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import orjson
@@ -27,6 +33,7 @@ from shared.errors import ErrorCode, TeamdashError
 from shared.keys import Keys
 from shared.protocol import (
     AgentCommandMessage,
+    AgentCommandPayload,
     AgentControlMessage,
     AgentPermissionMessage,
     AgentUsage,
@@ -88,6 +95,34 @@ return out
 """
 
 
+#: The answer to a command whose outcome this gateway may have missed in a Redis outage.
+OUTCOME_LOST = (
+    "this gateway lost Redis while the command's turn ran: its outcome may have been lost "
+    "— the turn_end event on the agent's topic (correlationId = this request) tells it"
+)
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    """One request waiting for its runner's replies (two for a command that waits for its
+    turn: the first says it was delivered)."""
+
+    agent_id: str
+    runner_id: str | None
+    replies: asyncio.Queue[RunnerReply | TeamdashError] = field(default_factory=asyncio.Queue)
+    #: The first reply came: waiting for the command's outcome (``outages`` at that time).
+    turn_outages: int | None = None
+
+    def fail(self, error: TeamdashError) -> None:
+        self.replies.put_nowait(error)
+
+    async def next(self) -> RunnerReply:
+        reply = await self.replies.get()
+        if isinstance(reply, TeamdashError):
+            raise reply
+        return reply
+
+
 @dataclass(frozen=True, slots=True)
 class AgentRecord:
     agent_id: str
@@ -118,9 +153,7 @@ class RunnerClient:
         # Client message ids are only unique per client: several requests may share one.
         # A reply goes to the waiter with the same agentId when it names one, else the
         # oldest waiter.
-        self._pending: dict[str, list[tuple[str, asyncio.Future[RunnerReply]]]] = {}
-        #: Requests waiting for a reply from a known runner (watched for its heartbeat).
-        self._waiting_on: dict[asyncio.Future[RunnerReply], str] = {}
+        self._pending: dict[str, list[_Waiter]] = {}
         #: How many Redis outages this gateway saw so far (see gateway.health).
         self._outages = outages
         #: False while heartbeats may have aged in an outage (nothing is judged dead then).
@@ -148,10 +181,9 @@ class RunnerClient:
             log.debug("reply for a request nobody waits for: %s", reply.requestId)
             return
         agent_id = (reply.result or {}).get("agentId")
-        index = next((i for i, (aid, _) in enumerate(waiters) if aid == agent_id), 0)
-        _, fut = waiters.pop(index)
-        if not fut.done():
-            fut.set_result(reply)
+        index = next((i for i, w in enumerate(waiters) if w.agent_id == agent_id), 0)
+        waiter = waiters[index] if reply.outcomeFollows else waiters.pop(index)
+        waiter.replies.put_nowait(reply)
 
     async def alive_runners(self) -> list[dict[str, object]]:
         now = int(time.time() * 1000)
@@ -242,12 +274,18 @@ class RunnerClient:
 
     async def watch_pending(self, interval_s: float) -> None:
         """Fail the requests whose runner's heartbeat expired while they waited for its
-        reply, instead of letting them wait for the whole reply timeout."""
+        reply, instead of letting them wait for the whole reply timeout; and the commands
+        waiting for their turn's outcome when this gateway's Redis link failed meanwhile."""
         while True:
             await asyncio.sleep(interval_s)
-            if not self._waiting_on or not self._heartbeats_trusted():
+            waiting = [w for ws in self._pending.values() for w in ws if w.runner_id]
+            outages = self._outages()
+            for w in waiting:
+                if w.turn_outages is not None and w.turn_outages != outages:
+                    w.fail(TeamdashError(ErrorCode.SERVICE_UNAVAILABLE, OUTCOME_LOST))
+            if not waiting or not self._heartbeats_trusted():
                 continue
-            runner_ids = sorted(set(self._waiting_on.values()))
+            runner_ids = sorted({w.runner_id for w in waiting if w.runner_id})
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for rid in runner_ids:
@@ -262,16 +300,9 @@ class RunnerClient:
             gone = {
                 rid for rid, score in zip(runner_ids, scores, strict=True) if not self._fresh(score)
             }
-            for fut, rid in list(self._waiting_on.items()):
-                if rid in gone and not fut.done():
-                    fut.set_exception(
-                        TeamdashError(
-                            ErrorCode.SERVICE_UNAVAILABLE,
-                            f"runner {rid} is gone (its heartbeat expired while this request "
-                            "waited for its reply): the request may or may not have been "
-                            "carried out",
-                        )
-                    )
+            for w in waiting:
+                if w.runner_id in gone:
+                    w.fail(TeamdashError(ErrorCode.SERVICE_UNAVAILABLE, _gone(w)))
 
     # -- client requests -----------------------------------------------------------------
     async def create_agent(
@@ -354,7 +385,9 @@ class RunnerClient:
         payload: RunnerPayload,
         runner_id: str | None = None,
     ) -> RunnerReply:
-        """Send a request and wait for the runner's reply (SERVICE_UNAVAILABLE on timeout)."""
+        """Send a request and wait for the runner's reply (SERVICE_UNAVAILABLE on timeout);
+        for a command that waits for its turn, the reply with its outcome (the first
+        reply's ``result`` merged in)."""
         deadline_ms = int((time.time() + self.reply_timeout_s) * 1000)
         req = RunnerRequest(
             kind=kind,
@@ -369,11 +402,8 @@ class RunnerClient:
         stream = (
             self.keys.create_stream if runner_id is None else self.keys.runner_commands(runner_id)
         )
-        fut: asyncio.Future[RunnerReply] = asyncio.get_running_loop().create_future()
-        waiter = (agent_id, fut)
+        waiter = _Waiter(agent_id, runner_id)
         self._pending.setdefault(request_id, []).append(waiter)
-        if runner_id is not None:
-            self._waiting_on[fut] = runner_id
         outages = self._outages()
         try:
             await self.redis.xadd(
@@ -381,22 +411,60 @@ class RunnerClient:
             )
             # A cancel scope, not wait_for: on 3.11 wait_for can swallow the connection's
             # cancellation when it lands as the reply does (tests/gateway/test_timeouts.py).
+            first: RunnerReply | None = None
             with anyio.move_on_after(self.reply_timeout_s):
-                return await fut
-            if self._outages() != outages:
-                raise TeamdashError(ErrorCode.SERVICE_UNAVAILABLE, OUTCOME_UNKNOWN)
-            raise TeamdashError(
-                ErrorCode.SERVICE_UNAVAILABLE,
-                f"no agent runner answered within {self.reply_timeout_s:g}s",
-            )
+                first = await waiter.next()
+            if first is None:
+                if self._outages() != outages:
+                    raise TeamdashError(ErrorCode.SERVICE_UNAVAILABLE, OUTCOME_UNKNOWN)
+                raise TeamdashError(
+                    ErrorCode.SERVICE_UNAVAILABLE,
+                    f"no agent runner answered within {self.reply_timeout_s:g}s",
+                )
+            if not first.outcomeFollows:
+                return first
+            return await self._outcome(waiter, first, payload)
         finally:
-            self._waiting_on.pop(fut, None)
             waiters = self._pending.get(request_id)
             if waiters is not None:
                 if waiter in waiters:
                     waiters.remove(waiter)
                 if not waiters:
                     del self._pending[request_id]
+
+    async def _outcome(
+        self, waiter: _Waiter, first: RunnerReply, payload: RunnerPayload
+    ) -> RunnerReply:
+        """The second reply of a command that waits for its turn: within its ``timeout``
+        plus the reply timeout (the runner reports AGENT_COMMAND_TIMEOUT at the timeout),
+        else as long as the runner lives and this gateway's Redis link holds."""
+        # From now on: the first reply came through, and the outcome is published after it.
+        waiter.turn_outages = self._outages()
+        timeout_ms = payload.timeout if isinstance(payload, AgentCommandPayload) else None
+        limit_s = None if timeout_ms is None else timeout_ms / 1000 + self.reply_timeout_s
+        with anyio.move_on_after(limit_s):
+            reply = await waiter.next()
+            if reply.success:
+                result = {**(first.result or {}), **(reply.result or {})}
+                return reply.model_copy(update={"result": result})
+            return reply
+        raise TeamdashError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            f"runner {first.runnerId} did not report the command's outcome within "
+            f"{self.reply_timeout_s:g}s after its timeout",
+        )
+
+
+def _gone(waiter: _Waiter) -> str:
+    if waiter.turn_outages is not None:
+        return (
+            f"runner {waiter.runner_id} is gone (its heartbeat expired while the command's "
+            "turn ran): the agent was lost with it, the turn did not end"
+        )
+    return (
+        f"runner {waiter.runner_id} is gone (its heartbeat expired while this request waited "
+        "for its reply): the request may or may not have been carried out"
+    )
 
 
 def _usage(stats: list[bytes]) -> dict[str, AgentUsage]:

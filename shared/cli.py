@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         AgentOutputPayload,
         MetricsUpdatePayload,
         SystemAlertMessage,
+        TurnEndEvent,
     )
 
 
@@ -585,6 +586,8 @@ async def _agent_create(
         environment=dict(args.env) or None,
         memory_mb=args.memory,
         cpu=args.cpu,
+        permission_mode=args.permission_mode,
+        allowed_tools=args.allow_tool or None,
     )
     progress.say(f"agent {args.name} started (pid {created.pid})")
     print(created.agent_id, flush=True)
@@ -594,12 +597,34 @@ async def _agent_create(
 async def _agent_command(
     client: DashboardClient, args: argparse.Namespace, progress: _Progress
 ) -> int:
+    from shared.protocol import TurnEndEvent
+
     progress.say(f"sending the command to agent {args.agent_id}…")
-    await client.send_command(
-        args.agent_id, args.text, timeout_ms=args.timeout_ms, interactive=args.interactive or None
+    result = await client.send_command(
+        args.agent_id,
+        args.text,
+        timeout_ms=args.timeout_ms,
+        interactive=args.interactive or None,
+        wait="completed" if args.wait else None,
     )
-    progress.say("command delivered (follow its output with `teamdash agent tail`)")
+    if args.wait:
+        print(format_turn(TurnEndEvent.model_validate(result["turn"])), flush=True)
+    else:
+        progress.say("command delivered (follow its output with `teamdash agent tail`)")
     return 0
+
+
+def format_turn(turn: TurnEndEvent) -> str:
+    """One line for a command's completed turn (``agent command --wait``)."""
+    bits = []
+    if turn.durationMs is not None:
+        bits.append(f"{turn.durationMs / 1000:.1f} s")
+    if turn.costUsd is not None:
+        bits.append(f"${turn.costUsd:.4f}")
+    usage = turn.usage
+    if usage is not None and usage.outputTokens is not None:
+        bits.append(f"{usage.inputTokens or 0} in / {usage.outputTokens} out tokens")
+    return "turn completed" + (f": {', '.join(bits)}" if bits else "")
 
 
 async def _agent_permission(
@@ -845,12 +870,30 @@ def _add_client_commands(sub: Any) -> None:
         "--memory", type=float, default=None, metavar="MB", help="memory limit (with --cpu)"
     )
     c.add_argument("--cpu", type=float, default=None, metavar="N", help="CPU cores (with --memory)")
+    c.add_argument(
+        "--permission-mode",
+        default=None,
+        metavar="MODE",
+        help="the CLI's permission mode (within the model's allowed_permission_modes)",
+    )
+    c.add_argument(
+        "--allow-tool",
+        action="append",
+        default=[],
+        metavar="TOOL",
+        help="a tool the agent may use without asking (repeatable; within allowable_tools)",
+    )
     c.set_defaults(func=_client_command(_agent_create))
     c = verbs.add_parser("command", parents=[common], help="send a command to an agent's stdin")
     c.add_argument("agent_id", metavar="ID")
     c.add_argument("text")
     c.add_argument("--timeout-ms", type=int, default=None, help="AGENT_COMMAND_TIMEOUT after this")
     c.add_argument("--interactive", action="store_true")
+    c.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the command's turn ends: print its summary, or fail with its error",
+    )
     c.set_defaults(func=_client_command(_agent_command))
     c = verbs.add_parser(
         "permission",

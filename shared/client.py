@@ -74,11 +74,13 @@ from shared.protocol import (
     AgentOutputMessage,
     AgentPermissionMessage,
     AgentPermissionPayload,
+    AgentPermissions,
     AgentRef,
     AgentState,
     AgentStatusMessage,
     AuthMessage,
     AuthPayload,
+    CommandWait,
     ConnectionStatusMessage,
     ConnectionStatusPayload,
     CreateAgentMessage,
@@ -702,12 +704,17 @@ class DashboardClient:
         environment: dict[str, str] | None = None,
         memory_mb: float | None = None,
         cpu: float | None = None,
+        permission_mode: str | None = None,
+        allowed_tools: Sequence[str] | None = None,
     ) -> CreatedAgent:
         """Create an agent; returns its id and pid once the runner has started it.
 
         ``memory_mb`` and ``cpu`` are the spec's ``resourceLimits`` and go together (the
-        protocol requires both). Errors: AGENT_SPAWN_FAILED, AGENT_LIMIT_EXCEEDED,
-        SERVICE_UNAVAILABLE (no runner), INSUFFICIENT_PERMISSIONS, INVALID_MESSAGE."""
+        protocol requires both). ``permission_mode`` and ``allowed_tools`` are
+        ``payload.permissions`` (left out: the model's defaults); each must be in the
+        model's operator-set allow-list. Errors: AGENT_SPAWN_FAILED (also a permission
+        outside the allow-list), AGENT_LIMIT_EXCEEDED, SERVICE_UNAVAILABLE (no runner),
+        INSUFFICIENT_PERMISSIONS, INVALID_MESSAGE."""
         limits = None
         if memory_mb is not None or cpu is not None:
             if memory_mb is None or cpu is None:
@@ -716,6 +723,13 @@ class DashboardClient:
                     "resource limits need both memory_mb and cpu (the protocol requires both)",
                 )
             limits = _build(ResourceLimits, memory=memory_mb, cpu=cpu)
+        permissions = None
+        if permission_mode is not None or allowed_tools is not None:
+            permissions = _build(
+                AgentPermissions,
+                mode=permission_mode,
+                allowedTools=list(allowed_tools) if allowed_tools is not None else None,
+            )
         payload = _build(
             CreateAgentPayload,
             name=name,
@@ -723,6 +737,7 @@ class DashboardClient:
             workspace=workspace,
             environment=environment,
             resourceLimits=limits,
+            permissions=permissions,
         )
         result = await self.request(CreateAgentMessage(type="agent:create", payload=payload))
         pid = result.get("pid")
@@ -734,17 +749,34 @@ class DashboardClient:
         command: str,
         timeout_ms: int | None = None,
         interactive: bool | None = None,
+        wait: CommandWait | None = None,
     ) -> dict[str, Any]:
-        """Write ``command`` to the agent's stdin; returns the ack result. Its completion (or
-        AGENT_COMMAND_TIMEOUT after ``timeout_ms``) arrives as events on the agent's topic."""
+        """Write ``command`` to the agent's stdin; returns the ack result. By default the
+        ack says it was delivered: its completion (or AGENT_COMMAND_TIMEOUT after
+        ``timeout_ms``) arrives as events on the agent's topic.
+
+        With ``wait="completed"`` the ack comes when the command's turn ended: the result's
+        ``turn`` is its ``turn_end`` event (duration, cost, usage); a failed turn raises
+        :class:`ClientError` with the failure's code (AGENT_AUTH_REQUIRED,
+        AGENT_RATE_LIMITED, AGENT_TURN_FAILED…, AGENT_COMMAND_TIMEOUT after ``timeout_ms``,
+        AGENT_NOT_FOUND if the agent ended first, SERVICE_UNAVAILABLE if its runner died;
+        INVALID_MESSAGE if the agent's model cannot tell when a turn ends). The ack is then
+        awaited ``timeout_ms`` plus ``request_timeout``, or without a limit when there is
+        no ``timeout_ms``."""
         payload = _build(
             AgentCommandPayload,
             agentId=agent_id,
             command=command,
             timeout=timeout_ms,
             interactive=interactive,
+            wait=wait,
         )
-        return await self.request(AgentCommandMessage(type="agent:command", payload=payload))
+        ack_timeout: float | None = self.request_timeout
+        if wait == "completed":
+            ack_timeout = None if timeout_ms is None else timeout_ms / 1000 + self.request_timeout
+        return await self.request(
+            AgentCommandMessage(type="agent:command", payload=payload), ack_timeout=ack_timeout
+        )
 
     async def answer_permission(
         self, agent_id: str, request_id: str, allow: bool, message: str | None = None
@@ -907,16 +939,19 @@ class DashboardClient:
         message: WSMessage,
         *,
         on_success: Callable[[dict[str, Any]], None] | None = None,
+        ack_timeout: float | None | Literal["default"] = "default",
     ) -> dict[str, Any]:
         """Send any client message and return its ack ``result`` (``{}`` when absent).
 
         Raises :class:`ClientError` with the ack's code, :class:`ConnectionLost` if the
-        connection dropped before the ack, :class:`RequestTimeout` after ``request_timeout``.
+        connection dropped before the ack, :class:`RequestTimeout` after ``ack_timeout``
+        seconds (default ``request_timeout``; None: no limit once sent).
         While the client is reconnecting, the request waits for the new connection. A request
         refused with TOKEN_EXPIRED (it was not carried out) is retried once after a token
         refresh when the client has a token provider."""
+        limit = self.request_timeout if ack_timeout == "default" else ack_timeout
         try:
-            return await self._request_once(message, on_success)
+            return await self._request_once(message, on_success, limit)
         except ClientError as e:
             if (
                 e.code != ErrorCode.TOKEN_EXPIRED
@@ -926,13 +961,17 @@ class DashboardClient:
                 raise
         await self.refresh_token(await self._get_token())
         retry = message.model_copy(update={"id": new_id()})
-        return await self._request_once(retry, on_success)
+        return await self._request_once(retry, on_success, limit)
 
     async def _request_once(
-        self, message: WSMessage, on_success: Callable[[dict[str, Any]], None] | None
+        self,
+        message: WSMessage,
+        on_success: Callable[[dict[str, Any]], None] | None,
+        ack_timeout: float | None,
     ) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.request_timeout
+        start = loop.time()
+        deadline = start + self.request_timeout
         data = encode(message)
         if len(data) > MAX_MESSAGE_BYTES:
             raise ClientError(
@@ -956,12 +995,14 @@ class DashboardClient:
                     f"the connection closed before {message.type} could be sent",
                     message_id=message.id,
                 ) from None
+            # The wait for a connection counts against the ack's time.
+            left = None if ack_timeout is None else max(start + ack_timeout - loop.time(), 0)
             try:
-                with anyio.fail_after(max(deadline - loop.time(), 0)):
+                with anyio.fail_after(left):
                     return await future
             except TimeoutError:
                 raise RequestTimeout(
-                    f"no ack for {message.type} within {self.request_timeout:g}s",
+                    f"no ack for {message.type} within {ack_timeout:g}s",
                     message_id=message.id,
                 ) from None
         finally:

@@ -11,7 +11,8 @@ from enum import IntEnum
 
 
 class ErrorCode(IntEnum):
-    """Numeric error codes, exactly as in the spec's ``ErrorCode`` enum."""
+    """Numeric error codes: the spec's ``ErrorCode`` enum, plus the agent errors 2005-2009
+    (an addition: how an agent's turn failed, which no spec code says truthfully)."""
 
     # Authentication errors (1xxx)
     AUTH_FAILED = 1001
@@ -23,6 +24,13 @@ class ErrorCode(IntEnum):
     AGENT_SPAWN_FAILED = 2002
     AGENT_LIMIT_EXCEEDED = 2003
     AGENT_COMMAND_TIMEOUT = 2004
+    # Additions to the spec: what the agent's CLI reported (read by its driver), as the
+    # ``agent:error`` of the failure and the ack of a command sent with ``wait: "completed"``.
+    AGENT_TURN_FAILED = 2005
+    AGENT_AUTH_REQUIRED = 2006
+    AGENT_RATE_LIMITED = 2007
+    AGENT_API_UNREACHABLE = 2008
+    AGENT_API_ERROR = 2009
 
     # System errors (3xxx)
     RESOURCE_EXHAUSTED = 3001

@@ -206,12 +206,20 @@ class CreateAgentMessage(WSMessage):
     payload: CreateAgentPayload
 
 
+#: When the ack of an ``agent:command`` is sent (``AgentCommandPayload.wait``).
+CommandWait: TypeAlias = Literal["delivered", "completed"]
+
+
 class AgentCommandPayload(_Strict):
     agentId: Identifier
     command: Annotated[str, StringConstraints(max_length=MAX_COMMAND_CHARS)]
     interactive: StrictBool | None = None
     #: Milliseconds the agent has to complete the command (AGENT_COMMAND_TIMEOUT after).
     timeout: Annotated[StrictInt, Field(gt=0, le=24 * 3600 * 1000)] | None = None
+    #: An addition to the spec: when the ack is sent. ``delivered`` (the default): once the
+    #: command was written to the agent; ``completed``: once the command's turn ended, with
+    #: its ``turn_end`` as ``result.turn``, or an error ack saying how it failed.
+    wait: CommandWait | None = None
 
 
 class AgentCommandMessage(WSMessage):
@@ -628,6 +636,10 @@ class AgentCommandResult(_Strict):
     #: ``false`` when the agent's model cannot tell when a command completes, so the
     #: command's ``timeout`` is not enforced (absent otherwise).
     timeoutEnforced: bool | None = None
+    #: With ``wait: "completed"``: the ``turn_end`` event of the command's turn (``success``
+    #: true; duration, cost and usage when the CLI reports them). A failed turn is an error
+    #: ack instead.
+    turn: TurnEndEvent | None = None
 
 
 class AgentControlResult(_Strict):

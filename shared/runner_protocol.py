@@ -12,6 +12,13 @@ once the outcome is real (process started, signal delivered, command written) an
 it publishes the events that follow (``agent:created``, ``agent:status``…), which carry
 ``metadata.correlationId = requestId``. A request whose ``deadlineMs`` has passed is
 dropped by the runner: the gateway has already answered SERVICE_UNAVAILABLE.
+
+A ``command`` sent with ``wait: "completed"`` gets two replies with the same ``requestId``:
+the first once the command was written (``outcomeFollows: true``; an error instead when it
+could not be, or when the agent's driver cannot tell when a turn ends), the second when its
+turn ended — success with ``result.turn`` (the ``turn_end`` event), or the failure's
+ErrorCode (the CLI's failure, AGENT_COMMAND_TIMEOUT, AGENT_NOT_FOUND when the agent ended
+first). Between the two the gateway watches the runner's heartbeat and its own Redis link.
 """
 
 from __future__ import annotations
@@ -100,3 +107,6 @@ class RunnerReply(BaseModel):
     error: str | None = None
     result: dict[str, Any] | None = None
     runnerId: str | None = None
+    #: True on the first reply of a command that waits for its turn: it was delivered, and
+    #: its outcome is a second reply.
+    outcomeFollows: bool | None = None

@@ -99,3 +99,27 @@ async def test_the_sdk_quick_start_runs_to_its_end_with_the_demo_model(
     text = out.decode()
     assert "[demo] you said: list the files" in text
     assert text.rstrip().endswith("agent stopped"), text[-500:]
+
+
+def test_the_model_examples_of_docs_agents_md_are_valid_configuration() -> None:
+    """Each ```toml block of docs/agents.md parses as the runner parses its model file; the
+    aider example ends a turn on aider's prompts and asks on its confirmations."""
+    from agent_runner.drivers import LineTool
+    from agent_runner.models import parse_models
+
+    doc = ROOT / "docs" / "agents.md"
+    blocks = re.findall(r"```toml\n(.*?)```", doc.read_text(encoding="utf-8"), flags=re.DOTALL)
+    assert len(blocks) >= 3
+    models = {}
+    for block in blocks:
+        models.update(parse_models(block, source=doc).models)
+    aider = models["aider"]
+    assert aider.pty
+    for prompt in ("> ", "ask> ", "architect multi> "):
+        tool = aider.make_driver()
+        assert isinstance(tool, LineTool)
+        assert tool.read_partial(prompt).turn_end is not None, prompt
+    question = "Add file to the chat? (Y)es/(N)o/(D)on't ask again [Yes]: "
+    tool = aider.make_driver()
+    asked = tool.read_partial(question)
+    assert asked.turn_end is None and tool.awaiting_reply

@@ -21,14 +21,17 @@ from typing import Any, Protocol
 
 import orjson
 
+from shared.errors import ErrorCode
 from shared.protocol import AgentEvent, NoticeEvent, TurnEndEvent
 
-#: ``agent:error`` codes drivers report (stable: frontends and alerts key on them).
-AUTH_REQUIRED = "AGENT_AUTH_REQUIRED"
-RATE_LIMITED = "AGENT_RATE_LIMITED"
-API_ERROR = "AGENT_API_ERROR"
-API_UNREACHABLE = "AGENT_API_UNREACHABLE"
-TURN_FAILED = "AGENT_TURN_FAILED"
+#: ``agent:error`` codes drivers report (stable: frontends and alerts key on them), the
+#: names of their ErrorCodes (the number is the event's ``errorCode`` and a waiting
+#: command's ack ``code``).
+AUTH_REQUIRED = ErrorCode.AGENT_AUTH_REQUIRED.name
+RATE_LIMITED = ErrorCode.AGENT_RATE_LIMITED.name
+API_ERROR = ErrorCode.AGENT_API_ERROR.name
+API_UNREACHABLE = ErrorCode.AGENT_API_UNREACHABLE.name
+TURN_FAILED = ErrorCode.AGENT_TURN_FAILED.name
 
 #: A retry storm: this many attempts in one turn without a reply are reported once.
 RETRY_STORM_ATTEMPTS = 3
@@ -45,8 +48,13 @@ class Failure:
     """Something the CLI reported as a failure: an ``agent:error`` (``code``, ``message``)
     and an ``agent`` alert for the owner, correlated with the command being run."""
 
+    #: An ErrorCode name (one of the constants above).
     code: str
     message: str
+
+    @property
+    def error_code(self) -> ErrorCode:
+        return ErrorCode[self.code]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +88,7 @@ class Driver(Protocol):
     #: Whether a command may keep its newlines.
     multiline: bool
     #: False when the end of a turn cannot be detected (a command's timeout then is not
-    #: enforced).
+    #: enforced, and a command cannot wait for its turn: ``wait: "completed"`` is refused).
     detects_turns: bool
     #: True while the CLI waits for the reply to a prompt it printed (``input_request``):
     #: the next command is that reply, within the current turn, not a turn of its own.

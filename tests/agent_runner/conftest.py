@@ -201,6 +201,8 @@ class Gateway:
         self.tracker = tracker
         self.gateway_id = f"gw-{new_id()[:8]}"
         self.replies: dict[str, RunnerReply] = {}
+        #: Every reply of each request, in arrival order (a waiting command gets two).
+        self.all_replies: dict[str, list[RunnerReply]] = {}
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -223,6 +225,7 @@ class Gateway:
             if msg is not None and msg["type"] == "message":
                 reply = RunnerReply.model_validate_json(msg["data"])
                 self.replies[reply.requestId] = reply
+                self.all_replies.setdefault(reply.requestId, []).append(reply)
 
     async def send(
         self,

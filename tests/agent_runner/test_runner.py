@@ -33,6 +33,7 @@ from tests.agent_runner.conftest import (
     topic_events,
     wait_events,
 )
+from tests.agent_runner.test_pty import turn_ends
 from tests.helpers import t, wait_for
 
 
@@ -202,6 +203,39 @@ async def test_command_timeout(start_runner, gateway: Gateway, bus: EventBus) ->
         if e["type"] == "agent:output" and "__DONE__" in e["payload"]["data"]
     )
     assert evs.index(err) < first_done
+
+
+async def test_a_waiting_command_is_replied_to_twice(
+    start_runner, gateway: Gateway, bus: EventBus
+) -> None:
+    """``wait: "completed"``: a first reply once written (``outcomeFollows``), then the
+    outcome with the turn's ``turn_end``; a model without turn ends refuses at once."""
+    await start_runner()
+    agent_id, reply = await gateway.create("echo-json")
+    assert reply.success
+    request_id = await gateway.send(
+        "command", agent_id, {"agentId": agent_id, "command": "hi", "wait": "completed"},
+        wait=False,
+    )  # fmt: skip
+    await wait_for(
+        lambda: len(gateway.all_replies.get(request_id, [])) == 2, what="the two replies"
+    )
+    first, outcome = gateway.all_replies[request_id]
+    assert first.success and first.outcomeFollows
+    assert first.result == {"agentId": agent_id}
+    assert outcome.success and outcome.outcomeFollows is None
+    assert outcome.result == {
+        "agentId": agent_id,
+        "turn": {"kind": "turn_end", "success": True},
+    }
+    evs = await wait_events(bus, agent_topic(agent_id), turn_ends, what="the turn_end event")
+    [end] = turn_ends(evs)
+    assert end["metadata"]["correlationId"] == request_id
+
+    plain, _ = await gateway.create("echo-untracked", name="a2", workspace="ws2")
+    refused = await gateway.command(plain, "hi", wait="completed")
+    assert not refused.success and refused.code == ErrorCode.INVALID_MESSAGE
+    assert refused.outcomeFollows is None
 
 
 async def test_pause_resume_whole_group(start_runner, gateway: Gateway, bus: EventBus) -> None:

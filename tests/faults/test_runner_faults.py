@@ -9,7 +9,9 @@ WebSocket clients.
 * (c) a runner is SIGKILLed with an agent that scattered processes out of its group: none
   is left, and the other runner marks the agent ``crashed`` within the TTL;
 * (d) an agent writes tens of MiB without a newline: its subscriber is not closed (1013)
-  and gets every byte, in order.
+  and gets every byte, in order;
+* (e) Redis dies while a command waits for its turn (``wait: "completed"``): its ack comes
+  at once, SERVICE_UNAVAILABLE, saying that the outcome may have been lost.
 
 Longer variants, opt-in: ``TEAMDASH_FAULT_OUTAGE_S`` (default 10) sets the outage of (b),
 ``TEAMDASH_FAULT_FLOOD_MIB`` (default 24) the size of (d)'s flood.
@@ -28,6 +30,8 @@ import psutil
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.runners import OUTCOME_LOST
+from shared.errors import ErrorCode
 from shared.keys import Keys, agent_topic
 from shared.protocol import now_ms
 from tests.faults.conftest import FaultStack
@@ -324,6 +328,37 @@ async def test_output_without_newlines_is_paced_to_the_subscriber(fault_stack) -
         alphabet = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_"
         assert len(data) == size
         assert data == (alphabet * (size // 64 + 1))[:size]
+    finally:
+        await client.close()
+        await redis.aclose()
+
+
+async def test_redis_lost_while_a_command_waits_for_its_turn_ends_the_wait(fault_stack) -> None:
+    stack = fault_stack(persistent=False)
+    port, redis = await boot(stack, ["r1"])
+    client = await WSClient.authed(stack.ws_url(port), token())
+    try:
+        agent_id, _ = await create(client, "claude-ask")
+        await client.subscribe("agent", agentId=agent_id, filters=["stdout"])
+        # No timeout: only the outage can end this wait (the turn waits for a decision).
+        command_id = await client.send(
+            "agent:command",
+            {"agentId": agent_id, "command": "write w.txt", "wait": "completed"},
+        )
+        await client.recv_where(
+            lambda m: (
+                m["type"] == "agent:output"
+                and m["payload"].get("event", {}).get("kind") == "permission_request"
+            ),
+            20,
+            "the turn waiting for a permission decision",
+        )
+        stack.redis.kill()
+        ack = await client.ack_for(command_id, timeout=20)
+        assert not ack["success"]
+        assert ack["code"] == ErrorCode.SERVICE_UNAVAILABLE
+        assert ack["error"] == OUTCOME_LOST
+        stack.redis.start()
     finally:
         await client.close()
         await redis.aclose()

@@ -20,7 +20,7 @@ from shared import protocol as p
 from shared import schema
 from shared.errors import ErrorCode, ProtocolError
 from tests.helpers import ROOT
-from tests.shared.test_protocol import SPEC_ERROR_CODES
+from tests.shared.test_protocol import ERROR_CODES
 
 REGENERATE = "python -m shared.schema --write"
 
@@ -156,7 +156,7 @@ def test_error_codes_with_names_and_numbers(doc: dict[str, Any]) -> None:
     assert codes["type"] == "integer"
     assert codes["enum"] == [int(c) for c in ErrorCode]
     assert codes["x-enum-varnames"] == [c.name for c in ErrorCode]
-    assert dict(zip(codes["x-enum-varnames"], codes["enum"], strict=True)) == SPEC_ERROR_CODES
+    assert dict(zip(codes["x-enum-varnames"], codes["enum"], strict=True)) == ERROR_CODES
     for c in ErrorCode:
         assert f"| {int(c)} | {c.name} |" in codes["description"]
     assert codes["tsEnumNames"] == codes["x-enum-varnames"]

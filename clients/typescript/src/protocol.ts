@@ -41,11 +41,13 @@ export interface AgentCommandPayload {
   command: string;
   interactive?: boolean;
   timeout?: number;
+  wait?: "delivered" | "completed";
 }
 
 export interface AgentCommandResult {
   agentId: string;
   timeoutEnforced?: boolean;
+  turn?: TurnEndEvent;
 }
 
 export interface AgentControlMessage {
@@ -427,7 +429,8 @@ export interface DiskMetrics {
 }
 
 /**
- * Numeric error codes, exactly as in the spec's `ErrorCode` enum.
+ * Numeric error codes: the spec's `ErrorCode` enum, plus the agent errors 2005-2009
+ * (an addition: how an agent's turn failed, which no spec code says truthfully).
  *
  * | code | name | group |
  * |---|---|---|
@@ -438,6 +441,11 @@ export interface DiskMetrics {
  * | 2002 | AGENT_SPAWN_FAILED | Agent |
  * | 2003 | AGENT_LIMIT_EXCEEDED | Agent |
  * | 2004 | AGENT_COMMAND_TIMEOUT | Agent |
+ * | 2005 | AGENT_TURN_FAILED | Agent |
+ * | 2006 | AGENT_AUTH_REQUIRED | Agent |
+ * | 2007 | AGENT_RATE_LIMITED | Agent |
+ * | 2008 | AGENT_API_UNREACHABLE | Agent |
+ * | 2009 | AGENT_API_ERROR | Agent |
  * | 3001 | RESOURCE_EXHAUSTED | System |
  * | 3002 | SERVICE_UNAVAILABLE | System |
  * | 3003 | INTERNAL_ERROR | System |
@@ -453,6 +461,11 @@ export enum ErrorCode {
   AGENT_SPAWN_FAILED = 2002,
   AGENT_LIMIT_EXCEEDED = 2003,
   AGENT_COMMAND_TIMEOUT = 2004,
+  AGENT_TURN_FAILED = 2005,
+  AGENT_AUTH_REQUIRED = 2006,
+  AGENT_RATE_LIMITED = 2007,
+  AGENT_API_UNREACHABLE = 2008,
+  AGENT_API_ERROR = 2009,
   RESOURCE_EXHAUSTED = 3001,
   SERVICE_UNAVAILABLE = 3002,
   INTERNAL_ERROR = 3003,

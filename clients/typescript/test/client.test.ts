@@ -135,6 +135,40 @@ describe("requests", () => {
     assert.deepEqual(c.subscriptions, []);
   });
 
+  it("waits for a command's turn with wait: completed, the ack's time growing to match", async () => {
+    const c = client();
+    await c.connect();
+    const created = await c.createAgent({ name: "key", model: "claude-key", workspace: "turn" });
+    const done = await c.sendCommand(created.agentId, "hello", { wait: "completed" });
+    assert.deepEqual(done.turn, {
+      kind: "turn_end",
+      success: true,
+      durationMs: 976,
+      costUsd: 0.000398,
+      usage: { inputTokens: 12, outputTokens: 5, cachedInputTokens: 0 },
+    });
+    const asker = await c.createAgent({ name: "ask", model: "claude-ask", workspace: "turn-late" });
+    // Its turn waits for a permission decision: the command's timeout ends it, after the
+    // client's usual ack time, which must not cut it short.
+    const quick = client({ requestTimeoutMs: t(1_000) });
+    await quick.connect();
+    await assert.rejects(
+      quick.sendCommand(asker.agentId, "write late.txt", { wait: "completed", timeoutMs: t(3_000) }),
+      (e: unknown) => e instanceof DashboardError && e.code === ErrorCode.AGENT_COMMAND_TIMEOUT,
+    );
+    const loggedOut = await c.createAgent({ name: "nologin", model: "claude", workspace: "turn-auth" });
+    await assert.rejects(
+      c.sendCommand(loggedOut.agentId, "hello", { wait: "completed" }),
+      (e: unknown) =>
+        e instanceof DashboardError &&
+        e.code === ErrorCode.AGENT_AUTH_REQUIRED &&
+        e.message.startsWith("Claude Code is not logged in"),
+    );
+    for (const id of [created.agentId, asker.agentId, loggedOut.agentId]) {
+      await c.terminate(id, { force: true });
+    }
+  });
+
   it("delivers only the metrics sections a subscription asked for", async () => {
     const c = client();
     await c.connect();

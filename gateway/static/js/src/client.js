@@ -251,13 +251,14 @@ export class DashboardWebSocket {
     /**
      * Send a request and resolve with its ack's `result` (typed per request). Rejects with a
      * `DashboardError` carrying the ack's code, `ConnectionLostError` if the connection
-     * dropped before the ack, `RequestTimeoutError` after `requestTimeoutMs`. While the client
-     * is reconnecting the request waits for the new connection. A request refused with
-     * TOKEN_EXPIRED is retried once after a token refresh when the client has a token provider.
+     * dropped before the ack, `RequestTimeoutError` after `ackTimeoutMs` (default
+     * `requestTimeoutMs`; `null`: no limit once sent). While the client is reconnecting the
+     * request waits for the new connection. A request refused with TOKEN_EXPIRED is retried
+     * once after a token refresh when the client has a token provider.
      */
-    async request(type, payload, onSuccess) {
+    async request(type, payload, onSuccess, ackTimeoutMs = this.options.requestTimeoutMs) {
         try {
-            return await this.requestOnce(type, payload, onSuccess);
+            return await this.requestOnce(type, payload, onSuccess, ackTimeoutMs);
         }
         catch (e) {
             if (!(e instanceof DashboardError) || e.code !== ErrorCode.TOKEN_EXPIRED || typeof this.token === "string" || type === "auth") {
@@ -265,20 +266,31 @@ export class DashboardWebSocket {
             }
         }
         await this.refreshToken();
-        return this.requestOnce(type, payload, onSuccess);
+        return this.requestOnce(type, payload, onSuccess, ackTimeoutMs);
     }
     /** Create an agent; resolves once the runner has started it (`agentId`, `pid`). */
     createAgent(payload) {
         return this.request("agent:create", payload);
     }
-    /** Write `command` to the agent's stdin; its output arrives as events on `agent:{id}`. */
+    /**
+     * Write `command` to the agent's stdin; its output arrives as events on `agent:{id}`. By
+     * default the ack says it was delivered. With `wait: "completed"` it resolves when the
+     * command's turn ended (`result.turn`: its `turn_end` event) and rejects with a
+     * `DashboardError` carrying the failure's code (AGENT_AUTH_REQUIRED, AGENT_RATE_LIMITED,
+     * AGENT_TURN_FAILED…, AGENT_COMMAND_TIMEOUT, AGENT_NOT_FOUND when the agent ended first,
+     * SERVICE_UNAVAILABLE when its runner died); the ack is then awaited `timeoutMs` plus
+     * `requestTimeoutMs`, or without a limit when there is no `timeoutMs`.
+     */
     sendCommand(agentId, command, options = {}) {
+        const completes = options.wait === "completed";
+        const limit = options.timeoutMs !== undefined ? options.timeoutMs + this.options.requestTimeoutMs : null;
         return this.request("agent:command", {
             agentId,
             command,
             ...(options.timeoutMs !== undefined ? { timeout: options.timeoutMs } : {}),
             ...(options.interactive !== undefined ? { interactive: options.interactive } : {}),
-        });
+            ...(options.wait !== undefined ? { wait: options.wait } : {}),
+        }, undefined, completes ? limit : this.options.requestTimeoutMs);
     }
     pause(agentId) {
         return this.request("agent:pause", { agentId });
@@ -326,7 +338,7 @@ export class DashboardWebSocket {
      */
     async refreshToken(token) {
         const fresh = token ?? (await this.getToken());
-        const result = await this.requestOnce("auth", { token: fresh, clientId: this.clientId }, undefined);
+        const result = await this.requestOnce("auth", { token: fresh, clientId: this.clientId }, undefined, this.options.requestTimeoutMs);
         if (typeof this.token === "string")
             this.token = fresh;
         this.scheduleRefresh(result.expiresAt);
@@ -334,8 +346,9 @@ export class DashboardWebSocket {
         return result;
     }
     // -- internals: requests ----------------------------------------------------------------
-    async requestOnce(type, payload, onSuccess) {
-        const deadline = Date.now() + this.options.requestTimeoutMs;
+    async requestOnce(type, payload, onSuccess, ackTimeoutMs) {
+        const start = Date.now();
+        const deadline = start + this.options.requestTimeoutMs;
         const id = newId();
         const text = JSON.stringify(this.message(id, type, payload));
         const size = new TextEncoder().encode(text).length;
@@ -344,10 +357,13 @@ export class DashboardWebSocket {
         }
         const ws = await this.waitConnected(deadline, type);
         return new Promise((resolve, reject) => {
-            const timer = setTimeout(() => {
-                this.pending.delete(id);
-                reject(new RequestTimeoutError(`no ack for ${type} within ${this.options.requestTimeoutMs} ms`, id));
-            }, Math.max(deadline - Date.now(), 0));
+            // The wait for a connection counts against the ack's time.
+            const timer = ackTimeoutMs === null
+                ? undefined
+                : setTimeout(() => {
+                    this.pending.delete(id);
+                    reject(new RequestTimeoutError(`no ack for ${type} within ${ackTimeoutMs} ms`, id));
+                }, Math.max(start + ackTimeoutMs - Date.now(), 0));
             this.pending.set(id, {
                 type,
                 resolve: resolve,

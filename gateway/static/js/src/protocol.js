@@ -3,7 +3,8 @@
 /** The protocol version these types describe. */
 export const PROTOCOL_VERSION = "1.0.0";
 /**
- * Numeric error codes, exactly as in the spec's `ErrorCode` enum.
+ * Numeric error codes: the spec's `ErrorCode` enum, plus the agent errors 2005-2009
+ * (an addition: how an agent's turn failed, which no spec code says truthfully).
  *
  * | code | name | group |
  * |---|---|---|
@@ -14,6 +15,11 @@ export const PROTOCOL_VERSION = "1.0.0";
  * | 2002 | AGENT_SPAWN_FAILED | Agent |
  * | 2003 | AGENT_LIMIT_EXCEEDED | Agent |
  * | 2004 | AGENT_COMMAND_TIMEOUT | Agent |
+ * | 2005 | AGENT_TURN_FAILED | Agent |
+ * | 2006 | AGENT_AUTH_REQUIRED | Agent |
+ * | 2007 | AGENT_RATE_LIMITED | Agent |
+ * | 2008 | AGENT_API_UNREACHABLE | Agent |
+ * | 2009 | AGENT_API_ERROR | Agent |
  * | 3001 | RESOURCE_EXHAUSTED | System |
  * | 3002 | SERVICE_UNAVAILABLE | System |
  * | 3003 | INTERNAL_ERROR | System |
@@ -30,6 +36,11 @@ export var ErrorCode;
     ErrorCode[ErrorCode["AGENT_SPAWN_FAILED"] = 2002] = "AGENT_SPAWN_FAILED";
     ErrorCode[ErrorCode["AGENT_LIMIT_EXCEEDED"] = 2003] = "AGENT_LIMIT_EXCEEDED";
     ErrorCode[ErrorCode["AGENT_COMMAND_TIMEOUT"] = 2004] = "AGENT_COMMAND_TIMEOUT";
+    ErrorCode[ErrorCode["AGENT_TURN_FAILED"] = 2005] = "AGENT_TURN_FAILED";
+    ErrorCode[ErrorCode["AGENT_AUTH_REQUIRED"] = 2006] = "AGENT_AUTH_REQUIRED";
+    ErrorCode[ErrorCode["AGENT_RATE_LIMITED"] = 2007] = "AGENT_RATE_LIMITED";
+    ErrorCode[ErrorCode["AGENT_API_UNREACHABLE"] = 2008] = "AGENT_API_UNREACHABLE";
+    ErrorCode[ErrorCode["AGENT_API_ERROR"] = 2009] = "AGENT_API_ERROR";
     ErrorCode[ErrorCode["RESOURCE_EXHAUSTED"] = 3001] = "RESOURCE_EXHAUSTED";
     ErrorCode[ErrorCode["SERVICE_UNAVAILABLE"] = 3002] = "SERVICE_UNAVAILABLE";
     ErrorCode[ErrorCode["INTERNAL_ERROR"] = 3003] = "INTERNAL_ERROR";
