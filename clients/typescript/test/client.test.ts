@@ -148,6 +148,59 @@ describe("requests", () => {
   });
 });
 
+describe("the agent list", () => {
+  it("pages through every agent, in the order of a single page", async () => {
+    // An operator lists only their own agents: exactly these three.
+    const c = client({ token: await stack.mintToken("ts-pager", ["operator"]) });
+    await c.connect();
+    const made = [];
+    for (const name of ["list-a", "list-b", "list-c"]) made.push((await c.createAgent({ name, model: "echo", workspace: name })).agentId);
+    const whole = await c.listAgents({ limit: 1000 });
+    assert.equal(whole.next, undefined);
+    assert.equal(whole.total, 3);
+    assert.deepEqual(whole.agents.map((a) => a.agentId), made, "ordered by start time");
+    const pages = [];
+    for await (const page of c.agentPages({ limit: 2 })) pages.push(page);
+    assert.deepEqual(pages.map((p) => p.agents.map((a) => a.agentId)), [made.slice(0, 2), made.slice(2)]);
+    assert.ok(pages[0]?.next !== undefined && pages[1]?.next === undefined);
+    const all = await c.listAllAgents({ limit: 2 });
+    assert.deepEqual(all.agents.map((a) => a.agentId), made);
+    assert.equal(all.position.epoch, pages[0]?.position.epoch);
+    await assert.rejects(
+      c.listAgents({ after: "not-a-next" }),
+      (e: unknown) => e instanceof DashboardError && e.code === ErrorCode.INVALID_MESSAGE,
+    );
+    for (const agentId of made) await c.terminate(agentId, { force: true });
+  });
+
+  it("list, then subscribe since its position: every later change exactly once", async () => {
+    const maker = client({ token: await stack.mintToken("ts-since", ["operator"]) });
+    await maker.connect();
+    const before = await maker.createAgent({ name: "since-old", model: "echo", workspace: "since-old" });
+    const viewer = client();
+    await viewer.connect();
+    const { agents, position } = await viewer.listAllAgents();
+    assert.ok(agents.some((a) => a.agentId === before.agentId));
+    // Changes between the list and the subscription: the catch-up must deliver them.
+    const later = await maker.createAgent({ name: "since-new", model: "echo", workspace: "since-new" });
+    await maker.terminate(before.agentId);
+    const events: DashboardEvent[] = [];
+    const sub = await viewer.subscribeAgent({ since: position, onEvent: (e) => events.push(e) });
+    assert.equal(sub.topic, "agents");
+    assert.equal(sub.recovered, true);
+    assert.equal(sub.missed, 0);
+    // And a live one after the subscription.
+    await maker.terminate(later.agentId);
+    const stopped = (id: string): boolean => events.some((e) => e.type === "agent:status" && e.payload.agentId === id && e.payload.status === "stopped");
+    await waitFor(() => stopped(before.agentId) && stopped(later.agentId), "both agents stopped");
+    const offsets = events.flatMap((e) => (e.type === "subscription:gap" ? [] : [e.metadata?.offset as number]));
+    assert.deepEqual(offsets, [...new Set(offsets)].sort((a, b) => a - b), "each event once, in order");
+    assert.ok(offsets.every((o) => o > position.offset), "nothing the list already reflected");
+    assert.ok(events.some((e) => e.type === "agent:created" && e.payload.agentId === later.agentId));
+    assert.ok(!events.some((e) => e.type === "agent:created" && e.payload.agentId === before.agentId));
+  });
+});
+
 describe("keeping the connection", () => {
   it("answers the server's heartbeat", async () => {
     RecordingWebSocket.sent = [];
