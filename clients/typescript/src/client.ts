@@ -75,6 +75,9 @@ import {
 export const MAX_MESSAGE_BYTES = 1024 * 1024;
 /** Positions sent in `auth` at most (the server's limit). */
 export const MAX_POSITIONS = 200;
+/** As `agent:history`'s `before` (with no `after`): an offset past every event, so the page
+ * is the newest one. */
+export const NEWEST = Number.MAX_SAFE_INTEGER;
 /** Events buffered per subscription before its first listener (the oldest are dropped beyond). */
 export const DEFAULT_QUEUE_SIZE = 10_000;
 
@@ -559,18 +562,19 @@ export class DashboardWebSocket {
 
   /** Pages of an agent's history (`for await … of`): `backward` from the newest page (or
    * from `payload.before`) to the oldest kept, following `prev`; `forward` from the oldest
-   * (or from `payload.after`) to the newest, following `next`. */
+   * (or from `payload.after`) to the newest, following `next`. The first page's `position`
+   * is where a subscription goes on live. */
   async *historyPages(
     payload: AgentHistoryPayload,
     direction: "backward" | "forward" = "backward",
   ): AsyncGenerator<AgentHistoryResult, void, undefined> {
     const { after, before, ...rest } = payload;
-    let cursor = direction === "backward" ? before : after;
+    const backward = direction === "backward";
+    let cursor = backward ? (before ?? NEWEST) : after;
     for (;;) {
-      const key = direction === "backward" ? "before" : "after";
-      const page = await this.agentHistory({ ...rest, ...(cursor !== undefined ? { [key]: cursor } : {}) });
+      const page = await this.agentHistory({ ...rest, ...(cursor === undefined ? {} : backward ? { before: cursor } : { after: cursor }) });
       yield page;
-      cursor = direction === "backward" ? page.prev : page.next;
+      cursor = backward ? page.prev : page.next;
       if (cursor === undefined) return;
     }
   }
