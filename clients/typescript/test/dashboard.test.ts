@@ -181,6 +181,7 @@ describe("the dashboard page in Chromium", () => {
         pages += 1;
       }
       assert.ok(pages > 2, `scrolled back through ${pages} pages`);
+      assert.equal(await pane.locator(".older").isVisible(), false, "no earlier output left");
       assert.deepEqual(ticks(await lines(tickerId, second)), TICKS, "every line once, in order, after scrolling back");
       assert.equal(await second.locator(".line.gap").count(), 0);
     } finally {
