@@ -234,7 +234,8 @@ class Dashboard {
       if (!first.done) {
         since = first.value.position;
         output.append(...this.historyLines(row, first.value, row, true));
-        row.older = first.value.prev !== undefined ? pages : undefined;
+        if (first.value.prev !== undefined) row.older = pages;
+        else older.after(historyStart());
       }
     } catch (e) {
       output.append(el("div", "line error", `no history: ${describe(e)}`));
@@ -257,19 +258,21 @@ class Dashboard {
     try {
       const page = await row.older.next();
       if (page.done || page.value.prev === undefined) row.older = undefined;
+      const lines: HTMLElement[] = [];
       if (!page.done) {
         const state: LineState = { partial: undefined };
         const head = row.head;
-        const lines = this.historyLines(row, page.value, state, false);
+        lines.push(...this.historyLines(row, page.value, state, false));
         // The page's last chunk ended mid-line: the line goes on in the first one shown.
         if (state.partial !== undefined && head !== undefined && head.stream === state.partial.stream) {
           state.partial.line.textContent += head.line.textContent ?? "";
           head.line.remove();
         }
-        const height = output.scrollHeight;
-        older.after(...lines);
-        output.scrollTop += output.scrollHeight - height;
       }
+      if (row.older === undefined) lines.unshift(historyStart());
+      const height = output.scrollHeight;
+      older.after(...lines);
+      output.scrollTop += output.scrollHeight - height;
     } catch (e) {
       older.after(el("div", "line error", `no earlier history: ${describe(e)}`));
       row.older = undefined;
@@ -277,7 +280,6 @@ class Dashboard {
       row.loading = false;
       older.hidden = row.older === undefined;
     }
-    if (row.older === undefined) older.after(el("div", "line notice history-start", "start of the history kept"));
   }
 
   /** The readable lines of a history page (oldest first), rendered with `state`; its first
@@ -490,6 +492,11 @@ class Dashboard {
     const item = el("li", `level-${level}`, `${new Date(event.timestamp).toLocaleTimeString()} [${level}/${category}] ${message}`);
     $("alerts").prepend(item);
   }
+}
+
+/** The line above the oldest event the agent's transcript kept. */
+function historyStart(): HTMLElement {
+  return el("div", "line notice history-start", "start of the history kept");
 }
 
 /** An error as the page shows it: the protocol's code first. */

@@ -191,7 +191,10 @@ class Dashboard {
             if (!first.done) {
                 since = first.value.position;
                 output.append(...this.historyLines(row, first.value, row, true));
-                row.older = first.value.prev !== undefined ? pages : undefined;
+                if (first.value.prev !== undefined)
+                    row.older = pages;
+                else
+                    older.after(historyStart());
             }
         }
         catch (e) {
@@ -216,19 +219,22 @@ class Dashboard {
             const page = await row.older.next();
             if (page.done || page.value.prev === undefined)
                 row.older = undefined;
+            const lines = [];
             if (!page.done) {
                 const state = { partial: undefined };
                 const head = row.head;
-                const lines = this.historyLines(row, page.value, state, false);
+                lines.push(...this.historyLines(row, page.value, state, false));
                 // The page's last chunk ended mid-line: the line goes on in the first one shown.
                 if (state.partial !== undefined && head !== undefined && head.stream === state.partial.stream) {
                     state.partial.line.textContent += head.line.textContent ?? "";
                     head.line.remove();
                 }
-                const height = output.scrollHeight;
-                older.after(...lines);
-                output.scrollTop += output.scrollHeight - height;
             }
+            if (row.older === undefined)
+                lines.unshift(historyStart());
+            const height = output.scrollHeight;
+            older.after(...lines);
+            output.scrollTop += output.scrollHeight - height;
         }
         catch (e) {
             older.after(el("div", "line error", `no earlier history: ${describe(e)}`));
@@ -238,8 +244,6 @@ class Dashboard {
             row.loading = false;
             older.hidden = row.older === undefined;
         }
-        if (row.older === undefined)
-            older.after(el("div", "line notice history-start", "start of the history kept"));
     }
     /** The readable lines of a history page (oldest first), rendered with `state`; its first
      * plain line becomes the pane's head. The `newest` page's events are marked as shown
@@ -456,6 +460,10 @@ class Dashboard {
         const item = el("li", `level-${level}`, `${new Date(event.timestamp).toLocaleTimeString()} [${level}/${category}] ${message}`);
         $("alerts").prepend(item);
     }
+}
+/** The line above the oldest event the agent's transcript kept. */
+function historyStart() {
+    return el("div", "line notice history-start", "start of the history kept");
 }
 /** An error as the page shows it: the protocol's code first. */
 function describe(e) {
