@@ -63,7 +63,6 @@ from agent_runner.reaper import acquire_lock, mark_agent_lost, reap_dead_runners
 from agent_runner.registry import Registry
 from agent_runner.settings import RunnerSettings
 from agent_runner.stats import TreeSampler
-from shared.bus import EventBus
 from shared.errors import ErrorCode, TeamdashError
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.logs import bind
@@ -106,9 +105,7 @@ class Runner:
         self.redis = redis
         self.runner_id = settings.runner_id
         self.keys = Keys(common.redis_prefix)
-        self.bus = EventBus(
-            redis, self.keys, maxlen=common.history_size, ttl_s=common.history_ttl_s
-        )
+        self.bus = common.event_bus(redis, self.keys)
         #: When this runner last failed to talk to Redis (the reaper's guard).
         self.health = RedisHealth()
         self.outbox = Outbox(self.bus, on_failure=self._redis_failed)

@@ -43,9 +43,10 @@ from gateway.limits import TokenBucket
 from gateway.router import Filter, Subscription, catch_up, parse_filters
 from gateway.settings import GatewaySettings
 from shared.agent_info import ENDED_STATES, AgentSnapshot
-from shared.bus import Position, Replay
+from shared.bus import HistoryPage, Position, Replay
 from shared.errors import ErrorCode, ProtocolError, TeamdashError
 from shared.protocol import (
+    AgentHistoryMessage,
     AgentInfo,
     AgentListMessage,
     AgentListResult,
@@ -60,11 +61,14 @@ from shared.protocol import (
     RestoredSubscription,
     StreamPosition,
     SubscribeMessage,
+    SubscriptionGapMessage,
+    SubscriptionGapPayload,
     SystemAlertMessage,
     SystemAlertPayload,
     UnsubscribeMessage,
     WSMessage,
     ack,
+    ack_with_events,
     decode_client_message,
     new_id,
 )
@@ -77,6 +81,7 @@ from shared.topics import (
     SUBSCRIBE_TYPES,
     agent_of_topic,
     agent_topic,
+    owner_of,
     subscription_kind,
 )
 
@@ -206,7 +211,26 @@ class WriteSession:
     update: SessionUpdate
 
 
-Action = Send | SendFrames | Audit | Close | Detach[Any] | StartExpiryTimer | WriteSession
+@dataclass(frozen=True, slots=True)
+class ContinueCatchUp(Generic[C]):
+    """These subscriptions (one topic) catch up from a transcript a page at a time: read
+    the next page after their cursor, hand it to :meth:`ClientSession.caught_up_page`, and
+    so on while it says ``more``: from a task, and waiting for the client to take each
+    page (the connection goes on meanwhile; their live events queue)."""
+
+    subscriptions: list[Subscription[C]]
+
+
+Action = (
+    Send
+    | SendFrames
+    | Audit
+    | Close
+    | Detach[Any]
+    | StartExpiryTimer
+    | WriteSession
+    | ContinueCatchUp[Any]
+)
 
 
 # -- session records (what gateway.sessions stores) -------------------------------------------
@@ -518,9 +542,13 @@ class ClientSession(Generic[C]):
         by_topic: dict[str, list[Subscription[C]]] = {}
         for sub in self.subscriptions.values():
             by_topic.setdefault(sub.topic, []).append(sub)
+        paged: list[ContinueCatchUp[C]] = []
         for group in by_topic.values():
             mine = [replays[s.id] for s in group if s.id in replays]
-            frames += catch_up(group, (r.events for r in mine))
+            more = any(r.more for r in mine)
+            frames += catch_up(group, (r.events for r in mine), more=more)
+            if more:
+                paged.append(ContinueCatchUp(group))
             missed += max((r.missed for r in mine), default=0)
             recovered = recovered and all(r.recovered for r in mine)
         status = ConnectionStatusMessage(
@@ -559,6 +587,7 @@ class ClientSession(Generic[C]):
             actions.append(SendFrames(frames))
         if resumed:
             actions.append(WriteSession(self._subscriptions_update()))
+        actions += paged
         return actions
 
     # -- token -----------------------------------------------------------------------------
@@ -758,12 +787,70 @@ class ClientSession(Generic[C]):
             result["missed"] = replay.missed if replay is not None else 0
             result["recovered"] = replay.recovered if replay is not None else True
         actions: list[Action] = [*self.answer(message_id, result=result)]
-        if replay is not None:
-            frames = catch_up([sub], [replay.events])
-            if frames:
-                actions.append(SendFrames(frames))
+        actions += self._caught_up([sub], replay)
         actions.append(WriteSession(self._subscriptions_update()))
         return actions
+
+    def _caught_up(self, group: list[Subscription[C]], replay: Replay | None) -> list[Action]:
+        if replay is None:
+            return []
+        frames = catch_up(group, [replay.events], more=replay.more)
+        actions: list[Action] = [SendFrames(frames)] if frames else []
+        if replay.more:
+            actions.append(ContinueCatchUp(group))
+        return actions
+
+    def catching_up(self, group: list[Subscription[C]]) -> Position | None:
+        """Where the next page of ``group``'s catch-up starts (the earliest cursor), or
+        None when there is nothing more to read (unsubscribed, or caught up)."""
+        live = [s for s in group if self.subscriptions.get(s.id) is s and s.catching_up]
+        if len(live) != len(group) or self.phase is not Phase.OPEN:
+            return None
+        cursors = [s.cursor for s in group if s.cursor is not None]
+        return min(cursors, key=lambda c: c.offset) if cursors else Position(0, None)
+
+    def caught_up_page(self, group: list[Subscription[C]], replay: Replay) -> list[Action]:
+        """The next page of ``group``'s catch-up (read after :meth:`catching_up`), and the
+        cursors saved. Events the transcript lost meanwhile (its caps) are announced with
+        a ``subscription:gap`` before what follows them."""
+        actions: list[Action] = []
+        if replay.missed and group:
+            since = group[0].cursor or Position(0, None)
+            first = replay.events[0].offset - 1 if replay.events else since.offset
+            actions.append(
+                Send(self._gap(group, since, Position(first, since.epoch), replay.missed))
+            )
+        actions += self._caught_up(group, replay)
+        actions.append(WriteSession(self._subscriptions_update()))
+        return actions
+
+    def catch_up_failed(self, group: list[Subscription[C]]) -> list[Action]:
+        """The rest of the catch-up cannot be read (Redis failed): go live from what was
+        queued, after a ``subscription:gap`` (how many were missed is unknown)."""
+        if self.catching_up(group) is None:
+            return []
+        since = min((s.cursor or Position(0, None) for s in group), key=lambda c: c.offset)
+        queued = [e for s in group for e in s.queued]
+        first = min((e.offset for e in queued), default=since.offset + 1)
+        notice = self._gap(group, since, Position(first - 1, since.epoch), None)
+        frames = catch_up(group, [])
+        return [Send(notice), SendFrames(frames), WriteSession(self._subscriptions_update())]
+
+    def _gap(
+        self, group: list[Subscription[C]], since: Position, position: Position, missed: int | None
+    ) -> SubscriptionGapMessage:
+        return SubscriptionGapMessage(
+            type="subscription:gap",
+            payload=SubscriptionGapPayload(
+                topic=group[0].topic,
+                subscriptionIds=[s.id for s in group if not s.hidden],
+                reason="events-lost",
+                missed=missed,
+                since=StreamPosition(offset=since.offset, epoch=since.epoch),
+                position=StreamPosition(offset=position.offset, epoch=position.epoch),
+            ),
+            metadata=Metadata(priority="high"),
+        )
 
     def unsubscribe(self, message: UnsubscribeMessage) -> list[Action]:
         sub = self.subscriptions.get(message.payload.subscriptionId)
@@ -830,6 +917,38 @@ class ClientSession(Generic[C]):
         )
         return self.answer(message.id, result=result.model_dump(mode="json", exclude_none=True))
 
+    def history_filter(self, message: AgentHistoryMessage) -> Filter:
+        """The filter ``agent:history`` asks for. The caller then reads the page and the
+        agent's registry record, and calls :meth:`history_read`."""
+        return parse_filters("agent", message.payload.filters)
+
+    def history_read(
+        self, message: AgentHistoryMessage, owner: str | None, filt: Filter, page: HistoryPage
+    ) -> list[Action]:
+        """The ack of ``agent:history``: the page's events ``filt`` accepts, if this user may
+        see the agent. ``owner`` is the registry's (None once the registry forgot the agent:
+        then the owner its events name, for a transcript outlives the registry's record)."""
+        p = message.payload
+        if owner is None:
+            owner = next((o for e in page.events if (o := owner_of(e.tags))), None)
+        if owner is None:
+            raise TeamdashError(ErrorCode.AGENT_NOT_FOUND, f"agent {p.agentId!r} not found")
+        if not self.may_see(owner):
+            raise TeamdashError(
+                ErrorCode.INSUFFICIENT_PERMISSIONS, f"agent {p.agentId!r} belongs to another user"
+            )
+        head = page.head or Position(0, None)
+        result: dict[str, Any] = {
+            "next": page.next,
+            "prev": page.prev,
+            "position": StreamPosition(offset=head.offset, epoch=head.epoch).model_dump(
+                exclude_none=True
+            ),
+            "missed": page.missed(p.after) if p.before is None or p.after is not None else 0,
+        }
+        events = [e.data for e in page.events if filt.accepts(e.tags)]
+        return [SendFrames([ack_with_events(message.id, result, events)])]
+
     def agent_created(
         self, message: CreateAgentMessage, agent_id: str, result: dict[str, Any]
     ) -> tuple[list[Action], Subscription[C]]:
@@ -850,13 +969,7 @@ class ClientSession(Generic[C]):
         return actions, sub
 
     def followed(self, sub: Subscription[C], replay: Replay | None) -> list[Action]:
-        actions: list[Action] = []
-        if replay is not None:
-            frames = catch_up([sub], [replay.events])
-            if frames:
-                actions.append(SendFrames(frames))
-        actions.append(WriteSession(self._subscriptions_update()))
-        return actions
+        return [*self._caught_up([sub], replay), WriteSession(self._subscriptions_update())]
 
     # -- heartbeat -------------------------------------------------------------------------
     def heartbeat(self, now: float) -> Literal["ping", "close"] | None:

@@ -35,6 +35,7 @@ from gateway.client_session import (
     Audit,
     ClientSession,
     Close,
+    ContinueCatchUp,
     Detach,
     Phase,
     Send,
@@ -46,6 +47,7 @@ from gateway.client_session import (
 from gateway.guard import limit_key
 from gateway.metrics import GatewayMetrics
 from gateway.redis_limits import SharedLimits
+from gateway.router import Subscription, drop_queued
 from gateway.routes import Routes
 from gateway.runners import ControlMessage, RunnerClient
 from gateway.sending import Sender
@@ -55,6 +57,7 @@ from shared.bus import Position, Replay
 from shared.errors import ErrorCode, TeamdashError
 from shared.protocol import (
     AckMessage,
+    AgentHistoryMessage,
     AgentListMessage,
     AuthMessage,
     ClientMessage,
@@ -68,6 +71,7 @@ from shared.protocol import (
 from shared.redis_conn import describe, is_connection_error
 from shared.tasks import OwnedTasks
 from shared.tokens import Identity, TokenVerifier
+from shared.topics import agent_topic
 
 log = logging.getLogger("ws.conn")
 auth_log = logging.getLogger("ws.auth")
@@ -173,6 +177,24 @@ class Connection:
                 self._expiry_timer = self._spawn(self._expiry_watch(action), "expiry")
             elif isinstance(action, WriteSession):
                 await self._write_session(action.update, what="save the session")
+            elif isinstance(action, ContinueCatchUp):
+                self._spawn(self._catch_up(action.subscriptions), "catch-up")
+
+    async def _catch_up(self, group: list[Subscription[ServerConnection]]) -> None:
+        """Page through a transcript for ``group`` (see :class:`ContinueCatchUp`)."""
+        session, bus = self.session, self.parts.routes.bus
+        try:
+            while (cursor := session.catching_up(group)) is not None:
+                await self.ws.drain()  # the client took the previous page
+                drop_queued(group)  # safe before a read: the transcript holds them too
+                replay = await bus.read_since(group[0].topic, cursor, paged=True)
+                await self._carry_out(session.caught_up_page(group, replay))
+        except ConnectionClosed:
+            pass
+        except Exception as e:
+            if not is_connection_error(e):
+                log.exception("connection %s: the catch-up of %s failed", self.id, group[0].topic)
+            await self._carry_out(session.catch_up_failed(group))
 
     def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
         return self.tasks.spawn(coro, f"{what}:{self.id}")
@@ -330,6 +352,8 @@ class Connection:
             owner = session.agent_list_owner(message)
             snapshot = await parts.runners.agent_snapshot(now_ms())
             await self._carry_out(session.agents_listed(message, owner, snapshot))
+        elif isinstance(message, AgentHistoryMessage):
+            await self._carry_out(await self._history(message))
         elif isinstance(message, UnsubscribeMessage):
             await self._carry_out(session.unsubscribe(message))
         elif isinstance(message, AuthMessage):
@@ -344,6 +368,20 @@ class Connection:
         elif isinstance(message, CreateAgentMessage | ControlMessage):
             session.require_control()
             self._spawn(self._agent_request(message), f"{message.type}:{message.id}")
+
+    async def _history(self, message: AgentHistoryMessage) -> list[Action]:
+        p = message.payload
+        filt = self.session.history_filter(message)
+        page = await self.parts.routes.bus.read_history(
+            agent_topic(p.agentId), after=p.after, before=p.before, limit=p.limit
+        )
+        try:
+            owner: str | None = (await self.parts.runners.agent(p.agentId)).owner
+        except TeamdashError as e:
+            if e.code is not ErrorCode.AGENT_NOT_FOUND:
+                raise
+            owner = None
+        return self.session.history_read(message, owner, filt, page)
 
     async def _agent_request(self, message: CreateAgentMessage | ControlMessage) -> None:
         """An agent request in its own task; its outcome becomes the ack."""

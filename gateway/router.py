@@ -273,12 +273,18 @@ def gap_recipients(subscriptions: Iterable[Subscription[C]]) -> list[tuple[C, li
     return list(by_conn.values())
 
 
-def catch_up(group: list[Subscription[C]], replays: Iterable[Iterable[Event]]) -> list[bytes]:
+def catch_up(
+    group: list[Subscription[C]], replays: Iterable[Iterable[Event]], *, more: bool = False
+) -> list[bytes]:
     """The catch-up of catching-up subscriptions of ONE connection on ONE topic: the events
     of every replay read for them, merged with what was queued live meanwhile, each event
     once and in order (by offset), if one subscription of the group wants it and it lies
     after that subscription's cursor. Afterwards the subscriptions are live and their
     cursors at the last event seen.
+
+    ``more``: the replays are one page of a transcript and more pages follow. Only their
+    events are given; the subscriptions go on catching up from the last of them (their
+    queues keep only what is newer).
 
     The caller must write the returned frames to the connection before it awaits anything
     (live events go straight to it from now on)."""
@@ -286,9 +292,10 @@ def catch_up(group: list[Subscription[C]], replays: Iterable[Iterable[Event]]) -
     for replay in replays:
         for event in replay:
             merged.setdefault((event.epoch, event.offset), event)
-    for sub in group:
-        for event in sub.queued:
-            merged.setdefault((event.epoch, event.offset), event)
+    if not more:
+        for sub in group:
+            for event in sub.queued:
+                merged.setdefault((event.epoch, event.offset), event)
     out: list[bytes] = []
     last: Position | None = None
     for key in sorted(merged, key=_order):
@@ -302,11 +309,28 @@ def catch_up(group: list[Subscription[C]], replays: Iterable[Iterable[Event]]) -
                 out.append(metrics_variant(event.data, variant_of(sub.topic, sub.filter)))
                 break
     for sub in group:
+        if more:
+            if last is not None and not _after(sub.cursor, last):
+                sub.cursor = last
+                sub.queued = [e for e in sub.queued if _after(e.position, last)]
+            continue
         sub.queued = []
         sub.catching_up = False
         if last is not None:
             sub.cursor = last
     return out
+
+
+def drop_queued(group: list[Subscription[C]]) -> None:
+    """Forget what the group queued while catching up from a transcript, which holds it
+    too: only safe before the next page is read (that read reaches past all of it)."""
+    for sub in group:
+        sub.queued = []
+
+
+def _after(position: Position | None, than: Position) -> bool:
+    """``position`` lies after ``than`` (another epoch counts as after)."""
+    return position is not None and (position.epoch != than.epoch or position.offset > than.offset)
 
 
 def _order(key: tuple[str | None, int]) -> tuple[str, int]:

@@ -82,7 +82,7 @@ class Routes:
         sub.cursor = since
         route.subscriptions[sub.id] = sub
         try:
-            return await self.bus.read_since(sub.topic, since)
+            return await self.bus.read_since(sub.topic, since, paged=True)
         except BaseException:
             route.subscriptions.pop(sub.id, None)
             await self._drop_if_unused(sub.topic)

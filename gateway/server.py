@@ -39,7 +39,7 @@ from gateway.sending import Sender
 from gateway.sessions import SessionStore
 from gateway.settings import GatewaySettings
 from gateway.static_files import PREFIX, SECURITY_HEADERS, load_static
-from shared.bus import EventBus, PubSubHub, as_text
+from shared.bus import PubSubHub, as_text
 from shared.keys import LOGS_TOPIC, METRICS_TOPIC, Keys
 from shared.metrics_http import watch_tasks
 from shared.protocol import (
@@ -86,12 +86,7 @@ class Gateway:
         )
         self.health = RedisHealth()
         self._check_redis = asyncio.Event()
-        self.bus = EventBus(
-            self.redis,
-            self.keys,
-            maxlen=settings.common.history_size,
-            ttl_s=settings.common.history_ttl_s,
-        )
+        self.bus = settings.common.event_bus(self.redis, self.keys)
         self.hub = PubSubHub(
             settings.common.redis_url,
             self._on_pubsub,

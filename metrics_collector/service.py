@@ -40,7 +40,7 @@ from metrics_collector.alerts import AlertEngine
 from metrics_collector.metrics import CollectorMetrics
 from metrics_collector.sampler import SampleError, Sampler
 from metrics_collector.settings import CollectorSettings
-from shared.bus import LOW_PRIORITY_TAG, EventBus
+from shared.bus import LOW_PRIORITY_TAG
 from shared.keys import LOGS_TOPIC, METRICS_TOPIC, Keys
 from shared.metrics_http import serve_metrics, watch_tasks
 from shared.protocol import (
@@ -123,12 +123,7 @@ class Collector:
         self.settings = settings
         self.redis = redis
         self.keys = Keys(settings.common.redis_prefix)
-        self.bus = EventBus(
-            redis,
-            self.keys,
-            maxlen=settings.common.history_size,
-            ttl_s=settings.common.history_ttl_s,
-        )
+        self.bus = settings.common.event_bus(redis, self.keys)
         self.id = collector_id()
         interval = settings.interval_s
         # The slow part of a sample may use most of a tick, not more, so the schedule holds

@@ -108,6 +108,20 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class TranscriptLimits:
+    """How much of each agent topic's events is kept beyond the replay buffer, in its
+    transcript (``publish.lua``): at most ``max_events`` entries and ``max_bytes`` bytes of
+    them (the oldest go first), for ``retention_s`` after the topic's last event."""
+
+    max_events: int
+    max_bytes: int
+    retention_s: int
+
+    def argument(self) -> str:
+        return f"{self.max_events} {self.max_bytes} {self.retention_s}"
+
+
+@dataclass(frozen=True, slots=True)
 class Replay:
     """The result of :meth:`EventBus.read_since`.
 
@@ -120,6 +134,41 @@ class Replay:
     head: Position | None
     missed: int
     recovered: bool
+    #: More events follow the returned ones (a transcript is read a page at a time): read
+    #: on from the last one.
+    more: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """The result of :meth:`EventBus.read_history`: ``events`` in order; ``head`` the
+    topic's newest position when read (None: nothing published, or all of it expired);
+    ``oldest`` the offset of the oldest event kept (None when none is)."""
+
+    events: list[Event]
+    head: Position | None
+    oldest: int | None
+
+    @property
+    def next(self) -> int | None:
+        """Where the next (newer) page starts (its ``after``); None at the newest event."""
+        if not self.events or self.head is None or self.events[-1].offset >= self.head.offset:
+            return None
+        return self.events[-1].offset
+
+    @property
+    def prev(self) -> int | None:
+        """Where the previous (older) page ends (its ``before``); None at the oldest."""
+        if not self.events or self.oldest is None or self.events[0].offset <= self.oldest:
+            return None
+        return self.events[0].offset
+
+    def missed(self, after: int | None) -> int:
+        """Events between ``after`` (the start if None) and this page no longer kept."""
+        if self.oldest is None:
+            return 0
+        start = self.events[0].offset if self.events else self.oldest
+        return max(0, min(start, self.oldest) - 1 - (after or 0))
 
 
 def _tags_text(tags: Iterable[str]) -> str:
@@ -173,11 +222,14 @@ class EventBus:
         *,
         maxlen: int = REPLAY_LIMIT,
         ttl_s: int = 24 * 3600,
+        transcript: TranscriptLimits | None = None,
     ) -> None:
+        """``transcript``: keep a transcript of every agent topic (None: no transcripts)."""
         self.redis = redis
         self.keys = keys
         self.maxlen = maxlen
         self.ttl_s = ttl_s
+        self.transcript = transcript
         self._script = redis.register_script(_PUBLISH_LUA)
         # Every script call carries (publisher, call number), so that a call redis-py
         # retries after a lost reply is not published twice (publish.lua's call log).
@@ -196,6 +248,10 @@ class EventBus:
         while i < total:
             topic = items[i][0]
             keys = [self.keys.topic_stream(topic), self.keys.topic_meta(topic), self._calls_key]
+            limits = ""
+            if self.transcript is not None and topics.agent_of_topic(topic) is not None:
+                keys.append(self.keys.transcript(topic))
+                limits = self.transcript.argument()
             topic_end = b'"topic":' + orjson.dumps(topic)
             end = min(total, i + MAX_EVENTS_PER_CALL)
             events: list[bytes] = []
@@ -232,6 +288,7 @@ class EventBus:
                 len(runs) // 2,
                 next(self._call_numbers),
                 *runs,
+                limits,
                 *events,
             ]
             calls.append((keys, argv, len(events)))
@@ -289,8 +346,19 @@ class EventBus:
             return Position(0, None)
         return Position(int(offset or 0), as_text(epoch))
 
-    async def read_since(self, topic: str, since: Position, *, limit: int = REPLAY_LIMIT) -> Replay:
-        """Events after ``since``, oldest first, at most the ``limit`` newest.
+    def _transcript_of(self, topic: str) -> str | None:
+        """The transcript stream of ``topic`` (None: the topic has none)."""
+        if self.transcript is None or topics.agent_of_topic(topic) is None:
+            return None
+        return self.keys.transcript(topic)
+
+    async def read_since(
+        self, topic: str, since: Position, *, limit: int = REPLAY_LIMIT, paged: bool = False
+    ) -> Replay:
+        """Events after ``since``, oldest first, at most the ``limit`` newest (``missed``
+        counts those before them). ``paged``: from a topic with a transcript, the next
+        ``limit`` after ``since`` instead (``more`` when others follow: read on from the
+        last one).
 
         A ``since`` with no epoch (the reader subscribed before the topic had any event)
         accepts the current epoch from its start."""
@@ -301,6 +369,25 @@ class EventBus:
         after = 0 if epoch_changed else since.offset
         if head.offset <= after:
             return Replay([], head, 0, not epoch_changed)
+        transcript = self._transcript_of(topic) if paged else None
+        if transcript is not None:
+            entries = await self.redis.xrange(
+                transcript, min=f"{after + 1}-0", max="+", count=limit
+            )
+            if entries and _offset_of(entries[0][0]) == after + 1:
+                # Complete from ``since`` on (else the transcript lost some, or began
+                # later than the replay buffer: the buffer may hold more, see below).
+                events = [_parse_entry(topic, head.epoch, eid, f) for eid, f in entries]
+                more = len(events) == limit and events[-1].offset < head.offset
+                return Replay(events, head, 0, not epoch_changed, more)
+            if entries:
+                first = _offset_of(entries[0][0])
+                oldest = await self.redis.xrange(self.keys.topic_stream(topic), count=1)
+                if not oldest or _offset_of(oldest[0][0]) >= first:
+                    events = [_parse_entry(topic, head.epoch, eid, f) for eid, f in entries]
+                    more = len(events) == limit and events[-1].offset < head.offset
+                    missed = first - 1 - after
+                    return Replay(events, head, missed, False, more)
         start = max(after, head.offset - limit)
         entries = await self.redis.xrange(
             self.keys.topic_stream(topic), min=f"{start + 1}-0", max="+", count=limit
@@ -309,6 +396,42 @@ class EventBus:
         first = events[0].offset if events else head.offset + 1
         missed = max(0, first - 1 - after)
         return Replay(events, head, missed, missed == 0 and not epoch_changed)
+
+    async def read_history(
+        self, topic: str, *, after: int | None, before: int | None, limit: int
+    ) -> HistoryPage:
+        """One page of ``topic``'s past events, oldest first: its transcript if it has one,
+        else its replay buffer. At most ``limit`` events after ``after`` (from the oldest
+        kept if None) and before ``before``; with ``before`` and no ``after``, the newest
+        ``limit`` of those before it."""
+        key = self._transcript_of(topic) or self.keys.topic_stream(topic)
+        low = f"{after + 1}-0" if after is not None else "-"
+        high = f"{before - 1}-0" if before is not None else "+"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.keys.topic_meta(topic), "epoch", "offset")
+            pipe.xrange(key, count=1)
+            if before is not None and after is None:
+                pipe.xrevrange(key, max=high, min=low, count=limit)
+            else:
+                pipe.xrange(key, min=low, max=high, count=limit)
+            (epoch, offset), oldest, entries = await pipe.execute()
+        if epoch is None or (before is not None and before <= 1):
+            return HistoryPage([], None if epoch is None else _head(epoch, offset), None)
+        if before is not None and after is None:
+            entries.reverse()
+        text = as_text(epoch)
+        events = [_parse_entry(topic, text, eid, fields) for eid, fields in entries]
+        first = _offset_of(oldest[0][0]) if oldest else None
+        return HistoryPage(events, _head(epoch, offset), first)
+
+
+def _offset_of(entry_id: Any) -> int:
+    """The offset of a stream entry id (``b"{offset}-0"``)."""
+    return int(as_text(entry_id).split("-", 1)[0])
+
+
+def _head(epoch: Any, offset: Any) -> Position:
+    return Position(int(offset or 0), as_text(epoch))
 
 
 def as_text(value: Any) -> str:

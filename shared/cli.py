@@ -22,7 +22,7 @@ from shared.settings import PREFIX, CommonSettings, ConfigError, Env, unknown_va
 from shared.topics import ALERT_CATEGORY_ORDER, ALERT_LEVEL_ORDER
 
 if TYPE_CHECKING:
-    from shared.client import DashboardClient, DashboardEvent, StateChange
+    from shared.client import DashboardClient, DashboardEvent, StateChange, Subscription
     from shared.protocol import (
         AgentInfo,
         AgentOutputPayload,
@@ -648,40 +648,86 @@ async def _agent_control(
     return 0
 
 
-async def _agent_tail(
-    client: DashboardClient, args: argparse.Namespace, progress: _Progress
-) -> int:
+def _show_event(event: DashboardEvent, agent_id: str, progress: _Progress) -> int | None:
+    """Print one event of an agent's topic (``agent tail``, ``agent logs``): output to
+    stdout or stderr, statuses and errors to stderr. The exit code when it is the agent's
+    final status, else None."""
     from shared.protocol import AgentErrorMessage, AgentOutputMessage, AgentStatusMessage
 
-    sub = await client.subscribe_agent(args.agent_id)
-    progress.say(f"tailing agent {args.agent_id} (Ctrl-C to stop)…")
-    chunks = 0
+    if isinstance(event, AgentOutputMessage):
+        out = sys.stderr if event.payload.stream == "stderr" else sys.stdout
+        out.write(format_output(event.payload))
+        out.flush()
+    elif isinstance(event, AgentStatusMessage):
+        state = event.payload.status
+        progress.say(f"agent {state}")
+        d = event.payload.details
+        # A final status is printed even with --quiet: a script learns why the agent
+        # ended (``stopped (runner-stopped)`` when the stack stops).
+        if state == "crashed":
+            why = f" ({d.reason or ''} exit code {d.exitCode} signal {d.signal})" if d else ""
+            print(f"teamdash: agent {agent_id} crashed{why}", file=sys.stderr)
+            return 1
+        if state == "stopped":
+            why = f" ({d.reason})" if d is not None and d.reason else ""
+            print(f"teamdash: agent {agent_id} stopped{why}", file=sys.stderr)
+            return 0
+    elif isinstance(event, AgentErrorMessage):
+        e = event.payload.error
+        print(f"teamdash: agent error {e.code}: {e.message}", file=sys.stderr, flush=True)
+    return None
+
+
+async def _follow(
+    sub: Subscription, args: argparse.Namespace, progress: _Progress, chunks: int = 0
+) -> int:
+    """Print ``sub``'s events until the agent ends (or ``--count`` output events)."""
+    from shared.protocol import AgentOutputMessage
+
     async for event in sub:
+        code = _show_event(event, args.agent_id, progress)
+        if code is not None:
+            return code
         if isinstance(event, AgentOutputMessage):
-            out = sys.stderr if event.payload.stream == "stderr" else sys.stdout
-            out.write(format_output(event.payload))
-            out.flush()
             chunks += 1
             if args.count and chunks >= args.count:
                 return 0
-        elif isinstance(event, AgentStatusMessage):
-            state = event.payload.status
-            progress.say(f"agent {state}")
-            d = event.payload.details
-            # A final status ends the tail, and is printed even with --quiet: a script
-            # learns why the agent ended (``stopped (runner-stopped)`` when the stack stops).
-            if state == "crashed":
-                why = f" ({d.reason or ''} exit code {d.exitCode} signal {d.signal})" if d else ""
-                print(f"teamdash: agent {args.agent_id} crashed{why}", file=sys.stderr)
-                return 1
-            if state == "stopped":
-                why = f" ({d.reason})" if d is not None and d.reason else ""
-                print(f"teamdash: agent {args.agent_id} stopped{why}", file=sys.stderr)
-                return 0
-        elif isinstance(event, AgentErrorMessage):
-            e = event.payload.error
-            print(f"teamdash: agent error {e.code}: {e.message}", file=sys.stderr, flush=True)
     return 0
+
+
+async def _agent_tail(
+    client: DashboardClient, args: argparse.Namespace, progress: _Progress
+) -> int:
+    sub = await client.subscribe_agent(args.agent_id)
+    progress.say(f"tailing agent {args.agent_id} (Ctrl-C to stop)…")
+    return await _follow(sub, args, progress)
+
+
+async def _agent_logs(
+    client: DashboardClient, args: argparse.Namespace, progress: _Progress
+) -> int:
+    """Everything the agent printed (its transcript, a page at a time); ``--follow``: then
+    live from where the history ended, until the agent ends."""
+    from shared.protocol import StreamPosition
+
+    position: StreamPosition | None = None
+    ended: int | None = None
+    async for page in client.history(args.agent_id, page_size=args.page_size):
+        if page.missed:
+            print(
+                f"teamdash: {page.missed} earlier events are no longer kept",
+                file=sys.stderr,
+                flush=True,
+            )
+        for event in page.events:
+            code = _show_event(event, args.agent_id, progress)
+            ended = code if code is not None else ended
+        position = page.position
+    if not args.follow or ended is not None:
+        return ended or 0
+    sub = await client.subscribe_agent(args.agent_id, since=position)
+    progress.say(f"following agent {args.agent_id} (Ctrl-C to stop)…")
+    return await _follow(sub, args, progress)
 
 
 async def _metrics_watch(
@@ -822,6 +868,15 @@ def _add_client_commands(sub: Any) -> None:
         if action == "terminate":
             c.add_argument("--force", action="store_true", help="SIGKILL at once, no grace period")
         c.set_defaults(func=_client_command(_agent_control), action=action, force=False)
+    c = verbs.add_parser(
+        "logs",
+        parents=[common, counted],
+        help="print everything an agent printed (its transcript); --follow: then live",
+    )
+    c.add_argument("agent_id", metavar="ID")
+    c.add_argument("-f", "--follow", action="store_true", help="go on live until it stops")
+    c.add_argument("--page-size", type=int, default=1000, help="events per request (1-1000)")
+    c.set_defaults(func=_client_command(_agent_logs))
     c = verbs.add_parser(
         "tail",
         parents=[common, counted],

@@ -46,7 +46,7 @@ import logging
 import random as _random
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeAlias, TypeVar
@@ -64,6 +64,10 @@ from shared.protocol import (
     AgentControlMessage,
     AgentCreatedMessage,
     AgentErrorMessage,
+    AgentEventFilter,
+    AgentHistoryMessage,
+    AgentHistoryPayload,
+    AgentHistoryResult,
     AgentListMessage,
     AgentListPayload,
     AgentListResult,
@@ -797,6 +801,48 @@ class DashboardClient:
         )
         result = await self.request(AgentListMessage(type="agent:list", payload=payload))
         return AgentListResult.model_validate(result)
+
+    async def agent_history(
+        self,
+        agent_id: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+        filters: Sequence[AgentEventFilter] | None = None,
+    ) -> AgentHistoryResult:
+        """One page of an agent's past events (``agent:history``), oldest first: after
+        ``after`` (the previous page's ``next``; None: from the oldest kept) and before
+        ``before`` (a page's ``prev``, to scroll back; alone: the newest ``limit`` before
+        it). ``result.missed`` counts events the transcript no longer keeps. To go on live,
+        subscribe with ``since`` = the last page's ``position``."""
+        payload = _build(
+            AgentHistoryPayload,
+            agentId=agent_id,
+            after=after,
+            before=before,
+            limit=limit,
+            filters=list(filters) if filters else None,
+        )
+        result = await self.request(AgentHistoryMessage(type="agent:history", payload=payload))
+        return AgentHistoryResult.model_validate(result)
+
+    async def history(
+        self,
+        agent_id: str,
+        *,
+        after: int | None = None,
+        page_size: int = 1000,
+        filters: Sequence[AgentEventFilter] | None = None,
+    ) -> AsyncIterator[AgentHistoryResult]:
+        """Every page of an agent's history from ``after`` on, up to its newest event when
+        the last page was read (that page's ``position``: subscribe ``since`` it to go on)."""
+        while True:
+            page = await self.agent_history(agent_id, after=after, limit=page_size, filters=filters)
+            yield page
+            if page.next is None:
+                return
+            after = page.next
 
     async def subscribe_agent(
         self,

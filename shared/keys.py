@@ -40,6 +40,12 @@ class Keys:
     def topic_meta(self, topic: str) -> str:
         return f"{self.prefix}:meta:{topic}"
 
+    def transcript(self, topic: str) -> str:
+        """Stream: an agent topic's durable transcript, the same entries as its stream
+        (``{offset}-0``, fields ``d`` and ``t``) kept up to the transcript limits
+        (``publish.lua``); read by ``agent:history``."""
+        return f"{self.prefix}:transcript:{topic}"
+
     def publish_calls(self, publisher: str) -> str:
         """Hash: topic stream → one publisher's recent publish calls (``publish.lua``
         answers a retried call from it instead of publishing twice); expires after 10 min."""

@@ -978,6 +978,15 @@ def encode(message: WSMessage) -> bytes:
     return message.__pydantic_serializer__.to_json(message, exclude_none=True)
 
 
+def ack_with_events(message_id: str, result: dict[str, Any], events: list[bytes]) -> bytes:
+    """The bytes of a success ``ack`` whose ``result`` is ``events`` (encoded events, as
+    stored: spliced in, never decoded or re-encoded) followed by ``result``'s fields."""
+    frame = encode(ack(message_id, result={"events": [], **result}))
+    head, found, tail = frame.partition(b'"result":{"events":[]')
+    assert found, "an ack's result is serialised in order"
+    return b"".join((head, b'"result":{"events":[', b",".join(events), b"]", tail))
+
+
 def ack(
     message_id: str,
     *,

@@ -15,6 +15,14 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shared.bus import EventBus, TranscriptLimits
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from shared.keys import Keys
 
 
 class ConfigError(ValueError):
@@ -98,6 +106,17 @@ def default_state_dir(env: Env) -> Path:
     return base / "teamdash"
 
 
+def _transcript_limits(env: Env) -> TranscriptLimits | None:
+    max_events = env.int("TEAMDASH_TRANSCRIPT_MAX_EVENTS", 200_000, min=0)
+    if max_events == 0:
+        return None
+    return TranscriptLimits(
+        max_events=max_events,
+        max_bytes=env.int("TEAMDASH_TRANSCRIPT_MAX_BYTES", 64 * 1024 * 1024, min=1024),
+        retention_s=env.int("TEAMDASH_TRANSCRIPT_RETENTION_S", 7 * 24 * 3600, min=1),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class CommonSettings:
     """Settings every service shares."""
@@ -108,6 +127,8 @@ class CommonSettings:
     history_ttl_s: int
     #: Events kept per topic stream (the replay buffer; at least 1000 for the spec).
     history_size: int
+    #: Each agent's transcript (``agent:history``); None when transcripts are off.
+    transcript: TranscriptLimits | None
     #: ``DEBUG`` namespaces, e.g. ``ws:*`` or ``ws:auth,ws:conn``.
     debug: str | None
     #: ``text`` (default) or ``json``.
@@ -126,10 +147,22 @@ class CommonSettings:
             redis_prefix=env.str("TEAMDASH_REDIS_PREFIX", "td"),
             history_ttl_s=env.int("TEAMDASH_HISTORY_TTL_S", 24 * 3600, min=1),
             history_size=env.int("TEAMDASH_HISTORY_SIZE", 1000, min=1),
+            transcript=_transcript_limits(env),
             debug=env.opt_str("DEBUG"),
             log_format=log_format,
             state_dir=default_state_dir(env),
             metrics_host=env.str("TEAMDASH_METRICS_HOST", "127.0.0.1"),
+        )
+
+    def event_bus(self, redis: aioredis.Redis, keys: Keys) -> EventBus:
+        """The event bus every service publishes with: these replay-buffer and transcript
+        limits (a transcript written by one service is trimmed by the same rules by all)."""
+        return EventBus(
+            redis,
+            keys,
+            maxlen=self.history_size,
+            ttl_s=self.history_ttl_s,
+            transcript=self.transcript,
         )
 
 

@@ -62,6 +62,14 @@ def user_tag(owner: str) -> str:
     return USER_TAG_PREFIX + owner
 
 
+def owner_of(tags: tuple[str, ...]) -> str | None:
+    """The owner an event's tags name (:func:`user_tag`), if any."""
+    for tag in tags:
+        if tag.startswith(USER_TAG_PREFIX):
+            return tag[len(USER_TAG_PREFIX) :]
+    return None
+
+
 def subscription_kind(value: str) -> SubscriptionKind | None:
     """``value`` as a :data:`SubscriptionKind` (a stored session's), or None if unknown."""
     for kind in SUBSCRIPTION_KINDS:
