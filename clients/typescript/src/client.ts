@@ -556,8 +556,13 @@ export class DashboardWebSocket {
    * events exactly as a subscriber got them. `after` a page's `next` reads the newer page,
    * `before` its `prev` the older one; `missed` counts events the transcript no longer
    * keeps. Subscribe `since` the page's `position` to go on live. */
-  agentHistory(payload: AgentHistoryPayload): Promise<AgentHistoryResult> {
-    return this.request("agent:history", payload);
+  async agentHistory(payload: AgentHistoryPayload): Promise<AgentHistoryResult> {
+    const page = await this.request("agent:history", payload);
+    // The gateway sends an absent `next`/`prev` as null (the schema says absent): as absent,
+    // or a page loop would send `before: null` — read from the oldest — forever.
+    if (page.next == null) delete page.next;
+    if (page.prev == null) delete page.prev;
+    return page;
   }
 
   /** Pages of an agent's history (`for await … of`): `backward` from the newest page (or

@@ -9,6 +9,8 @@ import {
   DashboardError,
   DashboardWebSocket,
   ErrorCode,
+  NEWEST,
+  type AgentHistoryResult,
   type DashboardEvent,
   type DashboardOptions,
   type StateEvent,
@@ -198,6 +200,65 @@ describe("the agent list", () => {
     assert.ok(offsets.every((o) => o > position.offset), "nothing the list already reflected");
     assert.ok(events.some((e) => e.type === "agent:created" && e.payload.agentId === later.agentId));
     assert.ok(!events.some((e) => e.type === "agent:created" && e.payload.agentId === before.agentId));
+  });
+});
+
+describe("an agent's history", () => {
+  it("history, then subscribe since its position, then scroll back: every line exactly once", async () => {
+    const c = client({ token: await stack.mintToken("ts-history", ["operator"]) });
+    await c.connect();
+    const { agentId } = await c.createAgent({ name: "ticker", model: "ticker", workspace: "history" });
+    // While the agent prints (and printed some before its newest page): its newest page, then
+    // live from the page's position.
+    let newest: AgentHistoryResult;
+    do {
+      newest = await c.agentHistory({ agentId, before: NEWEST, limit: 100 });
+    } while (newest.prev === undefined || newest.prev < 30);
+    assert.equal(newest.events.length, 100);
+    assert.equal(newest.next, undefined, "the newest page");
+    const live: DashboardEvent[] = [];
+    const sub = await c.subscribeAgent({ agentId, since: newest.position, onEvent: (e) => live.push(e) });
+    assert.equal(sub.recovered, true);
+    await waitFor(() => ticks(live).stopped, "the ticker to finish", t(60_000));
+    // Then back from the page before it, to the oldest event kept.
+    const older: DashboardEvent[][] = [];
+    for await (const page of c.historyPages({ agentId, before: newest.prev, limit: 10 })) older.unshift(page.events);
+    assert.ok(older.length >= 2, `${older.length} older pages`);
+    const all = [...older.flat(), ...newest.events, ...live];
+    assert.deepEqual(ticks(all).ticks, Array.from({ length: 3000 }, (_, i) => i + 1), "every line exactly once, in order");
+    const offsets = all.map((e) => e.metadata?.offset);
+    assert.deepEqual(offsets, Array.from({ length: all.length }, (_, i) => i + 1), "every event of the topic once, in order");
+
+    // Forward from the oldest: the same events, the last page at the newest.
+    const forward = [];
+    for await (const page of c.historyPages({ agentId, limit: 1000 }, "forward")) forward.push(page);
+    assert.deepEqual(forward.flatMap((p) => p.events.map((e) => e.metadata?.offset)), offsets);
+    assert.equal(forward.at(-1)?.next, undefined);
+    assert.equal(forward.at(-1)?.position.offset, offsets.length);
+    // Filtered: a page holds the matching events of `limit` read, so follow `next`.
+    const statuses = [];
+    for await (const page of c.historyPages({ agentId, limit: 1000, filters: ["status"] }, "forward")) statuses.push(...page.events);
+    assert.deepEqual(
+      statuses.map((e) => (e.type === "agent:status" ? e.payload.status : e.type)),
+      ["starting", "running", "stopped"],
+      "only the events the filter names",
+    );
+  });
+
+  it("refuses an unknown agent and another operator's agent with the spec's codes", async () => {
+    const alice = client({ token: await stack.mintToken("ts-alice", ["operator"]) });
+    const bob = client({ token: await stack.mintToken("ts-bob", ["operator"]) });
+    await Promise.all([alice.connect(), bob.connect()]);
+    const { agentId } = await alice.createAgent({ name: "mine", model: "echo", workspace: "mine" });
+    await assert.rejects(
+      bob.agentHistory({ agentId }),
+      (e: unknown) => e instanceof DashboardError && e.code === ErrorCode.INSUFFICIENT_PERMISSIONS,
+    );
+    await assert.rejects(
+      bob.agentHistory({ agentId: "no-such-agent" }),
+      (e: unknown) => e instanceof DashboardError && e.code === ErrorCode.AGENT_NOT_FOUND,
+    );
+    await alice.terminate(agentId, { force: true });
   });
 });
 
