@@ -4,10 +4,15 @@
 import {
   DashboardError,
   DashboardWebSocket,
+  positionOf,
+  SeenWindow,
+  type AgentHistoryResult,
+  type AgentInfo,
   type AgentSubscriptionEvent,
   type LogsSubscriptionEvent,
   type MetricsSubscriptionEvent,
   type StateEvent,
+  type StreamPosition,
   type Subscription,
   type SubscriptionGapMessage,
 } from "../src/index.js";
@@ -15,6 +20,11 @@ import {
 const TOKEN_KEY = "teamdash.token";
 const CHART_POINTS = 60;
 const FLUSH_MS = 50;
+/** Events per history page (the newest one when a pane opens, then one per scroll-back). */
+const HISTORY_PAGE = 200;
+/** Scrolled this close to the top of a pane, its previous history page is loaded. */
+const SCROLL_BACK_PX = 40;
+const ENDED: ReadonlySet<string> = new Set(["stopped", "crashed"]);
 
 function $(id: string): HTMLElement {
   const el = document.getElementById(id);
@@ -45,21 +55,44 @@ function takeFragment(): { token: string | null; wsPath: string } {
   return { token: token ?? sessionStorage.getItem(TOKEN_KEY), wsPath: params.get("ws") ?? "/ws" };
 }
 
-interface AgentRow {
+/** A plain-output line, and its stream. */
+interface OpenLine {
+  stream: string;
+  line: HTMLElement;
+}
+
+/** Where rendering plain output stands: the last line when its chunk did not end with a
+ * newline (the next chunk goes on with it). */
+interface LineState {
+  partial: OpenLine | undefined;
+}
+
+interface AgentRow extends LineState {
   name: string;
   status: string;
   item: HTMLElement;
   output: HTMLElement | undefined;
   subscription: Subscription<AgentSubscriptionEvent> | undefined;
-  /** The last plain-output line when its chunk did not end with a newline. */
-  partial: { stream: string; line: HTMLElement } | undefined;
+  /** The (epoch, offset) of every event shown in the pane: the history page and the
+   * subscription's catch-up could both hold an event, the pane shows it once. */
+  seen: SeenWindow;
+  /** The older history pages, newest first (undefined: none left, or no history). */
+  older: AsyncGenerator<AgentHistoryResult, void, undefined> | undefined;
+  loading: boolean;
+  /** The first line of the oldest page shown, when it began with plain output: an older
+   * page whose last chunk ended mid-line goes on with it. */
+  head: OpenLine | undefined;
 }
 
 class Dashboard {
   private readonly agents = new Map<string, AgentRow>();
   private selected: string | undefined;
+  private lifecycle: Subscription<AgentSubscriptionEvent> | undefined;
   private readonly series = { cpu: [] as number[], memory: [] as number[] };
   private readonly alertCounts = new Map<string, number>();
+  /** Permission prompts shown, by request id, and the requests already answered. */
+  private readonly prompts = new Map<string, HTMLElement>();
+  private readonly answered = new Set<string>();
   private readonly pending = new Map<HTMLElement, HTMLElement[]>();
   private flushTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -71,10 +104,7 @@ class Dashboard {
     $("signin").hidden = true;
     $("main").hidden = false;
     this.wireForms();
-    // Issue #14 seam: when `agent:list` lands, fill `this.agents` from it here (and
-    // `agent:history` gives each output pane its scroll-back). Until then the list is
-    // what the `agents` lifecycle subscription reports plus the agents created here.
-    await this.client.subscribeAgent({ onEvent: (event) => this.onLifecycle(event) });
+    await this.watchAgents();
     await this.client.subscribeMetrics({ filters: ["system"], onEvent: (event) => this.onMetrics(event) });
     await this.client.subscribeLogs({ onEvent: (event) => this.onAlert(event) });
   }
@@ -94,10 +124,14 @@ class Dashboard {
     } else if (event.state === "missed") {
       line += `: ${event.reason}${event.missed !== undefined ? `, ${event.missed} events` : ""}${event.topic !== undefined ? ` on ${event.topic}` : ""}`;
       // A gap on one topic reaches its pane as `subscription:gap`; a resume that could not
-      // replay everything concerns every pane.
-      if (event.topic === undefined) {
-        for (const row of this.agents.values()) this.queue(row, [el("div", "line error gap", `events missed (${line})`)]);
+      // replay everything concerns every pane, a catch-up `since` that could not its own.
+      for (const [id, row] of this.agents) {
+        if (event.topic === undefined || (event.reason === "not-recovered" && event.topic === `agent:${id}`)) {
+          this.queue(row, [el("div", "line error gap", `events missed (${line})`)]);
+        }
       }
+      // Lifecycle events were lost: the list is read again.
+      if (event.topic === undefined || event.topic === "agents") this.act(this.watchAgents());
     } else if (event.state === "failed") {
       line += `: ${event.error.message}`;
     }
@@ -106,6 +140,26 @@ class Dashboard {
   }
 
   // -- agents ---------------------------------------------------------------------------
+  /** The list, then the `agents` lifecycle topic since the list's position: every change
+   * after the list exactly once (one the list already shows is applied again, harmlessly).
+   * Called again when lifecycle events were lost: the new subscription replaces the old. */
+  private async watchAgents(): Promise<void> {
+    const old = this.lifecycle;
+    const { position } = await this.listAgents();
+    this.lifecycle = await this.client.subscribeAgent({ since: position, onEvent: (event) => this.onLifecycle(event) });
+    if (old?.active === true) await old.unsubscribe();
+  }
+
+  /** Show every agent of `agent:list` (ended ones too), all pages; resolves with the list. */
+  private async listAgents(): Promise<{ agents: AgentInfo[]; position: StreamPosition }> {
+    const list = await this.client.listAllAgents({ includeEnded: true });
+    for (const agent of list.agents) {
+      this.agentRow(agent.agentId, agent.name);
+      this.setStatus(agent.agentId, agent.status);
+    }
+    return list;
+  }
+
   private onLifecycle(event: AgentSubscriptionEvent | SubscriptionGapMessage): void {
     if (event.type === "agent:created") this.agentRow(event.payload.agentId, event.payload.name);
     else if (event.type === "agent:status") this.setStatus(event.payload.agentId, event.payload.status);
@@ -119,7 +173,18 @@ class Dashboard {
       item.append(el("span", "status", ""));
       item.addEventListener("click", () => void this.select(agentId));
       $("agents").append(item);
-      row = { name, status: "", item, output: undefined, subscription: undefined, partial: undefined };
+      row = {
+        name,
+        status: "",
+        item,
+        output: undefined,
+        subscription: undefined,
+        partial: undefined,
+        seen: new SeenWindow(),
+        older: undefined,
+        loading: false,
+        head: undefined,
+      };
       this.agents.set(agentId, row);
     }
     return row;
@@ -128,6 +193,8 @@ class Dashboard {
   private setStatus(agentId: string, status: string): void {
     const row = this.agentRow(agentId, agentId);
     row.status = status;
+    row.item.dataset.status = status;
+    row.item.classList.toggle("ended", ENDED.has(status));
     const badge = row.item.querySelector(".status");
     if (badge !== null) badge.textContent = status;
   }
@@ -141,18 +208,110 @@ class Dashboard {
       if (other.output !== undefined) other.output.hidden = id !== agentId;
     }
     $("output-title").textContent = `Output: ${row.name}`;
-    if (row.output === undefined) {
-      const output = el("div", "output", "");
-      output.dataset.agent = agentId;
-      $("outputs").append(output);
-      row.output = output;
-      row.subscription = await this.client.subscribeAgent({ agentId, onEvent: (event) => this.render(row, event) });
+    if (row.output === undefined) await this.openPane(agentId, row);
+  }
+
+  /** A new output pane: the newest history page, then the subscription since its
+   * position, so every line is shown once whatever happens in between; scrolling to the
+   * top loads the page before. */
+  private async openPane(agentId: string, row: AgentRow): Promise<void> {
+    const output = el("div", "output", "");
+    output.dataset.agent = agentId;
+    const older = el("button", "older", "earlier output") as HTMLButtonElement;
+    older.type = "button";
+    older.hidden = true;
+    older.addEventListener("click", () => void this.scrollBack(row));
+    output.append(older);
+    output.addEventListener("scroll", () => {
+      if (output.scrollTop < SCROLL_BACK_PX) void this.scrollBack(row);
+    });
+    $("outputs").append(output);
+    row.output = output;
+    const pages = this.client.historyPages({ agentId, limit: HISTORY_PAGE });
+    let since: StreamPosition | undefined;
+    try {
+      const first = await pages.next();
+      if (!first.done) {
+        since = first.value.position;
+        output.append(...this.historyLines(row, first.value, row, true));
+        if (first.value.prev !== undefined) row.older = pages;
+        else older.after(historyStart());
+      }
+    } catch (e) {
+      output.append(el("div", "line error", `no history: ${describe(e)}`));
     }
+    older.hidden = row.older === undefined;
+    output.scrollTop = output.scrollHeight;
+    row.subscription = await this.client.subscribeAgent({
+      agentId,
+      ...(since !== undefined ? { since } : {}),
+      onEvent: (event) => this.render(row, event),
+    });
+  }
+
+  /** Prepend the previous history page to the pane, keeping what is in view in place. */
+  private async scrollBack(row: AgentRow): Promise<void> {
+    const output = row.output;
+    if (row.loading || row.older === undefined || output === undefined) return;
+    row.loading = true;
+    const older = output.querySelector(".older") as HTMLElement;
+    try {
+      const page = await row.older.next();
+      if (page.done || page.value.prev === undefined) row.older = undefined;
+      const lines: HTMLElement[] = [];
+      if (!page.done) {
+        const state: LineState = { partial: undefined };
+        const head = row.head;
+        lines.push(...this.historyLines(row, page.value, state, false));
+        // The page's last chunk ended mid-line: the line goes on in the first one shown.
+        if (state.partial !== undefined && head !== undefined && head.stream === state.partial.stream) {
+          state.partial.line.textContent += head.line.textContent ?? "";
+          head.line.remove();
+        }
+      }
+      if (row.older === undefined) lines.unshift(historyStart());
+      const height = output.scrollHeight;
+      older.after(...lines);
+      output.scrollTop += output.scrollHeight - height;
+    } catch (e) {
+      older.after(el("div", "line error", `no earlier history: ${describe(e)}`));
+      row.older = undefined;
+    } finally {
+      row.loading = false;
+      older.hidden = row.older === undefined;
+    }
+  }
+
+  /** The readable lines of a history page (oldest first), rendered with `state`; its first
+   * plain line becomes the pane's head. The `newest` page's events are marked as shown
+   * (older pages hold only events before everything shown). */
+  private historyLines(row: AgentRow, page: AgentHistoryResult, state: LineState, newest: boolean): HTMLElement[] {
+    const lines: HTMLElement[] = [];
+    row.head = undefined;
+    for (const event of page.events) {
+      const pos = positionOf(event);
+      if (newest && pos !== undefined) row.seen.add(...pos);
+      const open = state.partial;
+      const out = this.line(state, event, false);
+      const produced = out === undefined ? [] : out instanceof HTMLElement ? [out] : out;
+      if (lines.length === 0 && produced.length > 0 && open === undefined && event.type === "agent:output" && event.payload.event === undefined) {
+        row.head = { stream: event.payload.stream, line: produced[0] as HTMLElement };
+      }
+      lines.push(...produced);
+    }
+    if (page.missed > 0) lines.unshift(el("div", "line error gap", `${page.missed} earlier events no longer kept`));
+    return lines;
   }
 
   /** Queue the event's readable lines for its pane. */
   private render(row: AgentRow, event: AgentSubscriptionEvent | SubscriptionGapMessage): void {
-    const line = this.line(row, event);
+    if (event.type === "subscription:gap") {
+      row.seen.reset(event.payload.position);
+    } else {
+      const pos = positionOf(event);
+      if (pos !== undefined && !row.seen.add(...pos)) return; // shown from the history page
+    }
+    const line = this.line(row, event, true);
     if (line !== undefined) this.queue(row, line instanceof HTMLElement ? [line] : line);
   }
 
@@ -180,7 +339,7 @@ class Dashboard {
 
   /** Plain output, one element per line: a chunk may end mid-line, the next one goes on
    * with it. */
-  private rawOutput(row: AgentRow, stream: string, data: string): HTMLElement[] {
+  private rawOutput(row: LineState, stream: string, data: string): HTMLElement[] {
     const parts = data.split("\n");
     const out: HTMLElement[] = [];
     const first = parts.shift() ?? "";
@@ -199,7 +358,8 @@ class Dashboard {
     return out;
   }
 
-  private line(row: AgentRow, event: AgentSubscriptionEvent | SubscriptionGapMessage): HTMLElement | HTMLElement[] | undefined {
+  /** The readable lines of an event; a `live` status also updates the agents list. */
+  private line(row: LineState, event: AgentSubscriptionEvent | SubscriptionGapMessage, live: boolean): HTMLElement | HTMLElement[] | undefined {
     switch (event.type) {
       case "agent:output": {
         const p = event.payload;
@@ -223,6 +383,7 @@ class Dashboard {
           case "permission_request":
             return this.permissionPrompt(p.agentId, e.requestId, e.tool, e.summary);
           case "permission_resolved":
+            this.resolved(e.requestId);
             return el("div", "line notice", `permission ${e.requestId}: ${e.decision}`);
           case "input_request":
             return el("div", "line notice", `waits for input: ${e.prompt} (answer with a command)`);
@@ -233,7 +394,7 @@ class Dashboard {
       case "agent:error":
         return el("div", "line error", `error ${event.payload.error.code}: ${event.payload.error.message}`);
       case "agent:status":
-        this.setStatus(event.payload.agentId, event.payload.status);
+        if (live) this.setStatus(event.payload.agentId, event.payload.status);
         return el("div", "line notice", `status: ${event.payload.status}`);
       case "subscription:gap":
         return el("div", "line error gap", `events missed (${event.payload.reason}${event.payload.missed !== undefined ? `, ${event.payload.missed}` : ""})`);
@@ -243,19 +404,28 @@ class Dashboard {
   }
 
   /** A permission prompt with its answers (`agent:permission`); the buttons are disabled
-   * once one is pressed, and the agent's `permission_resolved` event follows. */
+   * once one is pressed or the request was answered (its `permission_resolved` event). */
   private permissionPrompt(agentId: string, requestId: string, tool: string, summary: string): HTMLElement {
     const line = el("div", "line permission", `${tool} asks for permission: ${summary} `);
+    line.dataset.request = requestId;
     for (const decision of ["allow", "deny"] as const) {
       const button = el("button", `answer ${decision}`, decision) as HTMLButtonElement;
       button.type = "button";
+      button.disabled = this.answered.has(requestId);
       button.addEventListener("click", () => {
-        line.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+        disable(line);
         this.act(this.client.answerPermission(agentId, requestId, decision));
       });
       line.append(button);
     }
+    this.prompts.set(requestId, line);
     return line;
+  }
+
+  private resolved(requestId: string): void {
+    this.answered.add(requestId);
+    const prompt = this.prompts.get(requestId);
+    if (prompt !== undefined) disable(prompt);
   }
 
   private wireForms(): void {
@@ -292,9 +462,7 @@ class Dashboard {
   /** Run a request; its error (with the protocol's code) is shown, never swallowed. */
   private act(request: Promise<unknown>): void {
     this.notice("");
-    request.catch((e: unknown) => {
-      this.notice(e instanceof DashboardError ? `${e.code}: ${e.message}` : String(e));
-    });
+    request.catch((e: unknown) => this.notice(describe(e)));
   }
 
   private notice(text: string): void {
@@ -324,6 +492,22 @@ class Dashboard {
     const item = el("li", `level-${level}`, `${new Date(event.timestamp).toLocaleTimeString()} [${level}/${category}] ${message}`);
     $("alerts").prepend(item);
   }
+}
+
+/** The line above the oldest event the agent's transcript kept. */
+function historyStart(): HTMLElement {
+  return el("div", "line notice history-start", "start of the history kept");
+}
+
+/** An error as the page shows it: the protocol's code first. */
+function describe(e: unknown): string {
+  return e instanceof DashboardError ? `${e.code}: ${e.message}` : String(e);
+}
+
+function disable(prompt: HTMLElement): void {
+  prompt.querySelectorAll("button").forEach((b) => {
+    b.disabled = true;
+  });
 }
 
 function push(series: number[], value: number): void {
@@ -368,7 +552,7 @@ function open(token: string, wsPath: string): void {
   new Dashboard(client).start().catch((e: unknown) => {
     client.close();
     sessionStorage.removeItem(TOKEN_KEY);
-    signIn(wsPath, e instanceof DashboardError ? `${e.code}: ${e.message}` : String(e));
+    signIn(wsPath, describe(e));
   });
 }
 

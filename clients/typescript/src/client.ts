@@ -60,8 +60,11 @@ import {
   type SubscribeAgentPayload,
   type SubscribeLogsPayload,
   type SubscribeMetricsPayload,
-  type AgentListPayload,
   type AgentHistoryPayload,
+  type AgentHistoryResult,
+  type AgentInfo,
+  type AgentListPayload,
+  type AgentListResult,
   type SubscriptionGapMessage,
   type TerminateAgentPayload,
   type TokenRefreshResult,
@@ -72,6 +75,9 @@ import {
 export const MAX_MESSAGE_BYTES = 1024 * 1024;
 /** Positions sent in `auth` at most (the server's limit). */
 export const MAX_POSITIONS = 200;
+/** As `agent:history`'s `before` (with no `after`): an offset past every event, so the page
+ * is the newest one. */
+export const NEWEST = Number.MAX_SAFE_INTEGER;
 /** Events buffered per subscription before its first listener (the oldest are dropped beyond). */
 export const DEFAULT_QUEUE_SIZE = 10_000;
 
@@ -159,9 +165,9 @@ export type StateEvent =
   | { state: "resumed"; status: ConnectionStatusPayload }
   | {
       state: "missed";
-      /** `not-recovered`: the resume could not replay `missed` events; `new-session`: the
-       * session was gone and subscriptions were made again; `events-lost`/`epoch-changed`:
-       * a `subscription:gap` on `topic`. */
+      /** `not-recovered`: the resume (or a subscribe `since`, on `topic`) could not replay
+       * `missed` events; `new-session`: the session was gone and subscriptions were made
+       * again; `events-lost`/`epoch-changed`: a `subscription:gap` on `topic`. */
       reason: "not-recovered" | "new-session" | "events-lost" | "epoch-changed";
       missed?: number;
       topic?: string;
@@ -171,6 +177,15 @@ export type StateEvent =
   | { state: "failed"; error: DashboardError };
 
 type Listener<T> = (value: T) => void;
+
+/** What every `subscribe*` takes. */
+export interface SubscribeOptions<E extends DashboardEvent> {
+  /** Called with every event (and `subscription:gap` notice) of the subscription. */
+  onEvent?: Listener<E | SubscriptionGapMessage>;
+  /** Catch up from this position of the topic (e.g. an `agent:list` or `agent:history`
+   * result's `position`; `{ offset: 0 }`: everything retained) instead of starting live. */
+  since?: StreamPosition;
+}
 type Filter = AgentEventFilter | MetricsFilter | LogsFilter;
 
 interface Pending {
@@ -195,6 +210,11 @@ export class Subscription<E extends DashboardEvent = DashboardEvent> {
   /** Every `subscription:gap` notice this subscription got (also given to listeners). */
   readonly gaps: SubscriptionGapMessage[] = [];
   dropped = 0;
+  /** Made with `since`: the events after it that the server no longer retained (0: none),
+   * and whether the catch-up was complete (`false`: some were missed or the topic's epoch
+   * changed — refetch). Undefined without `since`. */
+  missed: number | undefined;
+  recovered: boolean | undefined;
   private readonly listeners = new Set<Listener<E | SubscriptionGapMessage>>();
   private buffer: (E | SubscriptionGapMessage)[] = [];
   private seen = new SeenWindow();
@@ -514,26 +534,91 @@ export class DashboardWebSocket {
     });
   }
 
+  // -- state: the agent list and an agent's history ------------------------------------
+  /** One page of the agents you may see (`agent:list`), ordered by start time. Pass its
+   * `next` as `after` for the next page; subscribe to the `agents` topic `since` the first
+   * page's `position` to follow every later change (see `listAllAgents`). */
+  listAgents(payload: AgentListPayload = {}): Promise<AgentListResult> {
+    return this.request("agent:list", payload);
+  }
+
+  /** Every page of `agent:list` for `payload`, in order (`for await … of`); each page is
+   * read afresh, with its own `position`. */
+  async *agentPages(payload: AgentListPayload = {}): AsyncGenerator<AgentListResult, void, undefined> {
+    let after = payload.after;
+    do {
+      const page = await this.listAgents({ ...payload, ...(after !== undefined ? { after } : {}) });
+      yield page;
+      after = page.next;
+    } while (after !== undefined);
+  }
+
+  /**
+   * All agents matching `payload` (every page) and the `agents` topic position they
+   * reflect: the first page's, so a change made while later pages were read is not lost.
+   * Then `subscribeAgent({ since: position })` gets every later lifecycle event exactly
+   * once; some may already show in the list — each carries the agent's whole new status,
+   * so applying it again is harmless.
+   */
+  async listAllAgents(payload: Omit<AgentListPayload, "after"> = {}): Promise<{ agents: AgentInfo[]; position: StreamPosition }> {
+    const agents = new Map<string, AgentInfo>();
+    let position: StreamPosition | undefined;
+    for await (const page of this.agentPages(payload)) {
+      position ??= page.position;
+      for (const agent of page.agents) agents.set(agent.agentId, agent);
+    }
+    return { agents: [...agents.values()], position: position as StreamPosition };
+  }
+
+  /** One page of an agent's durable transcript (`agent:history`), oldest event first, the
+   * events exactly as a subscriber got them. `after` a page's `next` reads the newer page,
+   * `before` its `prev` the older one; `missed` counts events the transcript no longer
+   * keeps. Subscribe `since` the page's `position` to go on live. */
+  async agentHistory(payload: AgentHistoryPayload): Promise<AgentHistoryResult> {
+    const page = await this.request("agent:history", payload);
+    // The gateway sends an absent `next`/`prev` as null (the schema says absent): as absent,
+    // or a page loop would send `before: null` — read from the oldest — forever.
+    if (page.next == null) delete page.next;
+    if (page.prev == null) delete page.prev;
+    return page;
+  }
+
+  /** Pages of an agent's history (`for await … of`): `backward` from the newest page (or
+   * from `payload.before`) to the oldest kept, following `prev`; `forward` from the oldest
+   * (or from `payload.after`) to the newest, following `next`. The first page's `position`
+   * is where a subscription goes on live. */
+  async *historyPages(
+    payload: AgentHistoryPayload,
+    direction: "backward" | "forward" = "backward",
+  ): AsyncGenerator<AgentHistoryResult, void, undefined> {
+    const { after, before, ...rest } = payload;
+    const backward = direction === "backward";
+    let cursor = backward ? (before ?? NEWEST) : after;
+    for (;;) {
+      const page = await this.agentHistory({ ...rest, ...(cursor === undefined ? {} : backward ? { before: cursor } : { after: cursor }) });
+      yield page;
+      cursor = backward ? page.prev : page.next;
+      if (cursor === undefined) return;
+    }
+  }
+
   /** With `agentId`: that agent's output, status and errors (topic `agent:{id}`); without:
-   * lifecycle events of every agent you may see (topic `agents`). */
-  subscribeAgent(
-    options: { agentId?: string; filters?: AgentEventFilter[]; onEvent?: Listener<AgentSubscriptionEvent | SubscriptionGapMessage> } = {},
-  ): Promise<Subscription<AgentSubscriptionEvent>> {
-    return this.subscribeKind("agent", options.agentId, options.filters ?? [], options.onEvent);
+   * lifecycle events of every agent you may see (topic `agents`). With `since` (a position
+   * of that topic: an `agent:list` or `agent:history` result's `position`) the subscription
+   * first gets the retained events after it, then live ones: each event after `since`
+   * exactly once (`sub.recovered` says whether the catch-up was complete). */
+  subscribeAgent(options: SubscribeOptions<AgentSubscriptionEvent> & { agentId?: string; filters?: AgentEventFilter[] } = {}): Promise<Subscription<AgentSubscriptionEvent>> {
+    return this.subscribeKind("agent", options.agentId, options.filters ?? [], options);
   }
 
   /** `metrics:update` events (topic `metrics`); `filters`: `system`, `agents`. */
-  subscribeMetrics(
-    options: { filters?: MetricsFilter[]; onEvent?: Listener<MetricsSubscriptionEvent | SubscriptionGapMessage> } = {},
-  ): Promise<Subscription<MetricsSubscriptionEvent>> {
-    return this.subscribeKind("metrics", undefined, options.filters ?? [], options.onEvent);
+  subscribeMetrics(options: SubscribeOptions<MetricsSubscriptionEvent> & { filters?: MetricsFilter[] } = {}): Promise<Subscription<MetricsSubscriptionEvent>> {
+    return this.subscribeKind("metrics", undefined, options.filters ?? [], options);
   }
 
   /** `system:alert` events (topic `logs`); `filters`: levels and/or categories. */
-  subscribeLogs(
-    options: { filters?: LogsFilter[]; onEvent?: Listener<LogsSubscriptionEvent | SubscriptionGapMessage> } = {},
-  ): Promise<Subscription<LogsSubscriptionEvent>> {
-    return this.subscribeKind("logs", undefined, options.filters ?? [], options.onEvent);
+  subscribeLogs(options: SubscribeOptions<LogsSubscriptionEvent> & { filters?: LogsFilter[] } = {}): Promise<Subscription<LogsSubscriptionEvent>> {
+    return this.subscribeKind("logs", undefined, options.filters ?? [], options);
   }
 
   /** Stop a subscription (its listeners get nothing more). */
@@ -669,13 +754,17 @@ export class DashboardWebSocket {
     kind: SubscriptionKind,
     agentId: string | undefined,
     filters: readonly Filter[],
-    onEvent?: Listener<E | SubscriptionGapMessage>,
+    options: SubscribeOptions<E>,
     existing?: Subscription,
   ): Promise<Subscription<E>> {
     let made: Subscription | undefined;
+    // A re-made subscription (new session) never repeats its `since`: what came after it was
+    // delivered already, and would be again.
+    const since = existing === undefined ? options.since : undefined;
     const payload = {
       ...(agentId !== undefined ? { agentId } : {}),
       ...(filters.length > 0 ? { filters: [...filters] } : {}),
+      ...(since !== undefined ? { since } : {}),
     };
     await this.request(`subscribe:${kind}`, payload as RequestPayloads[`subscribe:${typeof kind}`], (result) => {
       const topic = result.topic || expectedTopic(kind, agentId);
@@ -685,17 +774,22 @@ export class DashboardWebSocket {
         made = existing;
       } else {
         made = new Subscription(this, result.subscriptionId, topic, kind, agentId, filters, this.options.queueSize);
-        if (onEvent !== undefined) made.on(onEvent as Listener<DashboardEvent>);
+        made.missed = result.missed;
+        made.recovered = result.recovered;
+        if (options.onEvent !== undefined) made.on(options.onEvent as Listener<DashboardEvent>);
       }
       this.subs.set(made.id, made);
     });
+    if (since !== undefined && made?.recovered === false) {
+      this.notify({ state: "missed", reason: "not-recovered", topic: made.topic, ...(made.missed !== undefined ? { missed: made.missed } : {}) });
+    }
     return made as unknown as Subscription<E>;
   }
 
   private async resubscribe(): Promise<void> {
     for (const sub of [...this.subs.values()]) {
       try {
-        await this.subscribeKind(sub.kind, sub.agentId, sub.filters, undefined, sub);
+        await this.subscribeKind(sub.kind, sub.agentId, sub.filters, {}, sub);
       } catch (e) {
         if (e instanceof ConnectionLostError) return; // the next reconnection tries again
         this.subs.delete(sub.id);

@@ -9,6 +9,8 @@ import {
   DashboardError,
   DashboardWebSocket,
   ErrorCode,
+  NEWEST,
+  type AgentHistoryResult,
   type DashboardEvent,
   type DashboardOptions,
   type StateEvent,
@@ -179,6 +181,118 @@ describe("requests", () => {
     assert.ok(first?.type === "metrics:update");
     assert.ok(first.payload.system !== undefined && first.payload.system.cpu.cores > 0);
     assert.equal(first.payload.agents, undefined);
+  });
+});
+
+describe("the agent list", () => {
+  it("pages through every agent, in the order of a single page", async () => {
+    // An operator lists only their own agents: exactly these three.
+    const c = client({ token: await stack.mintToken("ts-pager", ["operator"]) });
+    await c.connect();
+    const made = [];
+    for (const name of ["list-a", "list-b", "list-c"]) made.push((await c.createAgent({ name, model: "echo", workspace: name })).agentId);
+    const whole = await c.listAgents({ limit: 1000 });
+    assert.equal(whole.next, undefined);
+    assert.equal(whole.total, 3);
+    assert.deepEqual(whole.agents.map((a) => a.agentId), made, "ordered by start time");
+    const pages = [];
+    for await (const page of c.agentPages({ limit: 2 })) pages.push(page);
+    assert.deepEqual(pages.map((p) => p.agents.map((a) => a.agentId)), [made.slice(0, 2), made.slice(2)]);
+    assert.ok(pages[0]?.next !== undefined && pages[1]?.next === undefined);
+    const all = await c.listAllAgents({ limit: 2 });
+    assert.deepEqual(all.agents.map((a) => a.agentId), made);
+    assert.equal(all.position.epoch, pages[0]?.position.epoch);
+    await assert.rejects(
+      c.listAgents({ after: "not-a-next" }),
+      (e: unknown) => e instanceof DashboardError && e.code === ErrorCode.INVALID_MESSAGE,
+    );
+    for (const agentId of made) await c.terminate(agentId, { force: true });
+  });
+
+  it("list, then subscribe since its position: every later change exactly once", async () => {
+    const maker = client({ token: await stack.mintToken("ts-since", ["operator"]) });
+    await maker.connect();
+    const before = await maker.createAgent({ name: "since-old", model: "echo", workspace: "since-old" });
+    const viewer = client();
+    await viewer.connect();
+    const { agents, position } = await viewer.listAllAgents();
+    assert.ok(agents.some((a) => a.agentId === before.agentId));
+    // Changes between the list and the subscription: the catch-up must deliver them.
+    const later = await maker.createAgent({ name: "since-new", model: "echo", workspace: "since-new" });
+    await maker.terminate(before.agentId);
+    const events: DashboardEvent[] = [];
+    const sub = await viewer.subscribeAgent({ since: position, onEvent: (e) => events.push(e) });
+    assert.equal(sub.topic, "agents");
+    assert.equal(sub.recovered, true);
+    assert.equal(sub.missed, 0);
+    // And a live one after the subscription.
+    await maker.terminate(later.agentId);
+    const stopped = (id: string): boolean => events.some((e) => e.type === "agent:status" && e.payload.agentId === id && e.payload.status === "stopped");
+    await waitFor(() => stopped(before.agentId) && stopped(later.agentId), "both agents stopped");
+    const offsets = events.flatMap((e) => (e.type === "subscription:gap" ? [] : [e.metadata?.offset as number]));
+    assert.deepEqual(offsets, [...new Set(offsets)].sort((a, b) => a - b), "each event once, in order");
+    assert.ok(offsets.every((o) => o > position.offset), "nothing the list already reflected");
+    assert.ok(events.some((e) => e.type === "agent:created" && e.payload.agentId === later.agentId));
+    assert.ok(!events.some((e) => e.type === "agent:created" && e.payload.agentId === before.agentId));
+  });
+});
+
+describe("an agent's history", () => {
+  it("history, then subscribe since its position, then scroll back: every line exactly once", async () => {
+    const c = client({ token: await stack.mintToken("ts-history", ["operator"]) });
+    await c.connect();
+    const { agentId } = await c.createAgent({ name: "ticker", model: "ticker", workspace: "history" });
+    // While the agent prints (and printed some before its newest page): its newest page, then
+    // live from the page's position.
+    let newest: AgentHistoryResult;
+    do {
+      newest = await c.agentHistory({ agentId, before: NEWEST, limit: 100 });
+    } while (newest.prev === undefined || newest.prev < 30);
+    assert.equal(newest.events.length, 100);
+    assert.equal(newest.next, undefined, "the newest page");
+    const live: DashboardEvent[] = [];
+    const sub = await c.subscribeAgent({ agentId, since: newest.position, onEvent: (e) => live.push(e) });
+    assert.equal(sub.recovered, true);
+    await waitFor(() => ticks(live).stopped, "the ticker to finish", t(60_000));
+    // Then back from the page before it, to the oldest event kept.
+    const older: DashboardEvent[][] = [];
+    for await (const page of c.historyPages({ agentId, before: newest.prev, limit: 10 })) older.unshift(page.events);
+    assert.ok(older.length >= 2, `${older.length} older pages`);
+    const all = [...older.flat(), ...newest.events, ...live];
+    assert.deepEqual(ticks(all).ticks, Array.from({ length: 3000 }, (_, i) => i + 1), "every line exactly once, in order");
+    const offsets = all.map((e) => e.metadata?.offset);
+    assert.deepEqual(offsets, Array.from({ length: all.length }, (_, i) => i + 1), "every event of the topic once, in order");
+
+    // Forward from the oldest: the same events, the last page at the newest.
+    const forward = [];
+    for await (const page of c.historyPages({ agentId, limit: 1000 }, "forward")) forward.push(page);
+    assert.deepEqual(forward.flatMap((p) => p.events.map((e) => e.metadata?.offset)), offsets);
+    assert.equal(forward.at(-1)?.next, undefined);
+    assert.equal(forward.at(-1)?.position.offset, offsets.length);
+    // Filtered: a page holds the matching events of `limit` read, so follow `next`.
+    const statuses = [];
+    for await (const page of c.historyPages({ agentId, limit: 1000, filters: ["status"] }, "forward")) statuses.push(...page.events);
+    assert.deepEqual(
+      statuses.map((e) => (e.type === "agent:status" ? e.payload.status : e.type)),
+      ["starting", "running", "stopped"],
+      "only the events the filter names",
+    );
+  });
+
+  it("refuses an unknown agent and another operator's agent with the spec's codes", async () => {
+    const alice = client({ token: await stack.mintToken("ts-alice", ["operator"]) });
+    const bob = client({ token: await stack.mintToken("ts-bob", ["operator"]) });
+    await Promise.all([alice.connect(), bob.connect()]);
+    const { agentId } = await alice.createAgent({ name: "mine", model: "echo", workspace: "mine" });
+    await assert.rejects(
+      bob.agentHistory({ agentId }),
+      (e: unknown) => e instanceof DashboardError && e.code === ErrorCode.INSUFFICIENT_PERMISSIONS,
+    );
+    await assert.rejects(
+      bob.agentHistory({ agentId: "no-such-agent" }),
+      (e: unknown) => e instanceof DashboardError && e.code === ErrorCode.AGENT_NOT_FOUND,
+    );
+    await alice.terminate(agentId, { force: true });
   });
 });
 

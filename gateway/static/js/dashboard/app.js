@@ -1,10 +1,15 @@
 // The dashboard page served by the gateway (`/dashboard/`), built on the SDK. Compiled by
 // `npm run build:dashboard` into gateway/static/js/ (committed; `npm test` checks it is
 // current). Everything it shows comes from the SDK's events: no polling, no other origin.
-import { DashboardError, DashboardWebSocket, } from "../src/index.js";
+import { DashboardError, DashboardWebSocket, positionOf, SeenWindow, } from "../src/index.js";
 const TOKEN_KEY = "teamdash.token";
 const CHART_POINTS = 60;
 const FLUSH_MS = 50;
+/** Events per history page (the newest one when a pane opens, then one per scroll-back). */
+const HISTORY_PAGE = 200;
+/** Scrolled this close to the top of a pane, its previous history page is loaded. */
+const SCROLL_BACK_PX = 40;
+const ENDED = new Set(["stopped", "crashed"]);
 function $(id) {
     const el = document.getElementById(id);
     if (el === null)
@@ -35,8 +40,12 @@ class Dashboard {
     client;
     agents = new Map();
     selected;
+    lifecycle;
     series = { cpu: [], memory: [] };
     alertCounts = new Map();
+    /** Permission prompts shown, by request id, and the requests already answered. */
+    prompts = new Map();
+    answered = new Set();
     pending = new Map();
     flushTimer;
     constructor(client) {
@@ -48,10 +57,7 @@ class Dashboard {
         $("signin").hidden = true;
         $("main").hidden = false;
         this.wireForms();
-        // Issue #14 seam: when `agent:list` lands, fill `this.agents` from it here (and
-        // `agent:history` gives each output pane its scroll-back). Until then the list is
-        // what the `agents` lifecycle subscription reports plus the agents created here.
-        await this.client.subscribeAgent({ onEvent: (event) => this.onLifecycle(event) });
+        await this.watchAgents();
         await this.client.subscribeMetrics({ filters: ["system"], onEvent: (event) => this.onMetrics(event) });
         await this.client.subscribeLogs({ onEvent: (event) => this.onAlert(event) });
     }
@@ -72,11 +78,15 @@ class Dashboard {
         else if (event.state === "missed") {
             line += `: ${event.reason}${event.missed !== undefined ? `, ${event.missed} events` : ""}${event.topic !== undefined ? ` on ${event.topic}` : ""}`;
             // A gap on one topic reaches its pane as `subscription:gap`; a resume that could not
-            // replay everything concerns every pane.
-            if (event.topic === undefined) {
-                for (const row of this.agents.values())
+            // replay everything concerns every pane, a catch-up `since` that could not its own.
+            for (const [id, row] of this.agents) {
+                if (event.topic === undefined || (event.reason === "not-recovered" && event.topic === `agent:${id}`)) {
                     this.queue(row, [el("div", "line error gap", `events missed (${line})`)]);
+                }
             }
+            // Lifecycle events were lost: the list is read again.
+            if (event.topic === undefined || event.topic === "agents")
+                this.act(this.watchAgents());
         }
         else if (event.state === "failed") {
             line += `: ${event.error.message}`;
@@ -85,6 +95,25 @@ class Dashboard {
         log.prepend(el("li", `conn-${event.state}`, `${new Date().toLocaleTimeString()} ${line}`));
     }
     // -- agents ---------------------------------------------------------------------------
+    /** The list, then the `agents` lifecycle topic since the list's position: every change
+     * after the list exactly once (one the list already shows is applied again, harmlessly).
+     * Called again when lifecycle events were lost: the new subscription replaces the old. */
+    async watchAgents() {
+        const old = this.lifecycle;
+        const { position } = await this.listAgents();
+        this.lifecycle = await this.client.subscribeAgent({ since: position, onEvent: (event) => this.onLifecycle(event) });
+        if (old?.active === true)
+            await old.unsubscribe();
+    }
+    /** Show every agent of `agent:list` (ended ones too), all pages; resolves with the list. */
+    async listAgents() {
+        const list = await this.client.listAllAgents({ includeEnded: true });
+        for (const agent of list.agents) {
+            this.agentRow(agent.agentId, agent.name);
+            this.setStatus(agent.agentId, agent.status);
+        }
+        return list;
+    }
     onLifecycle(event) {
         if (event.type === "agent:created")
             this.agentRow(event.payload.agentId, event.payload.name);
@@ -99,7 +128,18 @@ class Dashboard {
             item.append(el("span", "status", ""));
             item.addEventListener("click", () => void this.select(agentId));
             $("agents").append(item);
-            row = { name, status: "", item, output: undefined, subscription: undefined, partial: undefined };
+            row = {
+                name,
+                status: "",
+                item,
+                output: undefined,
+                subscription: undefined,
+                partial: undefined,
+                seen: new SeenWindow(),
+                older: undefined,
+                loading: false,
+                head: undefined,
+            };
             this.agents.set(agentId, row);
         }
         return row;
@@ -107,6 +147,8 @@ class Dashboard {
     setStatus(agentId, status) {
         const row = this.agentRow(agentId, agentId);
         row.status = status;
+        row.item.dataset.status = status;
+        row.item.classList.toggle("ended", ENDED.has(status));
         const badge = row.item.querySelector(".status");
         if (badge !== null)
             badge.textContent = status;
@@ -122,17 +164,120 @@ class Dashboard {
                 other.output.hidden = id !== agentId;
         }
         $("output-title").textContent = `Output: ${row.name}`;
-        if (row.output === undefined) {
-            const output = el("div", "output", "");
-            output.dataset.agent = agentId;
-            $("outputs").append(output);
-            row.output = output;
-            row.subscription = await this.client.subscribeAgent({ agentId, onEvent: (event) => this.render(row, event) });
+        if (row.output === undefined)
+            await this.openPane(agentId, row);
+    }
+    /** A new output pane: the newest history page, then the subscription since its
+     * position, so every line is shown once whatever happens in between; scrolling to the
+     * top loads the page before. */
+    async openPane(agentId, row) {
+        const output = el("div", "output", "");
+        output.dataset.agent = agentId;
+        const older = el("button", "older", "earlier output");
+        older.type = "button";
+        older.hidden = true;
+        older.addEventListener("click", () => void this.scrollBack(row));
+        output.append(older);
+        output.addEventListener("scroll", () => {
+            if (output.scrollTop < SCROLL_BACK_PX)
+                void this.scrollBack(row);
+        });
+        $("outputs").append(output);
+        row.output = output;
+        const pages = this.client.historyPages({ agentId, limit: HISTORY_PAGE });
+        let since;
+        try {
+            const first = await pages.next();
+            if (!first.done) {
+                since = first.value.position;
+                output.append(...this.historyLines(row, first.value, row, true));
+                if (first.value.prev !== undefined)
+                    row.older = pages;
+                else
+                    older.after(historyStart());
+            }
         }
+        catch (e) {
+            output.append(el("div", "line error", `no history: ${describe(e)}`));
+        }
+        older.hidden = row.older === undefined;
+        output.scrollTop = output.scrollHeight;
+        row.subscription = await this.client.subscribeAgent({
+            agentId,
+            ...(since !== undefined ? { since } : {}),
+            onEvent: (event) => this.render(row, event),
+        });
+    }
+    /** Prepend the previous history page to the pane, keeping what is in view in place. */
+    async scrollBack(row) {
+        const output = row.output;
+        if (row.loading || row.older === undefined || output === undefined)
+            return;
+        row.loading = true;
+        const older = output.querySelector(".older");
+        try {
+            const page = await row.older.next();
+            if (page.done || page.value.prev === undefined)
+                row.older = undefined;
+            const lines = [];
+            if (!page.done) {
+                const state = { partial: undefined };
+                const head = row.head;
+                lines.push(...this.historyLines(row, page.value, state, false));
+                // The page's last chunk ended mid-line: the line goes on in the first one shown.
+                if (state.partial !== undefined && head !== undefined && head.stream === state.partial.stream) {
+                    state.partial.line.textContent += head.line.textContent ?? "";
+                    head.line.remove();
+                }
+            }
+            if (row.older === undefined)
+                lines.unshift(historyStart());
+            const height = output.scrollHeight;
+            older.after(...lines);
+            output.scrollTop += output.scrollHeight - height;
+        }
+        catch (e) {
+            older.after(el("div", "line error", `no earlier history: ${describe(e)}`));
+            row.older = undefined;
+        }
+        finally {
+            row.loading = false;
+            older.hidden = row.older === undefined;
+        }
+    }
+    /** The readable lines of a history page (oldest first), rendered with `state`; its first
+     * plain line becomes the pane's head. The `newest` page's events are marked as shown
+     * (older pages hold only events before everything shown). */
+    historyLines(row, page, state, newest) {
+        const lines = [];
+        row.head = undefined;
+        for (const event of page.events) {
+            const pos = positionOf(event);
+            if (newest && pos !== undefined)
+                row.seen.add(...pos);
+            const open = state.partial;
+            const out = this.line(state, event, false);
+            const produced = out === undefined ? [] : out instanceof HTMLElement ? [out] : out;
+            if (lines.length === 0 && produced.length > 0 && open === undefined && event.type === "agent:output" && event.payload.event === undefined) {
+                row.head = { stream: event.payload.stream, line: produced[0] };
+            }
+            lines.push(...produced);
+        }
+        if (page.missed > 0)
+            lines.unshift(el("div", "line error gap", `${page.missed} earlier events no longer kept`));
+        return lines;
     }
     /** Queue the event's readable lines for its pane. */
     render(row, event) {
-        const line = this.line(row, event);
+        if (event.type === "subscription:gap") {
+            row.seen.reset(event.payload.position);
+        }
+        else {
+            const pos = positionOf(event);
+            if (pos !== undefined && !row.seen.add(...pos))
+                return; // shown from the history page
+        }
+        const line = this.line(row, event, true);
         if (line !== undefined)
             this.queue(row, line instanceof HTMLElement ? [line] : line);
     }
@@ -185,7 +330,8 @@ class Dashboard {
         }
         return out;
     }
-    line(row, event) {
+    /** The readable lines of an event; a `live` status also updates the agents list. */
+    line(row, event, live) {
         switch (event.type) {
             case "agent:output": {
                 const p = event.payload;
@@ -210,6 +356,7 @@ class Dashboard {
                     case "permission_request":
                         return this.permissionPrompt(p.agentId, e.requestId, e.tool, e.summary);
                     case "permission_resolved":
+                        this.resolved(e.requestId);
                         return el("div", "line notice", `permission ${e.requestId}: ${e.decision}`);
                     case "input_request":
                         return el("div", "line notice", `waits for input: ${e.prompt} (answer with a command)`);
@@ -220,7 +367,8 @@ class Dashboard {
             case "agent:error":
                 return el("div", "line error", `error ${event.payload.error.code}: ${event.payload.error.message}`);
             case "agent:status":
-                this.setStatus(event.payload.agentId, event.payload.status);
+                if (live)
+                    this.setStatus(event.payload.agentId, event.payload.status);
                 return el("div", "line notice", `status: ${event.payload.status}`);
             case "subscription:gap":
                 return el("div", "line error gap", `events missed (${event.payload.reason}${event.payload.missed !== undefined ? `, ${event.payload.missed}` : ""})`);
@@ -229,19 +377,28 @@ class Dashboard {
         }
     }
     /** A permission prompt with its answers (`agent:permission`); the buttons are disabled
-     * once one is pressed, and the agent's `permission_resolved` event follows. */
+     * once one is pressed or the request was answered (its `permission_resolved` event). */
     permissionPrompt(agentId, requestId, tool, summary) {
         const line = el("div", "line permission", `${tool} asks for permission: ${summary} `);
+        line.dataset.request = requestId;
         for (const decision of ["allow", "deny"]) {
             const button = el("button", `answer ${decision}`, decision);
             button.type = "button";
+            button.disabled = this.answered.has(requestId);
             button.addEventListener("click", () => {
-                line.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+                disable(line);
                 this.act(this.client.answerPermission(agentId, requestId, decision));
             });
             line.append(button);
         }
+        this.prompts.set(requestId, line);
         return line;
+    }
+    resolved(requestId) {
+        this.answered.add(requestId);
+        const prompt = this.prompts.get(requestId);
+        if (prompt !== undefined)
+            disable(prompt);
     }
     wireForms() {
         $("create").addEventListener("submit", (event) => {
@@ -277,9 +434,7 @@ class Dashboard {
     /** Run a request; its error (with the protocol's code) is shown, never swallowed. */
     act(request) {
         this.notice("");
-        request.catch((e) => {
-            this.notice(e instanceof DashboardError ? `${e.code}: ${e.message}` : String(e));
-        });
+        request.catch((e) => this.notice(describe(e)));
     }
     notice(text) {
         $("notice").textContent = text;
@@ -305,6 +460,19 @@ class Dashboard {
         const item = el("li", `level-${level}`, `${new Date(event.timestamp).toLocaleTimeString()} [${level}/${category}] ${message}`);
         $("alerts").prepend(item);
     }
+}
+/** The line above the oldest event the agent's transcript kept. */
+function historyStart() {
+    return el("div", "line notice history-start", "start of the history kept");
+}
+/** An error as the page shows it: the protocol's code first. */
+function describe(e) {
+    return e instanceof DashboardError ? `${e.code}: ${e.message}` : String(e);
+}
+function disable(prompt) {
+    prompt.querySelectorAll("button").forEach((b) => {
+        b.disabled = true;
+    });
 }
 function push(series, value) {
     series.push(value);
@@ -341,7 +509,7 @@ function open(token, wsPath) {
     new Dashboard(client).start().catch((e) => {
         client.close();
         sessionStorage.removeItem(TOKEN_KEY);
-        signIn(wsPath, e instanceof DashboardError ? `${e.code}: ${e.message}` : String(e));
+        signIn(wsPath, describe(e));
     });
 }
 const { token, wsPath } = takeFragment();

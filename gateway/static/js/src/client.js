@@ -23,6 +23,9 @@ import { ErrorCode, } from "./protocol.js";
 export const MAX_MESSAGE_BYTES = 1024 * 1024;
 /** Positions sent in `auth` at most (the server's limit). */
 export const MAX_POSITIONS = 200;
+/** As `agent:history`'s `before` (with no `after`): an offset past every event, so the page
+ * is the newest one. */
+export const NEWEST = Number.MAX_SAFE_INTEGER;
 /** Events buffered per subscription before its first listener (the oldest are dropped beyond). */
 export const DEFAULT_QUEUE_SIZE = 10_000;
 // Fails to compile when the schema gains a request type this map does not have (or loses one).
@@ -45,6 +48,11 @@ export class Subscription {
     /** Every `subscription:gap` notice this subscription got (also given to listeners). */
     gaps = [];
     dropped = 0;
+    /** Made with `since`: the events after it that the server no longer retained (0: none),
+     * and whether the catch-up was complete (`false`: some were missed or the topic's epoch
+     * changed — refetch). Undefined without `since`. */
+    missed;
+    recovered;
     listeners = new Set();
     buffer = [];
     seen = new SeenWindow();
@@ -311,18 +319,85 @@ export class DashboardWebSocket {
             ...(message !== undefined ? { message } : {}),
         });
     }
+    // -- state: the agent list and an agent's history ------------------------------------
+    /** One page of the agents you may see (`agent:list`), ordered by start time. Pass its
+     * `next` as `after` for the next page; subscribe to the `agents` topic `since` the first
+     * page's `position` to follow every later change (see `listAllAgents`). */
+    listAgents(payload = {}) {
+        return this.request("agent:list", payload);
+    }
+    /** Every page of `agent:list` for `payload`, in order (`for await … of`); each page is
+     * read afresh, with its own `position`. */
+    async *agentPages(payload = {}) {
+        let after = payload.after;
+        do {
+            const page = await this.listAgents({ ...payload, ...(after !== undefined ? { after } : {}) });
+            yield page;
+            after = page.next;
+        } while (after !== undefined);
+    }
+    /**
+     * All agents matching `payload` (every page) and the `agents` topic position they
+     * reflect: the first page's, so a change made while later pages were read is not lost.
+     * Then `subscribeAgent({ since: position })` gets every later lifecycle event exactly
+     * once; some may already show in the list — each carries the agent's whole new status,
+     * so applying it again is harmless.
+     */
+    async listAllAgents(payload = {}) {
+        const agents = new Map();
+        let position;
+        for await (const page of this.agentPages(payload)) {
+            position ??= page.position;
+            for (const agent of page.agents)
+                agents.set(agent.agentId, agent);
+        }
+        return { agents: [...agents.values()], position: position };
+    }
+    /** One page of an agent's durable transcript (`agent:history`), oldest event first, the
+     * events exactly as a subscriber got them. `after` a page's `next` reads the newer page,
+     * `before` its `prev` the older one; `missed` counts events the transcript no longer
+     * keeps. Subscribe `since` the page's `position` to go on live. */
+    async agentHistory(payload) {
+        const page = await this.request("agent:history", payload);
+        // The gateway sends an absent `next`/`prev` as null (the schema says absent): as absent,
+        // or a page loop would send `before: null` — read from the oldest — forever.
+        if (page.next == null)
+            delete page.next;
+        if (page.prev == null)
+            delete page.prev;
+        return page;
+    }
+    /** Pages of an agent's history (`for await … of`): `backward` from the newest page (or
+     * from `payload.before`) to the oldest kept, following `prev`; `forward` from the oldest
+     * (or from `payload.after`) to the newest, following `next`. The first page's `position`
+     * is where a subscription goes on live. */
+    async *historyPages(payload, direction = "backward") {
+        const { after, before, ...rest } = payload;
+        const backward = direction === "backward";
+        let cursor = backward ? (before ?? NEWEST) : after;
+        for (;;) {
+            const page = await this.agentHistory({ ...rest, ...(cursor === undefined ? {} : backward ? { before: cursor } : { after: cursor }) });
+            yield page;
+            cursor = backward ? page.prev : page.next;
+            if (cursor === undefined)
+                return;
+        }
+    }
     /** With `agentId`: that agent's output, status and errors (topic `agent:{id}`); without:
-     * lifecycle events of every agent you may see (topic `agents`). */
+     * lifecycle events of every agent you may see (topic `agents`). With `since` (a position
+     * of that topic: an `agent:list` or `agent:history` result's `position`) the subscription
+     * first gets the retained events after it, then live ones: each event after `since`
+     * exactly once (`sub.recovered` says whether the catch-up was complete). */
     subscribeAgent(options = {}) {
-        return this.subscribeKind("agent", options.agentId, options.filters ?? [], options.onEvent);
+        return this.subscribeKind("agent", options.agentId, options.filters ?? [], options);
     }
     /** `metrics:update` events (topic `metrics`); `filters`: `system`, `agents`. */
     subscribeMetrics(options = {}) {
-        return this.subscribeKind("metrics", undefined, options.filters ?? [], options.onEvent);
+        return this.subscribeKind("metrics", undefined, options.filters ?? [], options);
     }
     /** `system:alert` events (topic `logs`); `filters`: levels and/or categories. */
     subscribeLogs(options = {}) {
-        return this.subscribeKind("logs", undefined, options.filters ?? [], options.onEvent);
+        return this.subscribeKind("logs", undefined, options.filters ?? [], options);
     }
     /** Stop a subscription (its listeners get nothing more). */
     async unsubscribe(subscriptionId) {
@@ -443,11 +518,15 @@ export class DashboardWebSocket {
         }
     }
     // -- internals: subscriptions -----------------------------------------------------------
-    async subscribeKind(kind, agentId, filters, onEvent, existing) {
+    async subscribeKind(kind, agentId, filters, options, existing) {
         let made;
+        // A re-made subscription (new session) never repeats its `since`: what came after it was
+        // delivered already, and would be again.
+        const since = existing === undefined ? options.since : undefined;
         const payload = {
             ...(agentId !== undefined ? { agentId } : {}),
             ...(filters.length > 0 ? { filters: [...filters] } : {}),
+            ...(since !== undefined ? { since } : {}),
         };
         await this.request(`subscribe:${kind}`, payload, (result) => {
             const topic = result.topic || expectedTopic(kind, agentId);
@@ -458,17 +537,22 @@ export class DashboardWebSocket {
             }
             else {
                 made = new Subscription(this, result.subscriptionId, topic, kind, agentId, filters, this.options.queueSize);
-                if (onEvent !== undefined)
-                    made.on(onEvent);
+                made.missed = result.missed;
+                made.recovered = result.recovered;
+                if (options.onEvent !== undefined)
+                    made.on(options.onEvent);
             }
             this.subs.set(made.id, made);
         });
+        if (since !== undefined && made?.recovered === false) {
+            this.notify({ state: "missed", reason: "not-recovered", topic: made.topic, ...(made.missed !== undefined ? { missed: made.missed } : {}) });
+        }
         return made;
     }
     async resubscribe() {
         for (const sub of [...this.subs.values()]) {
             try {
-                await this.subscribeKind(sub.kind, sub.agentId, sub.filters, undefined, sub);
+                await this.subscribeKind(sub.kind, sub.agentId, sub.filters, {}, sub);
             }
             catch (e) {
                 if (e instanceof ConnectionLostError)
