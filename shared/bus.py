@@ -407,7 +407,9 @@ class EventBus:
         key = self._transcript_of(topic) or self.keys.topic_stream(topic)
         low = f"{after + 1}-0" if after is not None else "-"
         high = f"{before - 1}-0" if before is not None else "+"
-        async with self.redis.pipeline(transaction=False) as pipe:
+        # One transaction: the page and ``head`` agree (an event published between two
+        # reads would be in the page AND after ``position``).
+        async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hmget(self.keys.topic_meta(topic), "epoch", "offset")
             pipe.xrange(key, count=1)
             if before is not None and after is None:
