@@ -791,12 +791,16 @@ class ClientSession(Generic[C]):
         actions.append(WriteSession(self._subscriptions_update()))
         return actions
 
-    def _caught_up(self, group: list[Subscription[C]], replay: Replay | None) -> list[Action]:
+    def _caught_up(
+        self, group: list[Subscription[C]], replay: Replay | None, *, first: bool = True
+    ) -> list[Action]:
+        """The frames of ``replay`` for ``group``; after the ``first`` page of a paged
+        catch-up, the action that reads the others (the pages after it are read by that)."""
         if replay is None:
             return []
         frames = catch_up(group, [replay.events], more=replay.more)
         actions: list[Action] = [SendFrames(frames)] if frames else []
-        if replay.more:
+        if replay.more and first:
             actions.append(ContinueCatchUp(group))
         return actions
 
@@ -820,7 +824,7 @@ class ClientSession(Generic[C]):
             actions.append(
                 Send(self._gap(group, since, Position(first, since.epoch), replay.missed))
             )
-        actions += self._caught_up(group, replay)
+        actions += self._caught_up(group, replay, first=False)
         actions.append(WriteSession(self._subscriptions_update()))
         return actions
 

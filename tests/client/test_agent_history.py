@@ -85,6 +85,19 @@ async def test_history_spans_the_replay_window_both_ways_with_filters(gateway, r
             await c.agent_history("no-such-agent")
         assert e.value.code == ErrorCode.AGENT_NOT_FOUND
 
+        # The same transcript by subscribing from its start: five pages on the raw wire,
+        # each event exactly once.
+        raw = await WSClient.authed(ws_url(gateway), ALICE)
+        try:
+            ack = await raw.request(
+                "subscribe:agent", {"agentId": agent_id, "since": {"offset": 0}}
+            )
+            assert ack["success"] and ack["result"]["missed"] == 0
+            wire = [await raw.recv(timeout=15) for _ in range(len(events))]
+        finally:
+            await raw.close()
+        assert [m["metadata"]["offset"] for m in wire] == offsets(events)
+
 
 async def test_subscribe_from_the_start_while_the_agent_prints_fast(gateway, runner) -> None:
     """A second client subscribes from the start of a ticker's transcript after 1,500

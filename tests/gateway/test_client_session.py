@@ -528,6 +528,8 @@ def test_a_transcript_catch_up_goes_on_page_by_page_then_merges_the_queue():
     page = s.caught_up_page([sub], middle)
     assert numbers(page) == [4, 5, 6] and [e.offset for e in sub.queued] == [10]
     assert any(isinstance(a, WriteSession) for a in page)
+    # The task reading the pages goes on by itself: a page never asks for another one.
+    assert not any(isinstance(a, ContinueCatchUp) for a in page)
     last = Replay([agent_event(i) for i in (7, 8, 9)], Position(9, "ep"), 0, True)
     page = s.caught_up_page([sub], last)
     assert numbers(page) == [7, 8, 9, 10]
