@@ -14,6 +14,8 @@ connections        C clients connect + authenticate, ramped (1 s per 1,000) and 
 requests           K clients each with an echo agent, ``agent:command`` in a closed loop:
                    ack latency and command → first output latency
 agent output       one agent printing as fast as it can: events/s at one subscriber
+state              publish cost with and without transcripts, ``agent:list`` of 1,000
+                   agents, history read throughput (:mod:`bench.state`)
 =================  ========================================================================
 """
 
