@@ -111,9 +111,7 @@ async def test_up_serves_metrics_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> 
     text = (tmp_path / "up.log").read_text(errors="replace")
     assert code == 0, text
     assert "stopped" in text
-    time.sleep(0.2)
-    leftovers = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not leftovers, leftovers
+    await _gone(descendants, "every process of `up` to end with it")
 
 
 def _start_up(tmp_path: Path, port: int, *args: str, **extra: str) -> subprocess.Popen[bytes]:
