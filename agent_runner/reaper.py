@@ -36,7 +36,7 @@ from agent_runner.process import kill_orphaned
 from agent_runner.registry import Registry, protocol_status
 from agent_runner.state import LIVE, Event, Status, next_status
 from shared.agent_record import AgentUpdate
-from shared.bus import EventBus
+from shared.bus import EventBus, as_text
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.protocol import now_ms
 
@@ -48,10 +48,6 @@ _RELEASE_LUA = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 async def acquire_lock(redis: aioredis.Redis, key: str, ttl_ms: int = LOCK_TTL_MS) -> str | None:
@@ -163,7 +159,7 @@ async def reap_dead_runners(
         return 0
     cutoff = now_ms() - ttl_ms
     found: list[Any] = await redis.zrangebyscore(keys.runners, "-inf", f"({cutoff}")
-    dead = [_text(r) for r in found]
+    dead = [as_text(r) for r in found]
     marked = 0
     for runner_id in dead:
         if runner_id == exclude:
@@ -181,7 +177,7 @@ async def reap_dead_runners(
             # its reply); the entry stays, so a reaper that dies half-way is followed.
             await redis.zadd(keys.runners, {runner_id: 0}, xx=True)
             agent_ids = sorted(
-                _text(a) for a in await redis.smembers(keys.runner_agents(runner_id))
+                as_text(a) for a in await redis.smembers(keys.runner_agents(runner_id))
             )
             for agent_id in agent_ids:
                 if await mark_agent_lost(

@@ -21,6 +21,7 @@ from redis.asyncio.client import Pipeline
 
 from agent_runner.state import Status
 from shared.agent_record import AGENT_STATES, AgentRecord, AgentUpdate
+from shared.bus import as_text
 from shared.keys import Keys
 from shared.protocol import AgentState
 
@@ -36,10 +37,6 @@ return 1
 def _mapping(fields: Mapping[str, str]) -> dict[Any, Any]:
     # redis-py's stubs want Mapping[<every key type>, ...], which a dict[str, ...] is not.
     return dict(fields)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def protocol_status(status: Status) -> AgentState:
@@ -110,5 +107,5 @@ class Registry:
 
     async def runner_agent_ids(self, runner_id: str) -> list[str]:
         return sorted(
-            _text(m) for m in await self.redis.smembers(self.keys.runner_agents(runner_id))
+            as_text(m) for m in await self.redis.smembers(self.keys.runner_agents(runner_id))
         )

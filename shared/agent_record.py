@@ -48,6 +48,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import get_args
 
+from shared.bus import as_text
 from shared.protocol import AgentState
 
 #: Every state of the protocol by its name.
@@ -94,19 +95,6 @@ def _encode(value: Value) -> str:
     return value if isinstance(value, str) else repr(value)
 
 
-def _to_fields(record: AgentRecord | AgentUpdate) -> dict[str, str]:
-    out = {}
-    for f in fields(record):
-        value = getattr(record, f.name)
-        if value is not None:
-            out[_FIELDS[f.name]] = _encode(value)
-    return out
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _int(value: str | None) -> int | None:
     try:
         # Through float: a number another writer stored as "1.7e12" or "3.0" still reads.
@@ -134,8 +122,21 @@ def _cpus(value: str | None) -> tuple[int, ...] | None:
         return None
 
 
+class _Hash:
+    __slots__ = ()
+
+    def to_fields(self) -> dict[str, str]:
+        """What HSET writes: every field that is set, as the string Redis stores."""
+        out = {}
+        for f in fields(self):  # type: ignore[arg-type]  # only dataclasses derive from it
+            value = getattr(self, f.name)
+            if value is not None:
+                out[_FIELDS[f.name]] = _encode(value)
+        return out
+
+
 @dataclass(frozen=True, slots=True)
-class AgentUpdate:
+class AgentUpdate(_Hash):
     """The fields of a record that change after the start: its status, and at its end
     (``stopped`` / ``crashed``) the end details. Fields left None are not written."""
 
@@ -145,13 +146,9 @@ class AgentUpdate:
     signal: str | None = None
     reason: str | None = None
 
-    def to_fields(self) -> dict[str, str]:
-        """What HSET writes: the fields that are set."""
-        return _to_fields(self)
-
 
 @dataclass(frozen=True, slots=True)
-class AgentRecord:
+class AgentRecord(_Hash):
     """One agent of the registry (the hash's fields in the module's docstring)."""
 
     agent_id: str
@@ -178,17 +175,13 @@ class AgentRecord:
     signal: str | None = None
     reason: str | None = None
 
-    def to_fields(self) -> dict[str, str]:
-        """What HSET writes: every field that is set, as the string Redis stores."""
-        return _to_fields(self)
-
     @classmethod
     def from_fields(cls, agent_id: str, raw: Hash) -> AgentRecord | None:
         """The record of agent ``agent_id`` (the hash's key) from its hash as Redis returns
         it (bytes or strings). None when it lacks an owner or a runner: no hash, or one
         holding only updates written after Redis lost the record (see
         :meth:`agent_runner.runner.Runner._check_registry`)."""
-        text = {_text(k): _text(v) for k, v in raw.items()}
+        text = {as_text(k): as_text(v) for k, v in raw.items()}
 
         def get(attribute: str) -> str | None:
             return text.get(_FIELDS[attribute])
