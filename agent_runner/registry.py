@@ -5,10 +5,11 @@ in that module's docstring); everything written to it or read from it goes throu
 record, and :class:`~shared.agent_record.AgentUpdate` for the fields that change.
 
 Every agent is a member of ``Keys.agent_index`` (scored by ``startTime``, what ``agent:list``
-reads) until its hash expires. Live agents are members of ``Keys.agents``, ``Keys.runner_agents(runnerId)`` and
-``Keys.user_agents(owner)``. When an agent ends it is removed from the three sets and its
-hash expires after the history TTL (so a late request finds ``status: stopped``).
-The per-user limit is one Lua script: check ``SCARD`` and ``SADD`` atomically.
+reads) until its hash expires. Live agents are members of ``Keys.agents``,
+``Keys.runner_agents(runnerId)`` and ``Keys.user_agents(owner)``. When an agent ends it is
+removed from the three sets and its hash expires after the history TTL (so a late request
+finds ``status: stopped``). The per-user limit is one Lua script: check ``SCARD`` and
+``SADD`` atomically.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def _mapping(fields: Mapping[str, str]) -> dict[Any, Any]:
 
 
 def protocol_status(status: Status) -> AgentState:
-    """The protocol's name of ``status`` (the same string; tests/agent_runner/test_cores.py checks every one)."""
+    """The protocol's name of ``status``: the same string (tests/agent_runner/test_cores.py
+    checks every one)."""
     return AGENT_STATES[status.value]
 
 

@@ -611,7 +611,7 @@ class Runner:
     async def _check_registry(self, added: bool) -> None:
         """Our heartbeat entry was gone (``added``), or a Redis call failed: compare each
         local agent with its registry hash. A hash that is missing, or holds only fields
-        written since it went missing (no ``agentId``), means Redis lost its data (restarted
+        written since it went missing (no record: no owner), means Redis lost its data (restarted
         empty, a replica without recent writes): the agent is registered again with its
         current status, which is published again on its topics (new epochs), so clients
         learn the truth. Only a hash that says ``crashed``/``stopped`` or names another
