@@ -53,8 +53,9 @@ from agent_runner.outbox import Outbox
 from agent_runner.output import LineJoiner, OutputPacer, OutputSplitter, Piece
 from agent_runner.policy import sanitize_command
 from agent_runner.process import AgentProcess, signal_name
-from agent_runner.registry import Registry
+from agent_runner.registry import Registry, protocol_status
 from agent_runner.state import FINAL, AgentState, Event, IllegalTransition, Status
+from shared.agent_record import AgentUpdate
 from shared.errors import ErrorCode, TeamdashError
 from shared.logs import context_with
 from shared.protocol import (
@@ -215,7 +216,7 @@ class Agent:
         self.last_activity: int | None = None
         #: The registry record of this agent's end when writing it failed (Redis was
         #: unreachable): the runner writes it again once Redis is back.
-        self.unrecorded_end: dict[str, str | int] | None = None
+        self.unrecorded_end: AgentUpdate | None = None
 
     # -- identity -----------------------------------------------------------------
     @property
@@ -236,9 +237,9 @@ class Agent:
             coro, f"{name}:{self.agent_id}", context=context_with(agent_id=self.agent_id)
         )
 
-    async def _set_registry(self, **fields: str | int) -> None:
+    async def _set_registry(self, *, status: Status) -> None:
         try:
-            await self._registry.update(self.agent_id, fields)
+            await self._registry.update(self.agent_id, AgentUpdate(status=protocol_status(status)))
         except RedisError as e:
             log.warning("agent %s: registry update failed: %s", self.agent_id, e)
 
@@ -272,7 +273,7 @@ class Agent:
                 )
                 items += self._status_items(info.request_id)
                 self.state.handle(Event.STARTED)
-                await self._set_registry(status=self.state.status.value)
+                await self._set_registry(status=self.state.status)
                 items += self._status_items(info.request_id)
                 self._outbox.put_many(items)
             finally:
@@ -326,7 +327,7 @@ class Agent:
             if not self.process.signal_group(sig):
                 raise AgentNotFound(f"agent {self.agent_id} has exited")
             self.state.handle(event)
-            await self._set_registry(status=self.state.status.value)
+            await self._set_registry(status=self.state.status)
             await self._reply(request, result={"agentId": self.agent_id})
             self._outbox.put_many(self._status_items(request.requestId))
 
@@ -549,7 +550,7 @@ class Agent:
             self._stop_reason = "killed" if force else reason
             self._stop_correlation = correlation
             await asyncio.to_thread(self.process.snapshot)
-            await self._set_registry(status=self.state.status.value)
+            await self._set_registry(status=self.state.status)
             if force:
                 self.process.signal_group(signal.SIGKILL)
             else:
@@ -778,11 +779,13 @@ class Agent:
                 event, reason = Event.FAILED, "signal" if sig else "error"
             new = self.state.handle(event)
             ended = now_ms()
-            record: dict[str, str | int] = {"status": new.value, "reason": reason, "endTime": ended}
-            if exit_code is not None:
-                record["exitCode"] = exit_code
-            if sig is not None:
-                record["signal"] = sig
+            record = AgentUpdate(
+                status=protocol_status(new),
+                end_time=ended,
+                exit_code=exit_code,
+                signal=sig,
+                reason=reason,
+            )
             try:
                 await self._registry.finish(
                     self.agent_id, self.info.owner, self.info.runner_id, record

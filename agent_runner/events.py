@@ -70,6 +70,7 @@ from shared.protocol import (
     WSMessage,
     now_ms,
 )
+from shared.topics import user_tag
 
 #: One publish: (topic, message, tags); ``agent:output`` comes already encoded (see
 #: :func:`outputs`).
@@ -78,10 +79,6 @@ Item = tuple[str, WSMessage | EncodedEvent, tuple[str, ...]]
 CODE_EXITED = "AGENT_EXITED"
 CODE_OOM = "AGENT_OOM"
 CODE_LOST = "AGENT_LOST"
-
-
-def user_tag(owner: str) -> str:
-    return f"user:{owner}"
 
 
 def _meta(agent_id: str, correlation_id: str | None) -> Metadata:

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import psutil
 
 from agent_runner.errors import SpawnFailed
@@ -172,7 +173,10 @@ class AgentProcess:
         except psutil.NoSuchProcess:
             keeper_create_time = 0.0
         try:
-            status = await asyncio.wait_for(_read_to_eof(read_fd), timeout_s)
+            # Not wait_for, which on 3.11 returns the status when the runner's cancellation
+            # lands with it, and the stopping runner would go on registering the agent.
+            with anyio.fail_after(timeout_s):
+                status = await _read_to_eof(read_fd)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)  # the keeper kills what it started

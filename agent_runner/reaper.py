@@ -33,9 +33,10 @@ from redis.exceptions import ResponseError
 
 from agent_runner import events
 from agent_runner.process import kill_orphaned
-from agent_runner.registry import Registry
+from agent_runner.registry import Registry, protocol_status
 from agent_runner.state import LIVE, Event, Status, next_status
-from shared.bus import EventBus
+from shared.agent_record import AgentUpdate
+from shared.bus import EventBus, as_text
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.protocol import now_ms
 
@@ -47,10 +48,6 @@ _RELEASE_LUA = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 async def acquire_lock(redis: aioredis.Redis, key: str, ttl_ms: int = LOCK_TTL_MS) -> str | None:
@@ -80,41 +77,27 @@ async def mark_agent_lost(
     process (pid + create time, or its orphaned group) are killed first. Returns True if the
     agent was marked."""
     registry = Registry(redis, keys, history_ttl_s=history_ttl_s)
-    fields = await registry.get(agent_id)
-    owner = fields.get("owner", "")
-    try:
-        state = Status(fields.get("status", ""))
-    except ValueError:
-        state = Status.CRASHED
-    if state not in LIVE:
+    record = await registry.get(agent_id)
+    state = Status(record.status) if record is not None and record.status else Status.CRASHED
+    if record is None or state not in LIVE:
         await redis.srem(keys.runner_agents(runner_id), agent_id)
         return False
-    pid = int(fields["pid"]) if fields.get("pid", "").isdigit() else None
-    if local_host is not None and fields.get("host") == local_host and pid:
-        try:
-            create_time = float(fields.get("procCreateTime", "0"))
-        except ValueError:
-            create_time = 0.0
-        keeper = fields.get("keeperPid", "")
-        try:
-            keeper_create_time = float(fields.get("keeperCreateTime", "0"))
-        except ValueError:
-            keeper_create_time = 0.0
+    pid, owner = record.pid, record.owner
+    if local_host is not None and record.host == local_host and pid:
         if kill_orphaned(
             pid,
-            create_time,
-            keeper_pid=int(keeper) if keeper.isdigit() else None,
-            keeper_create_time=keeper_create_time,
+            record.proc_create_time or 0.0,
+            keeper_pid=record.keeper_pid,
+            keeper_create_time=record.keeper_create_time or 0.0,
         ):
             log.warning("killed the leftovers of agent %s (pid %d)", agent_id, pid)
     new = next_status(state, Event.LOST)
-    ended = now_ms()
-    await registry.finish(
-        agent_id, owner, runner_id, {"status": new.value, "reason": reason, "endTime": ended}
+    end = AgentUpdate(status=protocol_status(new), end_time=now_ms(), reason=reason)
+    await registry.finish(agent_id, owner, runner_id, end)
+    details = events.ended_details(
+        pid=pid, start_time=record.start_time, reason=reason, runner_id=runner_id
     )
-    start = int(fields["startTime"]) if fields.get("startTime", "").isdigit() else None
-    details = events.ended_details(pid=pid, start_time=start, reason=reason, runner_id=runner_id)
-    name = fields.get("name", agent_id)
+    name = record.name or agent_id
     if reason == "runner-restarted":
         text = f"agent {name!r} was lost: its runner {runner_id} restarted and cannot re-attach it"
     else:
@@ -176,7 +159,7 @@ async def reap_dead_runners(
         return 0
     cutoff = now_ms() - ttl_ms
     found: list[Any] = await redis.zrangebyscore(keys.runners, "-inf", f"({cutoff}")
-    dead = [_text(r) for r in found]
+    dead = [as_text(r) for r in found]
     marked = 0
     for runner_id in dead:
         if runner_id == exclude:
@@ -194,7 +177,7 @@ async def reap_dead_runners(
             # its reply); the entry stays, so a reaper that dies half-way is followed.
             await redis.zadd(keys.runners, {runner_id: 0}, xx=True)
             agent_ids = sorted(
-                _text(a) for a in await redis.smembers(keys.runner_agents(runner_id))
+                as_text(a) for a in await redis.smembers(keys.runner_agents(runner_id))
             )
             for agent_id in agent_ids:
                 if await mark_agent_lost(

@@ -36,6 +36,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,10 @@ from agent_runner.policy import (
 )
 from agent_runner.process import AgentProcess, LaunchSpec, become_subreaper, process_matches
 from agent_runner.reaper import acquire_lock, mark_agent_lost, reap_dead_runners, release_lock
-from agent_runner.registry import Registry
+from agent_runner.registry import Registry, protocol_status
 from agent_runner.settings import RunnerSettings
 from agent_runner.stats import TreeSampler
+from shared.agent_record import AgentRecord, AgentUpdate
 from shared.errors import ErrorCode, TeamdashError
 from shared.keys import RUNNERS_GROUP, Keys
 from shared.logs import bind
@@ -125,11 +127,11 @@ class Runner:
         self._beats = 0
         #: A Redis call failed since the registry was last checked against our agents.
         self._registry_suspect = False
-        #: Each live agent's registry hash as written at its start (to re-register it).
-        self._fields: dict[str, dict[str, str | int | float]] = {}
+        #: Each live agent's registry record as written at its start (to re-register it).
+        self._records: dict[str, AgentRecord] = {}
         #: Ends of agents that could not be recorded (Redis was unreachable): agent id →
         #: (owner, record); written again after the next good heartbeat.
-        self._unrecorded: dict[str, tuple[str, dict[str, str | int]]] = {}
+        self._unrecorded: dict[str, tuple[str, AgentUpdate]] = {}
         #: Command stream entries handled but not yet deleted (XDEL failed): skipped when
         #: read again, deleted on the next pass.
         self._handled: set[str] = set()
@@ -480,34 +482,31 @@ class Runner:
             self._cpu_use.update(cpus or ())
         finally:
             self._starting -= 1
-        fields: dict[str, str | int | float] = {
-            "agentId": agent_id,
-            "name": payload.name,
-            "model": payload.model,
-            "workspace": payload.workspace,
-            "workspacePath": str(workspace),
-            "owner": owner,
-            "runnerId": self.runner_id,
-            "host": settings.host,
-            "status": agent.status.value,
-            "pid": process.pid,
-            "startTime": info.start_time,
-            "procCreateTime": repr(process.create_time),
-            "keeperPid": process.keeper_pid,
-            "keeperCreateTime": repr(process.keeper_create_time),
-            "requestId": request.requestId,
-        }
-        if memory_mb is not None:
-            fields["memoryMb"] = memory_mb
-        if limits is not None:
-            fields["cpuCores"] = limits.cpu
-        if cpus:
-            fields["cpus"] = ",".join(map(str, cpus))
-        self._fields[agent_id] = fields
+        record = AgentRecord(
+            agent_id=agent_id,
+            owner=owner,
+            runner_id=self.runner_id,
+            status=protocol_status(agent.status),
+            name=payload.name,
+            model=payload.model,
+            workspace=payload.workspace,
+            workspace_path=str(workspace),
+            host=settings.host,
+            pid=process.pid,
+            start_time=info.start_time,
+            proc_create_time=process.create_time,
+            keeper_pid=process.keeper_pid,
+            keeper_create_time=process.keeper_create_time,
+            memory_mb=memory_mb,
+            cpu_cores=limits.cpu if limits else None,
+            cpus=tuple(cpus) if cpus else None,
+            request_id=request.requestId,
+        )
+        self._records[agent_id] = record
         try:
-            await self.registry.register(agent_id, self.runner_id, fields)
+            await self.registry.register(record)
         except BaseException:
-            self._fields.pop(agent_id, None)
+            self._records.pop(agent_id, None)
             self.agents.pop(agent_id, None)
             await agent.close()
             await process.kill_everything()
@@ -531,7 +530,7 @@ class Runner:
             self._registry_suspect = True
         if self.agents.get(agent.agent_id) is agent:
             del self.agents[agent.agent_id]
-            self._fields.pop(agent.agent_id, None)
+            self._records.pop(agent.agent_id, None)
             self._cpu_use.subtract(agent.info.cpus or ())
             self._closing.add(agent)
             self._ended.put_nowait(agent)
@@ -616,7 +615,7 @@ class Runner:
     async def _check_registry(self, added: bool) -> None:
         """Our heartbeat entry was gone (``added``), or a Redis call failed: compare each
         local agent with its registry hash. A hash that is missing, or holds only fields
-        written since it went missing (no ``agentId``), means Redis lost its data (restarted
+        written since it went missing (no record: no owner), means Redis lost its data (restarted
         empty, a replica without recent writes): the agent is registered again with its
         current status, which is published again on its topics (new epochs), so clients
         learn the truth. Only a hash that says ``crashed``/``stopped`` or names another
@@ -628,19 +627,19 @@ class Runner:
         for agent in list(self.agents.values()):
             if not agent.state.live:
                 continue
-            fields = await self.registry.get(agent.agent_id)
-            if "agentId" not in fields:
+            found = await self.registry.get(agent.agent_id)
+            if found is None:
                 lost.append(agent)
-            elif fields.get("status") in ("crashed", "stopped") or (
-                fields.get("runnerId") != self.runner_id
-            ):
+            elif found.ended or found.runner_id != self.runner_id:
                 fenced.append(agent)
-            elif fields.get("status") != agent.status.value:
+            elif found.status != agent.status.value:
                 # An update that failed while Redis was unreachable.
-                await self.registry.update(agent.agent_id, {"status": agent.status.value})
+                await self.registry.update(
+                    agent.agent_id, AgentUpdate(status=protocol_status(agent.status))
+                )
         for agent in lost:
-            record = {**self._fields.get(agent.agent_id, {}), "status": agent.status.value}
-            await self.registry.restore(agent.agent_id, self.runner_id, agent.info.owner, record)
+            record = replace(self._records[agent.agent_id], status=protocol_status(agent.status))
+            await self.registry.restore(record)
             agent.republish_status()
         if lost:
             log.warning(
@@ -733,14 +732,13 @@ class Runner:
         marked = 0
         try:
             for agent_id in agent_ids:
-                fields = await self.registry.get(agent_id)
-                alive = False
-                if fields.get("host") == self.settings.host and fields.get("pid", "").isdigit():
-                    try:
-                        create_time = float(fields.get("procCreateTime", "0"))
-                    except ValueError:
-                        create_time = 0.0
-                    alive = process_matches(int(fields["pid"]), create_time)
+                record = await self.registry.get(agent_id)
+                alive = (
+                    record is not None
+                    and record.host == self.settings.host
+                    and record.pid is not None
+                    and process_matches(record.pid, record.proc_create_time or 0.0)
+                )
                 if await mark_agent_lost(
                     self.redis,
                     self.keys,

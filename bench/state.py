@@ -32,6 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from bench.scenarios import Context
 from bench.stack import Stack
 from bench.stats import CpuMeter, exact_summary_ms
+from shared.agent_record import AgentRecord
 from shared.bus import EncodedEvent, EventBus, TranscriptLimits, event_prefix
 from shared.keys import Keys, agent_topic
 from shared.protocol import AgentOutputMessage, AgentOutputPayload, now_ms
@@ -133,23 +134,23 @@ async def _client(url: str, secret: str) -> ClientConnection:
 
 def _record(agent_id: str, i: int, start: int) -> dict[str, str]:
     """A live agent's registry hash, as a runner writes it."""
-    return {
-        "agentId": agent_id,
-        "name": f"agent {i}",
-        "model": "claude-code",
-        "workspace": f"ws-{i}",
-        "workspacePath": f"/tmp/ws-{i}",
-        "owner": f"user-{i % 20}",
-        "runnerId": "bench-runner",
-        "host": "bench",
-        "status": "running",
-        "pid": str(10_000 + i),
-        "startTime": str(start + i),
-        "procCreateTime": str((start + i) / 1000),
-        "memoryMb": "2048",
-        "cpuCores": "1",
-        "requestId": uuid.uuid4().hex,
-    }
+    return AgentRecord(
+        agent_id=agent_id,
+        owner=f"user-{i % 20}",
+        runner_id="bench-runner",
+        status="running",
+        name=f"agent {i}",
+        model="claude-code",
+        workspace=f"ws-{i}",
+        workspace_path=f"/tmp/ws-{i}",
+        host="bench",
+        pid=10_000 + i,
+        start_time=start + i,
+        proc_create_time=(start + i) / 1000,
+        memory_mb=2048,
+        cpu_cores=1.0,
+        request_id=uuid.uuid4().hex,
+    ).to_fields()
 
 
 async def _seed_agents(redis: aioredis.Redis, keys: Keys, ids: list[str]) -> None:

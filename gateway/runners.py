@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from redis.commands.core import AsyncScript
 
 from shared.agent_info import AgentSnapshot, agent_info
+from shared.agent_record import AgentRecord
 from shared.bus import Position, as_text
 from shared.errors import ErrorCode, TeamdashError
 from shared.keys import Keys
@@ -71,7 +72,7 @@ OUTCOME_UNKNOWN = (
 _SNAPSHOT_LUA = """
 -- KEYS[1] agents topic meta, KEYS[2] agent index, KEYS[3] live agents, KEYS[4] agent stats
 -- ARGV[1] prefix of agent hashes, ARGV[2] prefix of agent topic streams
--- Returns {offset, epoch, stats (flat hash), hash1 (flat), last event of 1 or false, ...}
+-- Returns {offset, epoch, stats (flat hash), id1, hash1 (flat), last event of 1 or false, ...}
 local meta = redis.call('hmget', KEYS[1], 'offset', 'epoch')
 local ids = redis.call('zrange', KEYS[2], 0, -1)
 local seen = {}
@@ -87,6 +88,7 @@ for _, id in ipairs(ids) do
     redis.call('zrem', KEYS[2], id)
   else
     local last = redis.call('xrevrange', ARGV[2] .. id, '+', '-', 'COUNT', 1)
+    out[#out + 1] = id
     out[#out + 1] = h
     out[#out + 1] = last[1] and last[1][2][2] or false
   end
@@ -121,14 +123,6 @@ class _Waiter:
         if isinstance(reply, TeamdashError):
             raise reply
         return reply
-
-
-@dataclass(frozen=True, slots=True)
-class AgentRecord:
-    agent_id: str
-    owner: str
-    runner_id: str
-    status: str
 
 
 class RunnerClient:
@@ -212,11 +206,13 @@ class RunnerClient:
             )
 
     async def agent(self, agent_id: str) -> AgentRecord:
-        fields = await self.redis.hmget(self.keys.agent(agent_id), "owner", "runnerId", "status")
-        owner, runner_id, status = (as_text(f) if f is not None else None for f in fields)
-        if owner is None or runner_id is None:
+        """The agent's registry record (AGENT_NOT_FOUND when there is none)."""
+        record = AgentRecord.from_fields(
+            agent_id, await self.redis.hgetall(self.keys.agent(agent_id))
+        )
+        if record is None:
             raise TeamdashError(ErrorCode.AGENT_NOT_FOUND, f"agent {agent_id!r} not found")
-        return AgentRecord(agent_id, owner, runner_id, status or "unknown")
+        return record
 
     async def owner_of(self, agent_id: str) -> str | None:
         """The agent's owner; None when the registry does not know it (any more)."""
@@ -240,18 +236,20 @@ class RunnerClient:
         offset, epoch, stats = int(reply[0]), as_text(reply[1]) or None, reply[2]
         usage = _usage(stats)
         agents = []
-        for i in range(3, len(reply), 2):
-            flat = [as_text(v) for v in reply[i]]
-            fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            last = reply[i + 1]
-            info = agent_info(
-                fields,
-                usage=usage.get(fields.get("agentId", "")),
-                last_activity=_timestamp(last) if last else None,
-                now_ms=now_ms,
+        for i in range(3, len(reply), 3):
+            flat, last = reply[i + 1], reply[i + 2]
+            record = AgentRecord.from_fields(
+                as_text(reply[i]), dict(zip(flat[::2], flat[1::2], strict=True))
             )
-            if info is not None:
-                agents.append(info)
+            if record is not None:  # else only updates, written after Redis lost it
+                agents.append(
+                    agent_info(
+                        record,
+                        usage=usage.get(record.agent_id),
+                        last_activity=_timestamp(last) if last else None,
+                        now_ms=now_ms,
+                    )
+                )
         return AgentSnapshot(Position(offset, epoch), agents)
 
     async def runner_alive(self, runner_id: str) -> bool:

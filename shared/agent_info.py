@@ -1,23 +1,19 @@
 """The agent registry's record as clients see it (``agent:list``), with no I/O.
 
-The registry hash (fields in :mod:`agent_runner.registry`) holds strings; :func:`agent_info`
-turns one into the typed :class:`shared.protocol.AgentInfo`. The gateway reads the hashes,
-the ``agents`` topic's position and the runners' latest samples in one Lua call
+:func:`agent_info` turns a registry record (:class:`shared.agent_record.AgentRecord`) into
+the protocol's :class:`shared.protocol.AgentInfo`. The gateway reads the hashes, the
+``agents`` topic's position and the runners' latest samples in one Lua call
 (``gateway.runners.RunnerClient.agent_snapshot``) and hands them here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import get_args
 
+from shared.agent_record import ENDED_STATES as ENDED_STATES
+from shared.agent_record import AgentRecord
 from shared.bus import Position
-from shared.protocol import AgentInfo, AgentLimits, AgentState, AgentUsage
-
-_STATES: dict[str, AgentState] = {state: state for state in get_args(AgentState)}
-#: Statuses of an agent that has no process any more.
-ENDED_STATES: frozenset[str] = frozenset({"stopped", "crashed"})
+from shared.protocol import AgentInfo, AgentLimits, AgentUsage
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,60 +26,36 @@ class AgentSnapshot:
     agents: list[AgentInfo]
 
 
-def _int(value: str | None) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        return int(float(value))
-    except ValueError:
-        return None
-
-
-def _float(value: str | None) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
-
-
 def agent_info(
-    fields: Mapping[str, str],
+    record: AgentRecord,
     *,
     usage: AgentUsage | None,
     last_activity: int | None,
     now_ms: int,
-) -> AgentInfo | None:
-    """The record of one registry hash (None when it lacks an id or an owner: a hash being
-    written). ``uptime`` runs until ``endTime`` for an ended agent, until ``now_ms`` else."""
-    agent_id, owner = fields.get("agentId"), fields.get("owner")
-    if not agent_id or not owner:
-        return None
-    status = fields.get("status", "")
-    start, end = _int(fields.get("startTime")), _int(fields.get("endTime"))
-    ended = status in ENDED_STATES
+) -> AgentInfo:
+    """The client's view of one record (a status this version does not know shows as
+    ``crashed``). ``uptime`` runs until ``endTime`` for an ended agent, until ``now_ms``
+    else."""
+    start, end = record.start_time, record.end_time
     uptime = None
     if start is not None:
         uptime = max(0, (end if end is not None else now_ms) - start)
     return AgentInfo(
-        agentId=agent_id,
-        name=fields.get("name", ""),
-        model=fields.get("model", ""),
-        owner=owner,
-        status=_STATES.get(status, "crashed"),
-        pid=_int(fields.get("pid")),
+        agentId=record.agent_id,
+        name=record.name,
+        model=record.model,
+        owner=record.owner,
+        status=record.status or "crashed",
+        pid=record.pid,
         startTime=start,
         uptime=uptime,
         lastActivity=last_activity,
-        runner=fields.get("runnerId", ""),
-        workspace=fields.get("workspace"),
-        limits=AgentLimits(
-            memory=_float(fields.get("memoryMb")), cpu=_float(fields.get("cpuCores"))
-        ),
-        usage=None if ended else usage,
+        runner=record.runner_id,
+        workspace=record.workspace,
+        limits=AgentLimits(memory=record.memory_mb, cpu=record.cpu_cores),
+        usage=None if record.ended else usage,
         endTime=end,
-        exitCode=_int(fields.get("exitCode")),
-        signal=fields.get("signal") or None,
-        reason=fields.get("reason") or None,
+        exitCode=record.exit_code,
+        signal=record.signal,
+        reason=record.reason,
     )

@@ -104,6 +104,16 @@ from shared.protocol import (
     encode,
     new_id,
 )
+from shared.topics import (
+    AGENTS_TOPIC,
+    ALERT_CATEGORIES,
+    ALERT_LEVELS,
+    LOGS_TOPIC,
+    METRICS_SECTIONS,
+    METRICS_TOPIC,
+    SubscriptionKind,
+    agent_topic,
+)
 
 log = logging.getLogger("teamdash.client")
 
@@ -126,7 +136,6 @@ AUTH_CODES = frozenset(
 #: What a subscription or ``events()`` yields: the typed topic events of the protocol, and
 #: the notice that some of them were lost (``subscription:gap``, in order with the events).
 DashboardEvent: TypeAlias = TopicEvent | SubscriptionGapMessage
-SubscriptionKind = Literal["agent", "metrics", "logs"]
 TokenProvider: TypeAlias = Callable[[], "str | Awaitable[str]"]
 Sleep: TypeAlias = Callable[[float], Awaitable[Any]]
 
@@ -232,12 +241,6 @@ class SeenWindow:
         return StreamPosition(offset=self.last, epoch=self.epoch)
 
 
-_AGENT_KINDS = frozenset({"stdout", "stderr", "status", "error", "created"})
-_METRICS_SECTIONS = frozenset({"system", "agents"})
-_LEVELS = frozenset({"info", "warning", "error", "critical"})
-_CATEGORIES = frozenset({"resource", "performance", "security", "agent"})
-
-
 def event_kind(event: DashboardEvent) -> str:
     """The filter name of an agent event: ``stdout``/``stderr``/``status``/``error``/``created``."""
     if isinstance(event, AgentOutputMessage):
@@ -263,7 +266,7 @@ def filter_accepts(kind: SubscriptionKind, filters: Sequence[str], event: Dashbo
         return isinstance(event, MetricsUpdateMessage)
     if not isinstance(event, SystemAlertMessage):
         return False
-    levels, categories = wanted & _LEVELS, wanted & _CATEGORIES
+    levels, categories = wanted & ALERT_LEVELS, wanted & ALERT_CATEGORIES
     if levels and event.payload.level not in levels:
         return False
     return not categories or event.payload.category in categories
@@ -271,10 +274,10 @@ def filter_accepts(kind: SubscriptionKind, filters: Sequence[str], event: Dashbo
 
 def metrics_sections(event: MetricsUpdateMessage, filters: Sequence[str]) -> MetricsUpdateMessage:
     """The update with only the sections a ``subscribe:metrics`` filter asked for."""
-    keep = frozenset(filters) & _METRICS_SECTIONS
-    if not keep or keep == _METRICS_SECTIONS:
+    keep = frozenset(filters) & METRICS_SECTIONS
+    if not keep or keep == METRICS_SECTIONS:
         return event
-    drop = {s: None for s in _METRICS_SECTIONS - keep}
+    drop = {s: None for s in METRICS_SECTIONS - keep}
     return event.model_copy(update={"payload": event.payload.model_copy(update=drop)})
 
 
@@ -285,10 +288,10 @@ def topic_of(event: DashboardEvent) -> str:
     if event.metadata is not None and event.metadata.topic is not None:
         return event.metadata.topic
     if isinstance(event, MetricsUpdateMessage):
-        return "metrics"
+        return METRICS_TOPIC
     if isinstance(event, SystemAlertMessage):
-        return "logs"
-    return f"agent:{event.payload.agentId}"
+        return LOGS_TOPIC
+    return agent_topic(event.payload.agentId)
 
 
 def position_of(event: DashboardEvent) -> tuple[str, int] | None:
@@ -1424,8 +1427,8 @@ def _decode(raw: str | bytes) -> Any:
 
 def _expected_topic(kind: SubscriptionKind, agent_id: str | None) -> str:
     if kind == "agent":
-        return f"agent:{agent_id}" if agent_id is not None else "agents"
-    return kind
+        return agent_topic(agent_id) if agent_id is not None else AGENTS_TOPIC
+    return METRICS_TOPIC if kind == "metrics" else LOGS_TOPIC
 
 
 def _close_error(code: int | None, reason: str | None) -> ClientError:

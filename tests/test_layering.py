@@ -6,7 +6,9 @@
 * no import cycle inside a package, imports under ``TYPE_CHECKING`` included;
 * the gateway's client core (``gateway/client_session.py``) does no I/O: no asyncio,
   websockets or redis;
-* only ``gateway/sessions.py`` names the session hash (``Keys.session``).
+* only ``gateway/sessions.py`` names the session hash (``Keys.session``);
+* only ``shared/agent_record.py`` spells the agent registry's own field names, and only the
+  registry's two adapters name its hash (``Keys.agent``).
 """
 
 from __future__ import annotations
@@ -116,3 +118,30 @@ def test_only_the_session_store_names_the_session_hash():
         if name.startswith("gateway") and ".session(" in path.read_text()
     }
     assert users == {"gateway.sessions"}
+
+
+#: Field names of the agent hash that mean nothing anywhere else (``status``, ``pid`` and
+#: the like are protocol words too: the check would catch every event).
+REGISTRY_ONLY_FIELDS = {
+    "workspacePath",
+    "procCreateTime",
+    "keeperPid",
+    "keeperCreateTime",
+    "memoryMb",
+    "cpuCores",
+}
+
+
+def test_only_the_agent_record_spells_the_registry_fields():
+    users = {
+        name
+        for name, path in MODULES.items()
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Constant) and node.value in REGISTRY_ONLY_FIELDS
+    }
+    assert users == {"shared.agent_record"}
+
+
+def test_only_the_registry_adapters_name_the_agent_hash():
+    users = {name for name, path in MODULES.items() if "keys.agent(" in path.read_text()}
+    assert users == {"agent_runner.registry", "gateway.runners"}

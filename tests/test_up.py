@@ -3,6 +3,7 @@ stack, a token from another terminal is accepted, Ctrl-C leaves no process behin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -111,9 +112,7 @@ async def test_up_serves_metrics_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> 
     text = (tmp_path / "up.log").read_text(errors="replace")
     assert code == 0, text
     assert "stopped" in text
-    time.sleep(0.2)
-    leftovers = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not leftovers, leftovers
+    await _gone(descendants, "every process of `up` to end with it")
 
 
 def _start_up(tmp_path: Path, port: int, *args: str, **extra: str) -> subprocess.Popen[bytes]:
@@ -169,7 +168,11 @@ async def _gone(processes: list[psutil.Process], what: str) -> None:
         # more (10 s), then flushes its events (5 s) — to a Redis that may be gone too.
         await wait_for(all_gone, timeout=60, what=what)
     except AssertionError as e:
-        left = [" ".join(p.cmdline()[:4]) for p in processes if p.is_running()]
+        left = []
+        for p in processes:
+            with contextlib.suppress(psutil.Error):  # a zombie has no command line
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(" ".join(p.cmdline()[:4]))
         raise AssertionError(f"{e}; still running: {left}") from None
     finally:
         for p in processes:  # never leave one behind, even when the test fails

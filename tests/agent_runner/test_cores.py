@@ -7,6 +7,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import get_args
 
 import orjson
 import pytest
@@ -23,6 +24,7 @@ from agent_runner.policy import (
     sanitize_command,
     validate_environment,
 )
+from agent_runner.registry import protocol_status
 from agent_runner.settings import RunnerSettings
 from agent_runner.state import (
     FINAL,
@@ -35,6 +37,7 @@ from agent_runner.state import (
     next_status,
 )
 from shared.errors import ErrorCode
+from shared.protocol import AgentState as ProtocolState
 from shared.settings import ConfigError, Env
 from tests.agent_runner.conftest import MODELS_FILE
 
@@ -101,6 +104,10 @@ def test_table_shape() -> None:
         assert TRANSITIONS[(status, Event.TERMINATE)] == Status.STOPPING
     reachable = {Status.STARTING} | set(TRANSITIONS.values())
     assert reachable == set(Status)
+
+
+def test_every_status_is_a_protocol_state() -> None:
+    assert {protocol_status(s) for s in Status} == set(get_args(ProtocolState))
 
 
 # ---------------------------------------------------------------------------

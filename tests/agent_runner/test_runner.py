@@ -511,18 +511,23 @@ async def test_per_user_limit(start_runner, gateway: Gateway, bus: EventBus) -> 
 async def test_runner_takes_creates_only_with_free_slots(
     start_runner, gateway: Gateway, bus: EventBus
 ) -> None:
-    await start_runner(TEAMDASH_RUNNER_MAX_AGENTS="1")
+    full = await start_runner(TEAMDASH_RUNNER_MAX_AGENTS="1")
     first, reply = await gateway.create("echo")
     assert reply.success
     waiting = await gateway.send(
         "create", "ag-second", {"name": "b", "model": "echo", "workspace": "b"}, wait=False
     )
-    await asyncio.sleep(0.5)
-    assert waiting not in gateway.replies  # not taken while the runner is full
-    assert (await gateway.control("terminate", first)).success
+    # The barrier: a runner started after the create was queued takes it. The group hands an
+    # entry to one consumer only, so the full runner never read it meanwhile.
+    roomy = await start_runner(TEAMDASH_RUNNER_MAX_AGENTS="1", TEAMDASH_RUNNER_ID="r-roomy")
     second = await gateway.reply(waiting)
     assert second.success and second.result and second.result["agentId"] == "ag-second"
+    assert second.runnerId == roomy.runner_id
     gateway.tracker.pids.add(second.result["pid"])
+    # With a slot free again, the first runner takes creates (the other one is full now).
+    assert (await gateway.control("terminate", first)).success
+    _, third = await gateway.create("echo", workspace="c")
+    assert third.success and third.runnerId == full.runner_id
 
 
 async def test_unknown_agent_and_expired_requests(
@@ -548,7 +553,12 @@ async def test_unknown_agent_and_expired_requests(
     )
     await redis.xadd(keys.create_stream, {REQUEST_FIELD: expired.model_dump_json()})
     await wait_for(lambda: _stream_empty(redis, keys.create_stream), what="the create to be taken")
-    await asyncio.sleep(0.2)
+    # Deleted once handled; a request sent now is answered on the same channel after any
+    # answer to the expired one.
+    marker = await gateway.send(
+        "command", "ag-nope", {"agentId": "ag-nope", "command": "x"}, runner_id=runner.runner_id
+    )
+    assert not marker.success
     assert expired.requestId not in gateway.replies
     assert not await redis.exists(keys.agent("ag-expired"))
 

@@ -59,8 +59,8 @@ async def test_reconnect_resumes_exactly_across_a_gateway_restart(make_gateway, 
         # live again, same Subscription objects and ids
         await publish_alerts(bus, [11, 12])
         assert numbers(await take(sub, 2)) == [11, 12]
-        with pytest.raises(TimeoutError):
-            await sub.next(0.3)
+        await publish_alerts(bus, [13])  # the barrier: it comes next, nothing before it
+        assert numbers(await take(sub, 1)) == [13]
         assert {s.id for s in client.subscriptions} == {sub.id, warnings.id}
         states = [c.state for c in changes]
         assert states[:2] == ["connected", "disconnected"] and states[-1] == "reconnected"
@@ -158,7 +158,8 @@ async def test_pending_request_fails_on_a_drop_and_new_ones_wait_for_the_reconne
     try:
         first = await make_gateway()
         port = first.port
-        client = DashboardClient(ws_url(first), token(), backoff=FAST)
+        changes: list[StateChange] = []
+        client = DashboardClient(ws_url(first), token(), backoff=FAST, on_state=changes.append)
         await client.connect()
         try:
             create = asyncio.create_task(client.create_agent("a1", "echo", "ws1"))
@@ -170,7 +171,14 @@ async def test_pending_request_fails_on_a_drop_and_new_ones_wait_for_the_reconne
             assert "may or may not" in err.value.message
             # Made while disconnected: sent once the client is back.
             subscribe = asyncio.create_task(client.subscribe_logs())
-            await asyncio.sleep(0.1)
+            attempts = len(changes)
+
+            def tried_twice_since() -> bool:
+                return sum(c.state == "reconnecting" for c in changes[attempts:]) >= 2
+
+            # The barrier: two more reconnection attempts (each one fails to connect: an
+            # await), so the subscribe has run and would have been refused by now.
+            await wait_for(tried_twice_since, what="two more reconnection attempts")
             assert not subscribe.done()
             await make_gateway(TEAMDASH_GATEWAY_PORT=str(port))
             sub = await asyncio.wait_for(subscribe, t(10))

@@ -227,8 +227,7 @@ async def test_teamdash_up_lb_serves_through_haproxy_and_stops_on_ctrl_c(tmp_pat
     text = log_path.read_text(errors="replace")
     assert code == 0, text
     assert "teamdash: stopped" in text
-    await asyncio.sleep(0.2)
-    assert not still_running(descendants)
+    await wait_for(lambda: not still_running(descendants), what="every process of `up` to end")
 
 
 async def test_the_public_frontend_refuses_the_gateways_metrics(topology: LocalTopology) -> None:

@@ -331,17 +331,21 @@ async def test_lifecycle_subscription_sees_own_agents_only_and_filters(gateway, 
     bob_agent, _ = await create(bob)
     alice_agent, _ = await create(alice)
     await status(alice, alice_agent, "running")
-    events = [m for m in await alice.collect(0.5) if m["type"].startswith("agent:")]
-    # Nothing of bob's agent; of her own, what her filter lets through (plus agent:created,
-    # which a creator always gets).
-    assert all(m["payload"]["agentId"] == alice_agent for m in events)
-    assert {m["type"] for m in events} <= {"agent:status", "agent:created"}
     # a viewer sees every agent's lifecycle, output excluded
     await viewer.recv_where(of_agent(bob_agent, "agent:created"), 10, "bob's agent created")
+    await viewer.recv_where(of_agent(bob_agent, "agent:status", status="running"), 10, "bob's")
     await viewer.recv_where(
         of_agent(alice_agent, "agent:status", status="running"), 10, "alice's running"
     )
     assert not [m for m in viewer.drain() if m["type"] == "agent:output"]
+    # The barrier: the end of her agent, published after every event above.
+    assert (await alice.request("agent:terminate", {"agentId": alice_agent}))["success"]
+    await status(alice, alice_agent, "stopped")
+    events = [m for m in alice.drain() if m["type"].startswith("agent:")]
+    # Nothing of bob's agent; of her own, what her filter lets through (plus agent:created,
+    # which a creator always gets).
+    assert all(m["payload"]["agentId"] == alice_agent for m in events)
+    assert {m["type"] for m in events} <= {"agent:status", "agent:created"}
     for c in (alice, viewer, bob):
         await c.close()
 

@@ -31,6 +31,7 @@ from gateway.client_session import (
 )
 from gateway.settings import GatewaySettings
 from shared.agent_info import AgentSnapshot, agent_info
+from shared.agent_record import AgentRecord
 from shared.bus import Event, HistoryPage, Position, Replay
 from shared.errors import ErrorCode, TeamdashError
 from shared.protocol import (
@@ -429,9 +430,9 @@ def _info(agent_id: str, owner: str, status: str, start: int) -> AgentInfo:
         "model": "echo",
         "runnerId": "r1",
     }
-    info = agent_info(fields, usage=None, last_activity=None, now_ms=start + 5)
-    assert info is not None
-    return info
+    record = AgentRecord.from_fields(agent_id, fields)
+    assert record is not None
+    return agent_info(record, usage=None, last_activity=None, now_ms=start + 5)
 
 
 SNAPSHOT = AgentSnapshot(

@@ -4,6 +4,7 @@ and gaps (offset jumps, a killed pub/sub connection) that are resynced, never si
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from shared.keys import LOGS_TOPIC, METRICS_TOPIC
 from shared.protocol import (
@@ -38,11 +39,22 @@ def metrics(usage: float = 12.5) -> MetricsUpdateMessage:
     )
 
 
-def alert(level: str, category: str = "resource") -> SystemAlertMessage:
+def alert(level: str, category: str = "resource", message: str = "") -> SystemAlertMessage:
     return SystemAlertMessage(
         type="system:alert",
-        payload=SystemAlertPayload(level=level, category=category, message=f"{level} {category}"),  # type: ignore[arg-type]
+        payload=SystemAlertPayload(
+            level=level,  # type: ignore[arg-type]
+            category=category,  # type: ignore[arg-type]
+            message=message or f"{level} {category}",
+        ),
     )
+
+
+async def until_barrier(client: WSClient) -> list[dict[str, Any]]:
+    """What the client received before the alert whose message is ``barrier`` (published
+    after everything the test looks at: one connection gets its events in order)."""
+    await client.recv_where(lambda m: m.get("payload", {}).get("message") == "barrier")
+    return client.drain()
 
 
 async def test_fanout_to_many_clients_in_order(gateway, bus):
@@ -65,12 +77,14 @@ async def test_fanout_to_many_clients_in_order(gateway, bus):
 async def test_unsubscribe_stops_delivery(gateway, bus):
     client = await WSClient.authed(ws_url(gateway), token())
     sid = await client.subscribe("metrics")
+    await client.subscribe("logs")  # the barrier's topic
     await bus.publish(METRICS_TOPIC, metrics(), ("system", "agents"))
     await client.recv_type("metrics:update")
     ack = await client.request("unsubscribe", {"subscriptionId": sid})
     assert ack["success"]
     await bus.publish(METRICS_TOPIC, metrics(), ("system", "agents"))
-    assert not [m for m in await client.collect(0.3) if m["type"] == "metrics:update"]
+    await bus.publish(LOGS_TOPIC, alert("info", message="barrier"), ("info", "resource"))
+    assert not [m for m in await until_barrier(client) if m["type"] == "metrics:update"]
     assert METRICS_TOPIC not in gateway.routes
     await client.close()
 
@@ -100,13 +114,17 @@ async def test_logs_filters_by_level_and_category(gateway, bus):
         await bus.publish(LOGS_TOPIC, alert(level, category), (level, category))
     got_all = [await everything.recv_type("system:alert") for _ in range(4)]
     assert [m["payload"]["level"] for m in got_all] == ["info", "warning", "critical", "warning"]
-    got_w = [m["payload"] for m in await warnings.collect(0.3) if m["type"] == "system:alert"]
+    # The barrier: an alert both filters take, published last.
+    await bus.publish(
+        LOGS_TOPIC, alert("critical", "security", "barrier"), ("critical", "security")
+    )
+    got_w = [m["payload"] for m in await until_barrier(warnings) if m["type"] == "system:alert"]
     assert [(p["level"], p["category"]) for p in got_w] == [
         ("warning", "resource"),
         ("critical", "security"),
         ("warning", "agent"),
     ]
-    got_s = [m["payload"] for m in await security.collect(0.1) if m["type"] == "system:alert"]
+    got_s = [m["payload"] for m in await until_barrier(security) if m["type"] == "system:alert"]
     assert [(p["level"], p["category"]) for p in got_s] == [("critical", "security")]
     for c in (warnings, security, everything):
         await c.close()

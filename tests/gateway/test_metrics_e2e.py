@@ -10,16 +10,20 @@ import sys
 import psutil
 
 from shared.protocol import MetricsUpdateMessage, decode_server_message
+from shared.topics import LOGS_TOPIC, METRICS_TOPIC
 from tests.gateway.conftest import token, ws_url
+from tests.gateway.test_fanout import alert, until_barrier
+from tests.helpers import wait_for
 from tests.wsclient import WSClient
 
 
 async def test_metrics_updates_reach_a_subscriber_and_stop_after_unsubscribe(
-    gateway, service_env, start_service
+    gateway, bus, service_env, start_service
 ):
     start_service("collector", {**service_env, "TEAMDASH_METRICS_INTERVAL_S": "0.2"})
     client = await WSClient.authed(ws_url(gateway), token())
     sid = await client.subscribe("metrics")
+    await client.subscribe("logs")  # the barrier's topic
     updates = [await client.recv_type("metrics:update", timeout=10) for _ in range(2)]
     for raw in updates:
         msg = decode_server_message(json.dumps(raw))
@@ -41,15 +45,22 @@ async def test_metrics_updates_reach_a_subscriber_and_stop_after_unsubscribe(
 
     ack = await client.request("unsubscribe", {"subscriptionId": sid})
     assert ack["success"]
-    late = [m for m in await client.collect(0.7) if m["type"] == "metrics:update"]
+    # The barrier: an alert published once the collector has published two more updates.
+    head = (await bus.head(METRICS_TOPIC)).offset
+
+    async def two_more() -> bool:
+        return (await bus.head(METRICS_TOPIC)).offset >= head + 2
+
+    await wait_for(two_more, what="two more metrics updates")
+    await bus.publish(LOGS_TOPIC, alert("info", message="barrier"), ("info", "resource"))
+    late = [m for m in await until_barrier(client) if m["type"] == "metrics:update"]
     # At most one update that was already on the wire when the ack was sent.
     assert len(late) <= 1
-    assert not [m for m in await client.collect(0.6) if m["type"] == "metrics:update"]
     await client.close()
 
 
 async def test_memory_alert_raised_and_cleared_reaches_logs_subscribers(
-    gateway, service_env, start_service
+    gateway, bus, service_env, start_service
 ):
     used = psutil.virtual_memory().percent
     hog_bytes = min(2 << 30, int(psutil.virtual_memory().available * 0.3))
@@ -102,7 +113,10 @@ async def test_memory_alert_raised_and_cleared_reaches_logs_subscribers(
 
     got = await warnings_only.recv_type("system:alert")
     assert got["payload"]["level"] == "warning"
-    assert not [m for m in await warnings_only.collect(0.3) if m["type"] == "system:alert"]
-    assert not [m for m in await critical_only.collect(0.1) if m["type"] == "system:alert"]
+    # The barriers, published after the cleared alert: one for each filter.
+    for level in ("warning", "critical"):
+        await bus.publish(LOGS_TOPIC, alert(level, message="barrier"), (level, "resource"))
+    assert not [m for m in await until_barrier(warnings_only) if m["type"] == "system:alert"]
+    assert not [m for m in await until_barrier(critical_only) if m["type"] == "system:alert"]
     for c in (everything, warnings_only, critical_only):
         await c.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import namedtuple
+from typing import Any
 
 import psutil
 import pytest
@@ -195,3 +196,18 @@ async def test_hung_disk_reuses_the_last_figures(monkeypatch: pytest.MonkeyPatch
     finally:
         release.set()
         await sampler.aclose()
+
+
+async def test_a_sample_cancelled_as_its_slow_read_ends_is_cancelled() -> None:
+    """On 3.11 ``asyncio.wait_for`` returned the read instead (see tests/gateway/test_timeouts.py):
+    the collector's loop went on and its stop waited for it."""
+    sampler = Sampler("/")
+    read: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    sampler._pending = read  # type: ignore[assignment]  # a slow read under way
+    task = asyncio.create_task(sampler.sample())
+    await asyncio.sleep(0)  # the task waits for the read
+    read.set_result(sampler._read_slow_blocking())  # the read ends...
+    task.cancel()  # ...and the cancellation lands in the same step
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await sampler.aclose()

@@ -53,9 +53,9 @@ async def test_events_are_logged_with_who_and_counted(make_gateway, caplog):
         vera = await WSClient.authed(url, token("vera", roles=("viewer",)))
         ack = await vera.request("agent:create", {"name": "a", "model": "echo", "workspace": "w"})
         assert not ack["success"]
-        for _ in range(6):
-            await vera.send("unsubscribe", {"subscriptionId": "x"})
-        await vera.collect(0.3)
+        sent = [await vera.send("unsubscribe", {"subscriptionId": "x"}) for _ in range(6)]
+        for mid in sent:  # every one answered: the trip was recorded
+            await vera.ack_for(mid)
         try:
             await WSClient.open(url, additional_headers=[("Origin", "https://evil.example")])
         except InvalidStatus as e:

@@ -4,7 +4,9 @@ manage (and see) their own agents, admins everything; operators may be allowed t
 from __future__ import annotations
 
 from shared.errors import ErrorCode
+from shared.topics import LOGS_TOPIC
 from tests.gateway.conftest import token, ws_url
+from tests.gateway.test_fanout import alert, until_barrier
 from tests.wsclient import WSClient
 
 CREATE = {"name": "a", "model": "echo", "workspace": "ws"}
@@ -88,10 +90,14 @@ async def test_roles_viewer_operator_admin(gateway, start_runner):
         10,
         "bob's agent stopped (admin)",
     )
+    # The barrier: the end of alice's agent, on the same topic after all of bob's events.
+    assert (await alice.request("agent:terminate", {"agentId": alice_agent}))["success"]
     await alice.recv_where(
-        lambda m: of_agent(alice_agent)(m) and m["type"] == "agent:status", 10, "alice's own status"
+        lambda m: of_agent(alice_agent)(m) and m["payload"].get("status") == "stopped",
+        10,
+        "alice's agent stopped",
     )
-    leaked = [m for m in alice.drain() + await alice.collect(0.5) if of_agent(bob_agent)(m)]
+    leaked = [m for m in alice.drain() if of_agent(bob_agent)(m)]
     assert not leaked, leaked
     for client in (alice, bob, vera, root, no_roles, odd_roles):
         await client.close()
@@ -130,7 +136,7 @@ async def test_a_session_cannot_be_taken_over_by_another_user(gateway):
 
 
 async def test_operators_see_only_their_own_agents_in_metrics_and_alerts(
-    gateway, start_runner, start_service, service_env
+    gateway, bus, start_runner, start_service, service_env
 ):
     """The shared topics too: an operator's ``metrics:update.agents`` lists only their
     agents, and another user's agent crashing raises no alert on their ``logs``; viewers and
@@ -175,7 +181,9 @@ async def test_operators_see_only_their_own_agents_in_metrics_and_alerts(
 
     for client in (alice, vera, root):
         await client.recv_where(crash_alert, 15, "alice's agent's crash alert")
-    leaked = [m for m in bob.drain() + await bob.collect(1.0) if crash_alert(m)]
+    # The barrier: an alert for everyone, published after the crash alert.
+    await bus.publish(LOGS_TOPIC, alert("info", "agent", "barrier"), ("info", "agent"))
+    leaked = [m for m in await until_barrier(bob) if crash_alert(m)]
     assert not leaked, leaked
     for client in everyone:
         await client.close()

@@ -530,6 +530,17 @@ class Collector:
         return [parse_channel_message(topic, d) for c, d in self.received if c == channel]
 
 
+async def barrier(hub: PubSubHub, got: Collector, redis: aioredis.Redis, keys: Keys) -> None:
+    """Return once the hub has delivered everything published before the call: Redis sends
+    one connection its messages in the order they were published, so a marker published now
+    on a channel of its own comes after them."""
+    channel = keys.topic_channel("barrier")
+    await hub.subscribe(channel)
+    marker = uuid.uuid4().bytes
+    await redis.publish(channel, marker)
+    await wait_for(lambda: (channel, marker) in got.received, what="the barrier's marker")
+
+
 def with_query(url: str, query: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}{query}"
 
@@ -569,7 +580,10 @@ async def hub_and_collector(hub_url: str) -> AsyncIterator[tuple[PubSubHub, Coll
 
 
 async def test_hub_delivers_live_events(
-    hub_and_collector: tuple[PubSubHub, Collector], bus: EventBus, keys: Keys
+    hub_and_collector: tuple[PubSubHub, Collector],
+    bus: EventBus,
+    redis: aioredis.Redis,
+    keys: Keys,
 ) -> None:
     hub, got = hub_and_collector
     assert hub.connected.is_set()
@@ -593,12 +607,15 @@ async def test_hub_delivers_live_events(
     )
     [replayed] = (await bus.read_since(LOGS_TOPIC, Position(0, None))).events
     assert replayed == event  # live and replayed events are identical
-    await asyncio.sleep(0.1)
-    assert len(got.received) == 1
+    await barrier(hub, got, redis, keys)
+    assert len(got.events(LOGS_TOPIC, keys)) == 1 and not got.events(METRICS_TOPIC, keys)
 
 
 async def test_hub_unsubscribe_stops_delivery(
-    hub_and_collector: tuple[PubSubHub, Collector], bus: EventBus, keys: Keys
+    hub_and_collector: tuple[PubSubHub, Collector],
+    bus: EventBus,
+    redis: aioredis.Redis,
+    keys: Keys,
 ) -> None:
     hub, got = hub_and_collector
     channel = keys.topic_channel(LOGS_TOPIC)
@@ -609,8 +626,8 @@ async def test_hub_unsubscribe_stops_delivery(
     await hub.unsubscribe(channel)  # idempotent
     assert hub.channels == frozenset()
     await bus.publish(LOGS_TOPIC, alert(2))
-    await asyncio.sleep(0.2)
-    assert len(got.received) == 1
+    await barrier(hub, got, redis, keys)
+    assert len(got.events(LOGS_TOPIC, keys)) == 1
 
 
 async def test_hub_handler_errors_do_not_stop_delivery(
@@ -643,18 +660,21 @@ async def test_hub_handler_errors_do_not_stop_delivery(
 
 
 async def test_hub_delivers_a_burst_complete_in_order_and_batched(
-    hub_and_collector: tuple[PubSubHub, Collector], bus: EventBus, keys: Keys
+    hub_and_collector: tuple[PubSubHub, Collector],
+    bus: EventBus,
+    redis: aioredis.Redis,
+    keys: Keys,
 ) -> None:
     hub, got = hub_and_collector
     await hub.subscribe(keys.topic_channel(LOGS_TOPIC))
     positions = await bus.publish_many([(LOGS_TOPIC, alert(i), ()) for i in range(500)])
     await wait_for(lambda: len(got.received) >= 500, what="the whole burst")
-    await asyncio.sleep(0.1)
+    await barrier(hub, got, redis, keys)
     events = got.events(LOGS_TOPIC, keys)
     assert [e.position for e in events] == positions
     assert [e.offset for e in events] == list(range(1, 501))
     assert 0 not in got.batches  # never called with nothing
-    assert sum(got.batches) == 500
+    assert sum(got.batches) == 501  # and the barrier's marker
     assert len(got.batches) < 500  # several messages per call
 
 
@@ -797,5 +817,5 @@ async def test_hub_unsubscribe_during_an_outage_is_not_restored(
 
     await wait_for(kept_delivered, what="delivery on the kept channel")
     await bus.publish(LOGS_TOPIC, alert(2))
-    await asyncio.sleep(0.2)
+    await barrier(hub, got, redis, keys)
     assert got.events(LOGS_TOPIC, keys) == []
