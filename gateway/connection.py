@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -97,7 +96,7 @@ class Connection:
     def __init__(self, parts: ConnectionParts, ws: ServerConnection) -> None:
         self.parts = parts
         self.ws = ws
-        self.id = uuid.uuid4().hex[:12]
+        self.id = ws.id.hex[:12]  # websockets' own uuid4: one less to make per connection
         self.ip = parts.client_ip(ws)
         self.session: ClientSession[ServerConnection] = ClientSession(
             ws,

@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from gateway.client_session import SessionUpdate, StoredSession, StoredSubscription
 from shared.bus import Position, as_text
@@ -91,6 +92,8 @@ class SessionStore:
         self._write = redis.register_script(_WRITE_IF_HOLDER)
         self._hold = redis.register_script(_HOLD)
         self._scripts = (self._write, self._hold)
+        #: The scripts were loaded by an earlier round trip (a NOSCRIPT reply loads them again).
+        self._loaded = False
         self._queue: list[_Batch] = []
         self._wake = asyncio.Event()
         self._closed = False
@@ -112,16 +115,16 @@ class SessionStore:
             self._queue = []
 
     async def _execute(self, batches: list[_Batch]) -> None:
+        calls = [call for batch in batches for call in batch.calls]
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                # SCRIPT LOAD in the same round trip: redis-py would otherwise first ask
-                # SCRIPT EXISTS in a round trip of its own (and Redis may have restarted).
-                for script in self._scripts:
-                    pipe.script_load(script.script)
-                for batch in batches:
-                    for script, key, args in batch.calls:
-                        pipe.evalsha(script.sha, 1, key, *args)
-                results = (await pipe.execute(raise_on_error=False))[len(self._scripts) :]
+            results = await self._evalsha(calls, load=not self._loaded)
+            self._loaded = True
+            again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if again:
+                # Redis lost the scripts (a restart, SCRIPT FLUSH): those calls ran nothing.
+                retried = await self._evalsha([calls[i] for i in again], load=True)
+                for i, result in zip(again, retried, strict=True):
+                    results[i] = result
         except asyncio.CancelledError:
             self._fail(batches, ConnectionError("the session writer stopped"))
             raise
@@ -139,6 +142,21 @@ class SessionStore:
                 batch.done.set_exception(error)
             else:
                 batch.done.set_result(mine)
+
+    async def _evalsha(self, calls: list[_Call], *, load: bool) -> list[Any]:
+        """One pipeline of ``calls`` (their results, errors included); with ``load``, the
+        scripts are loaded first in the same round trip. Not on every round trip: two more
+        commands to pack, send and parse in a batch of a few ``hold`` calls was a fifth of
+        the writer's time in a connection burst. Not redis-py's own way either: it would
+        ask SCRIPT EXISTS in a round trip of its own."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if load:
+                for script in self._scripts:
+                    pipe.script_load(script.script)
+            for script, key, args in calls:
+                pipe.evalsha(script.sha, 1, key, *args)
+            results = await pipe.execute(raise_on_error=False)
+        return results[len(self._scripts) :] if load else results
 
     @staticmethod
     def _fail(batches: list[_Batch], error: BaseException) -> None:
