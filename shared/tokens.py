@@ -264,7 +264,11 @@ class TokenVerifier:
         segments = raw.split(b".")
         if len(segments) != 3:
             return None
-        header, payload, signature = (_segment(x) for x in segments)
+        header, payload, signature = (
+            _segment(segments[0]),
+            _segment(segments[1]),
+            _segment(segments[2]),
+        )
         if header is None or payload is None or signature is None:
             return None
         try:
