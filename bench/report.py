@@ -479,7 +479,9 @@ def _profiles(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
                 if "profile" in r["ramp"]:
                     out.append((f"connect ramp {name} C={r['connections']}", r["ramp"]["profile"]))
                 if "profile" in r["burst"]:
-                    out.append((f"connect burst {name} C={r['connections']}", r["burst"]["profile"]))
+                    out.append(
+                        (f"connect burst {name} C={r['connections']}", r["burst"]["profile"])
+                    )
                 if "profile" in r.get("ceiling_burst", {}):
                     prof = r["ceiling_burst"]["profile"]
                     out.append((f"ceiling burst C={r['connections']}", prof))
