@@ -173,8 +173,8 @@ def parser() -> argparse.ArgumentParser:
         nargs="?",
         const="auto",
         help="py-spy the first gateway during these phases, comma-separated: fan-out steps (a rate, "
-        "'afap'), 'connect' (ramp) and 'idle' (at rest) with the largest C, 'requests', 'agent-output' "
-        "(default: all of them, with the largest rate)",
+        "'afap'), 'connect' (ramp), 'idle' (at rest) and 'burst' with the largest C, 'requests', "
+        "'agent-output' (default: all of them, with the largest rate)",
     )
     p.add_argument(
         "--out", type=Path, dest="out_dir", help="results folder (default bench/results)"
@@ -231,6 +231,7 @@ def from_args(argv: list[str] | None = None) -> BenchConfig:
                 "afap",
                 "idle",
                 "connect",
+                "burst",
                 "requests",
                 "agent-output",
             )

@@ -547,6 +547,13 @@ def _profiles(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             for r in runs:
                 if "profile" in r["ramp"]:
                     out.append((f"connect ramp {name} C={r['connections']}", r["ramp"]["profile"]))
+                if "profile" in r["burst"]:
+                    out.append(
+                        (f"connect burst {name} C={r['connections']}", r["burst"]["profile"])
+                    )
+                if "profile" in r.get("ceiling_burst", {}):
+                    prof = r["ceiling_burst"]["profile"]
+                    out.append((f"ceiling burst C={r['connections']}", prof))
                 if "profile" in r["idle"]:
                     out.append((f"idle {name} C={r['connections']}", r["idle"]["profile"]))
     for key, title in (("requests", "requests"), ("agent_output", "agent output")):

@@ -453,6 +453,7 @@ async def _connections_one(ctx: Context, stack: Stack, c: int) -> dict[str, Any]
     await pool.all("close", group="conns")
     await asyncio.sleep(1.0)
 
+    profiler = await _profiler(ctx, "burst", gw_pid, f"burst-{stack.n_gateways}gw-{c}")
     meter = CpuMeter(roles)
     tcp = tcp_counters()
     meter.start()
@@ -461,9 +462,11 @@ async def _connections_one(ctx: Context, stack: Stack, c: int) -> dict[str, Any]
     )
     burst["cpu_pct"] = meter.stop()
     burst["tcp"] = counters_delta(tcp, tcp_counters())
+    if profiler is not None:
+        burst["profile"] = await profiler.finish()
     await pool.all("close", group="conns")
     # The same burst on the ceiling right after (side by side: the same neighbours).
-    ceiling_burst = await _ceiling_burst(ctx, c) if stack.n_gateways == 1 else None
+    ceiling_burst = await _ceiling_burst(ctx, c, largest) if stack.n_gateways == 1 else None
 
     gw_cpu_s = idle_cpu["gateway"] / 100.0 * idle_cpu["seconds"]
     heartbeats = connected * idle_cpu["seconds"] / cfg.heartbeat_s if cfg.heartbeat_s else 0
@@ -508,12 +511,15 @@ async def _connections_one(ctx: Context, stack: Stack, c: int) -> dict[str, Any]
     return out
 
 
-async def _ceiling_burst(ctx: Context, c: int) -> dict[str, Any]:
+async def _ceiling_burst(ctx: Context, c: int, profile: bool) -> dict[str, Any]:
     """C clients connecting and authenticating in one burst to :mod:`bench.ceiling` (a bare
     websockets server answering ``auth`` with a canned ``connection:status``): the floor
-    of the gateway's burst on this machine."""
+    of the gateway's burst on this machine. With ``profile`` and ``--profile burst``, py-spy
+    samples the ceiling too (the two profiles side by side show what the gateway adds)."""
     async with ceiling_target(ctx) as target:
         await asyncio.sleep(0.5)
+        pid = target.source.pid if profile else None
+        profiler = await _profiler(ctx, "burst", pid, f"ceiling-burst-{c}")
         meter = CpuMeter(target.roles)
         tcp = tcp_counters()
         meter.start()
@@ -522,6 +528,8 @@ async def _ceiling_burst(ctx: Context, c: int) -> dict[str, Any]:
         )
         burst["cpu_pct"] = meter.stop()
         burst["tcp"] = counters_delta(tcp, tcp_counters())
+        if profiler is not None:
+            burst["profile"] = await profiler.finish()
         await ctx.pool.all("close", group="conns")
     return burst
 

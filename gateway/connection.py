@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +100,7 @@ class Connection:
     def __init__(self, parts: ConnectionParts, ws: ServerConnection) -> None:
         self.parts = parts
         self.ws = ws
-        self.id = uuid.uuid4().hex[:12]
+        self.id = ws.id.hex[:12]  # websockets' own uuid4: one less to make per connection
         self.ip = parts.client_ip(ws)
         self.session: ClientSession[ServerConnection] = ClientSession(
             ws,
@@ -114,7 +113,8 @@ class Connection:
             leeway_s=parts.verifier.leeway_s,
         )
         self.tasks = OwnedTasks(log, f"connection {self.id}")
-        self._expiry_timer: asyncio.Task[None] | None = None
+        #: The token timer: a loop timer, re-armed at least every minute (see _arm_expiry).
+        self._expiry: asyncio.TimerHandle | None = None
 
     @property
     def identity(self) -> Identity | None:
@@ -145,6 +145,8 @@ class Connection:
             )
 
     async def _cleanup(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         await self.tasks.close()
         subs, update = self.session.closed(now_ms())
         for sub in subs:
@@ -172,9 +174,7 @@ class Connection:
             elif isinstance(action, Detach):
                 await self.parts.routes.detach(action.subscription)
             elif isinstance(action, StartExpiryTimer):
-                if self._expiry_timer is not None:
-                    self._expiry_timer.cancel()
-                self._expiry_timer = self._spawn(self._expiry_watch(action), "expiry")
+                self._arm_expiry(action, False)
             elif isinstance(action, WriteSession):
                 await self._write_session(action.update, what="save the session")
             elif isinstance(action, ContinueCatchUp):
@@ -431,16 +431,22 @@ class Connection:
             gateway_id=self.parts.gateway_id,
         )
 
-    async def _expiry_watch(self, timer: StartExpiryTimer) -> None:
-        """Warn before, and close at, the token's expiry (unless a refresh restarts this)."""
-        if timer.warn_at is not None:
-            await _sleep_until(timer.warn_at)
-            await self._carry_out(self.session.expiry_warning(time.time()))
-        await _sleep_until(timer.expire_at)
-        await self._carry_out(self.session.token_expired(None))
-
-
-async def _sleep_until(wall_time: float) -> None:
-    """Sleep until the wall clock reads ``wall_time`` (re-checked, as it may be adjusted)."""
-    while (left := wall_time - time.time()) > 0:  # noqa: ASYNC110 - a timer, not a poll
-        await asyncio.sleep(min(left, 60.0))
+    def _arm_expiry(self, timer: StartExpiryTimer, warned: bool) -> None:
+        """(Re)arm the token timer: warn at ``timer.warn_at`` (unless ``warned``), close at
+        ``timer.expire_at`` (a refresh re-arms it). A loop timer rather than a sleeping task
+        per connection: that task cost ~10 µs of every connect+auth and ~1 KB held for the
+        token's lifetime. The wall clock is re-read at least every minute (it may be
+        adjusted); only what is due runs in a task."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        warn_at = None if warned else timer.warn_at
+        left = (warn_at if warn_at is not None else timer.expire_at) - time.time()
+        if left > 0:
+            loop = asyncio.get_running_loop()
+            self._expiry = loop.call_later(min(left, 60.0), self._arm_expiry, timer, warned)
+        elif warn_at is not None:
+            self._spawn(self._carry_out(self.session.expiry_warning(time.time())), "expiry")
+            self._arm_expiry(timer, True)
+        else:
+            self._spawn(self._carry_out(self.session.token_expired(None)), "expiry")

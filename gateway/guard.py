@@ -19,6 +19,7 @@ one regular expression whose work is bounded by ``MAX_STRINGS``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -94,6 +95,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+# Cached: every connection parses its peer three times (the handshake check, the
+# connection, its rate-limit key), ~4 µs each in ipaddress; clients come from few addresses.
+@functools.lru_cache(maxsize=4096)
 def parse_ip(text: str | None) -> IPAddress | None:
     """An address from a socket peer or an X-Forwarded-For hop (``1.2.3.4``, ``1.2.3.4:80``,
     ``::1``, ``[::1]:80``); IPv4-mapped IPv6 becomes IPv4. None when it is not one."""

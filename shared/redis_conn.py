@@ -18,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -92,18 +95,39 @@ def _retry_options() -> dict[str, object]:
     }
 
 
+class _HiredisPacking:
+    """Commands packed by hiredis, in C, as redis-py's synchronous client packs them when
+    hiredis is installed (the same bytes, the same DataError for a bad argument type);
+    its asyncio client packs in Python, ~2 µs per argument: 20 µs for each session ``hold``
+    of a gateway, on every connect+auth."""
+
+    _serializer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return self._serializer.pack(*args)  # type: ignore[no-any-return]
+
+
+def _pack_with_hiredis(pool: aioredis.ConnectionPool) -> aioredis.ConnectionPool:
+    base = pool.connection_class  # chosen by the URL: TCP, TLS or a Unix socket
+    packed = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+    pool.connection_class = cast(type[AbstractConnection], packed)
+    return pool
+
+
 def redis_client(
     url: str, *, max_connections: int | None = None, pool_timeout_s: float | None = None
 ) -> aioredis.Redis:
     """The Redis client of a service: retries a command once on a connection error, checks
-    idle connections before use. With ``max_connections`` the pool is a blocking one
-    (callers wait up to ``pool_timeout_s`` for a free connection instead of failing)."""
+    idle connections before use, packs commands with hiredis. With ``max_connections`` the
+    pool is a blocking one (callers wait up to ``pool_timeout_s`` for a free connection
+    instead of failing)."""
     if max_connections is None:
-        return aioredis.Redis.from_url(url, **_retry_options())  # type: ignore[arg-type]
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=pool_timeout_s, **_retry_options()
-    )
-    return aioredis.Redis.from_pool(pool)
+        pool = aioredis.ConnectionPool.from_url(url, **_retry_options())
+    else:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=pool_timeout_s, **_retry_options()
+        )
+    return aioredis.Redis.from_pool(_pack_with_hiredis(pool))
 
 
 async def wait_for_redis(

@@ -91,11 +91,30 @@ async def test_writes_after_the_writer_stopped_fail_at_once(redis: aioredis.Redi
 
 
 async def test_writes_survive_a_script_flush(store: SessionStore, redis: aioredis.Redis):
-    """A restarted or flushed Redis has forgotten the scripts: each round trip loads them."""
+    """A restarted or flushed Redis has forgotten the scripts: the calls refused with
+    NOSCRIPT (nothing ran) go again, with the scripts loaded first."""
     await hold(store, "s1", "c1", new=True)
     await redis.script_flush()
-    assert await store.write("s1", "c1", SessionUpdate(last_activity_ms=4))
+    written = await asyncio.gather(
+        store.write("s1", "c1", SessionUpdate(last_activity_ms=4)),
+        hold(store, "s2", "c2", new=True),
+    )
+    assert written[0]
     assert (await redis.hget(store.keys.session("s1"), "lastActivity")) == b"4"
+    assert (await redis.hget(store.keys.session("s2"), "conn")) == b"c2"
+
+
+async def test_the_scripts_are_loaded_once_not_every_round_trip(
+    store: SessionStore, redis: aioredis.Redis
+):
+    async def script_commands() -> int:
+        stats = await redis.info("commandstats")  # Redis 7 counts "cmdstat_script|load"
+        return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_script"))
+
+    before = await script_commands()
+    for i in range(5):
+        await hold(store, f"s{i}", f"c{i}", new=True)
+    assert await script_commands() - before == 2  # SCRIPT LOAD of each script, once
 
 
 async def test_a_connection_that_lost_its_session_cannot_delete_the_new_holder_s_cursor(

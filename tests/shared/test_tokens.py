@@ -3,6 +3,9 @@ error code the client sees for it."""
 
 from __future__ import annotations
 
+import base64
+import hmac
+import json
 import time
 from pathlib import Path
 
@@ -202,3 +205,164 @@ def test_a_token_with_no_known_role_is_a_viewer(roles: object) -> None:
     identity = verifier.verify(raw({"sub": "a", "iat": now, "exp": now + 60, "roles": roles}))
     assert identity.roles == frozenset({"viewer"})
     assert not identity.can_control_agents() and not identity.is_admin
+
+
+# -- the HMAC shortcut (TokenVerifier._plain_hmac_claims) ----------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _part(part: object) -> str:
+    """A token segment: a str as it is, bytes as JSON text, anything else as JSON."""
+    if isinstance(part, str):
+        return part
+    return _b64(part if isinstance(part, bytes) else json.dumps(part).encode())
+
+
+def _signed(header: object, claims: object, key: str = SECRET, digest: str = "sha256") -> str:
+    """A token with exactly this header and these claims, signed."""
+    head, body = _part(header), _part(claims)
+    signature = hmac.digest(key.encode(), f"{head}.{body}".encode(), digest)
+    return f"{head}.{body}.{_b64(signature)}"
+
+
+def _pyjwt(v: TokenVerifier, token: str) -> dict[str, object] | str:
+    """What PyJWT alone says of ``token`` with ``v``'s options: the claims, or the error."""
+    require = ["exp", "sub"] + (["iss"] if v.issuer else []) + (["aud"] if v.audience else [])
+    try:
+        claims: dict[str, object] = jwt.decode(
+            token,
+            v.key,  # type: ignore[arg-type]
+            algorithms=list(v.algorithms),
+            options={"require": require, "verify_aud": v.audience is not None},
+            issuer=v.issuer,
+            audience=v.audience,
+            leeway=v.leeway_s,
+        )
+    except jwt.InvalidTokenError as e:
+        return f"{type(e).__name__}: {e}"
+    return claims
+
+
+def _standard_alphabet(claims: dict[str, object]) -> str:
+    """``claims`` as a segment in base64's standard alphabet (``+`` and ``/``)."""
+    segment = base64.b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    assert "+" in segment or "/" in segment
+    return segment
+
+
+HS256 = {"alg": "HS256", "typ": "JWT"}
+STRICT = TokenVerifier(SECRET, issuer="teamdash", audience="dashboard", leeway_s=5)
+
+
+def _shapes(now: int) -> list[tuple[TokenVerifier, str, bool]]:
+    """(verifier, token, the shortcut takes it): odd shapes on both sides of every check,
+    made at ``now`` (when the test runs, not when it is collected)."""
+    good = {"sub": "alice", "iat": now, "exp": now + 60}
+    strict_good = {**good, "iss": "teamdash", "aud": "dashboard"}
+    return [
+        (verifier, mint_token(SECRET, "alice"), True),
+        (verifier, _signed(HS256, good), True),
+        (verifier, _signed({"alg": "HS256"}, good), True),
+        (
+            verifier,
+            _signed({"typ": "JWT", "alg": "HS256"}, {**good, "jti": "j1", "nbf": now}),
+            True,
+        ),
+        (verifier, _signed(HS256, {"sub": "alice", "exp": now + 60}), True),
+        # header: another algorithm, none, missing, not a string, extra fields, not an object
+        (verifier, _signed({"alg": "HS512"}, good, digest="sha512"), False),
+        (verifier, _signed({"alg": "none"}, good), False),
+        (verifier, _signed({"typ": "JWT"}, good), False),
+        (verifier, _signed({"alg": ["HS256"]}, good), False),
+        (verifier, _signed({"alg": "HS256", "kid": "k1"}, good), False),
+        (verifier, _signed({"alg": "HS256", "kid": 7}, good), False),
+        (verifier, _signed({"alg": "HS256", "crit": ["b64"], "b64": True}, good), False),
+        (verifier, _signed({"alg": "HS256", "crit": ["exp"]}, good), False),
+        (verifier, _signed({"alg": "HS256", "b64": False}, good), False),
+        (verifier, _signed(["HS256"], good), False),
+        (verifier, _signed(b"{'alg': 'HS256'}", good), False),
+        # signature: another key, cut short, tampered body
+        (verifier, _signed(HS256, good, key=SECRET + "x"), False),
+        (verifier, _signed(HS256, good)[:-2], False),
+        (
+            verifier,
+            ".".join(
+                mint_token(SECRET, "mallory").split(".")[:2] + [_signed(HS256, good).split(".")[2]]
+            ),
+            False,
+        ),
+        # base64url: padding, the standard alphabet, a stray character, non-canonical bits
+        (verifier, _signed(_b64(json.dumps(HS256).encode()) + "=", good), False),
+        (verifier, _signed(HS256, _b64(json.dumps(good).encode()) + "=="), False),
+        (verifier, _signed(HS256, _standard_alphabet({**good, "sub": "~~~"})), False),
+        (verifier, _signed(HS256, good) + ".", False),
+        (verifier, _signed(HS256, good).replace(".", "..", 1), False),
+        (verifier, "é" + _signed(HS256, good), False),
+        # claims: exp, iat, nbf as other types, in the past or the future, at the leeway's edge
+        (verifier, _signed(HS256, {**good, "exp": now - 1}), False),
+        (verifier, _signed(HS256, {**good, "exp": float(now + 60)}), False),
+        (verifier, _signed(HS256, {**good, "exp": str(now + 60)}), False),
+        (verifier, _signed(HS256, {**good, "exp": True}), False),
+        (verifier, _signed(HS256, {**good, "exp": None}), False),
+        (verifier, _signed(HS256, {**good, "exp": 2**70}), False),
+        (verifier, _signed(HS256, {**good, "iat": now + 600}), False),
+        (verifier, _signed(HS256, {**good, "iat": "now"}), False),
+        (verifier, _signed(HS256, {**good, "iat": float(now)}), False),
+        (verifier, _signed(HS256, {**good, "nbf": now + 600}), False),
+        (verifier, _signed(HS256, {**good, "nbf": None}), False),
+        (verifier, _signed(HS256, {**good, "sub": 42}), False),
+        (verifier, _signed(HS256, {**good, "sub": None}), False),
+        (verifier, _signed(HS256, {"iat": now, "exp": now + 60}), False),
+        (verifier, _signed(HS256, {**good, "jti": 7}), False),
+        (verifier, _signed(HS256, {**good, "exp": "NaN"}), False),
+        (verifier, _signed(HS256, b'{"sub": "alice", "exp": NaN}'), False),
+        (verifier, _signed(HS256, b'{"sub": "alice", "exp": Infinity}'), False),
+        (verifier, _signed(HS256, json.dumps(good).encode("utf-16")), False),
+        (verifier, _signed(HS256, ["alice"]), False),
+        (verifier, _signed(HS256, b'{"sub": "alice", "exp": 1, "exp": %d}' % (now + 60)), True),
+        (verifier, _signed(HS256, b'{"sub": "alice", "exp": %d, "exp": 1}' % (now + 60)), False),
+        (STRICT, _signed(HS256, {**strict_good, "exp": now - 2}), True),
+        (STRICT, _signed(HS256, {**strict_good, "exp": now - 10}), False),
+        (STRICT, _signed(HS256, {**strict_good, "iat": now + 2}), True),
+        (STRICT, _signed(HS256, {**strict_good, "nbf": now + 10}), False),
+        # issuer and audience, when configured (and ignored when not)
+        (verifier, _signed(HS256, {**good, "iss": 7, "aud": ["x", 1]}), True),
+        (STRICT, _signed(HS256, {**good, "iss": "teamdash", "aud": "dashboard"}), True),
+        (STRICT, _signed(HS256, {**good, "iss": "teamdash", "aud": ["x", "dashboard"]}), True),
+        (STRICT, _signed(HS256, {**good, "iss": "teamdash", "aud": ["x"]}), False),
+        (STRICT, _signed(HS256, {**good, "iss": "teamdash", "aud": ["dashboard", 1]}), False),
+        (STRICT, _signed(HS256, {**good, "iss": "teamdash", "aud": "other"}), False),
+        (STRICT, _signed(HS256, {**good, "iss": "teamdash", "aud": ""}), False),
+        (STRICT, _signed(HS256, {**good, "iss": "teamdash", "aud": {"dashboard": 1}}), False),
+        (STRICT, _signed(HS256, {**good, "iss": "teamdash"}), False),
+        (STRICT, _signed(HS256, {**good, "iss": "other", "aud": "dashboard"}), False),
+        (STRICT, _signed(HS256, {**good, "iss": ["teamdash"], "aud": "dashboard"}), False),
+        (STRICT, _signed(HS256, {**good, "aud": "dashboard"}), False),
+    ]
+
+
+@pytest.mark.parametrize("shape", range(len(_shapes(0))))
+def test_the_hmac_shortcut_accepts_only_what_pyjwt_accepts(shape: int) -> None:
+    """Where the shortcut gives claims, PyJWT gives the same; everything else is PyJWT's."""
+    v, token, taken = _shapes(int(time.time()))[shape]
+    claims = v._plain_hmac_claims(token)
+    assert (claims is not None) == taken, _pyjwt(v, token)
+    if claims is not None:
+        assert claims == _pyjwt(v, token)
+
+
+def test_the_hmac_shortcut_leaves_odd_keys_to_pyjwt() -> None:
+    """A secret shorter than the hash (PyJWT warns) or one PyJWT refuses as a key: PyJWT
+    decides every token, and says what it says."""
+    short = "s" * 16
+    with pytest.warns(jwt.InsecureKeyLengthWarning):
+        token = mint_token(short, "a")
+    assert TokenVerifier(short)._plain_hmac_claims(token) is None
+    with pytest.warns(jwt.InsecureKeyLengthWarning):
+        assert TokenVerifier(short).verify(token).user_id == "a"
+    jwk = '{"kty": "oct", "k": "' + "A" * 43 + '"}'
+    with pytest.raises(jwt.InvalidKeyError):
+        TokenVerifier(jwk).verify(mint_token(SECRET, "a"))
