@@ -193,7 +193,7 @@ class Connection:
             pass
         except Exception as e:
             if not is_connection_error(e):
-                log.exception("connection %s: the catch-up of %s failed", self.id, group[0].topic)
+                log.exception("connection %s: catch-up of %s failed", self.id, group[0].topic)
             await self._carry_out(session.catch_up_failed(group))
 
     def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
@@ -353,30 +353,23 @@ class Connection:
             snapshot = await parts.runners.agent_snapshot(now_ms())
             await self._carry_out(session.agents_listed(message, owner, snapshot))
         elif isinstance(message, AgentHistoryMessage):
-            await self._carry_out(await self._history(message))
+            p, filt = message.payload, session.history_filter(message)
+            page = await parts.routes.bus.read_history(
+                agent_topic(p.agentId), after=p.after, before=p.before, limit=p.limit
+            )
+            owner = await parts.runners.owner_of(p.agentId)
+            await self._carry_out(session.history_read(message, owner, filt, page))
         elif isinstance(message, UnsubscribeMessage):
             await self._carry_out(session.unsubscribe(message))
         elif isinstance(message, AuthMessage):
             identity = parts.verifier.verify(message.credentials.token)
-            owners: dict[str, str | None] = {}
-            for agent_id in session.agents_to_recheck(identity):
-                try:
-                    owners[agent_id] = (await parts.runners.agent(agent_id)).owner
-                except TeamdashError:
-                    owners[agent_id] = None  # the agent is gone: nothing more to see
+            # An agent gone from the registry (None) has nothing more to show.
+            recheck = session.agents_to_recheck(identity)
+            owners = {a: await parts.runners.owner_of(a) for a in recheck}
             await self._carry_out(session.refresh(message.id, identity, owners))
         elif isinstance(message, CreateAgentMessage | ControlMessage):
             session.require_control()
             self._spawn(self._agent_request(message), f"{message.type}:{message.id}")
-
-    async def _history(self, message: AgentHistoryMessage) -> list[Action]:
-        p, parts = message.payload, self.parts
-        filt = self.session.history_filter(message)
-        page = await parts.routes.bus.read_history(
-            agent_topic(p.agentId), after=p.after, before=p.before, limit=p.limit
-        )
-        owner = await parts.runners.owner_of(p.agentId)
-        return self.session.history_read(message, owner, filt, page)
 
     async def _agent_request(self, message: CreateAgentMessage | ControlMessage) -> None:
         """An agent request in its own task; its outcome becomes the ack."""
@@ -433,10 +426,8 @@ class Connection:
 
     def _arm_expiry(self, timer: StartExpiryTimer, warned: bool) -> None:
         """(Re)arm the token timer: warn at ``timer.warn_at`` (unless ``warned``), close at
-        ``timer.expire_at`` (a refresh re-arms it). A loop timer rather than a sleeping task
-        per connection: that task cost ~10 µs of every connect+auth and ~1 KB held for the
-        token's lifetime. The wall clock is re-read at least every minute (it may be
-        adjusted); only what is due runs in a task."""
+        ``timer.expire_at`` (a refresh re-arms it). A loop timer, not a task per connection
+        (~10 µs of a connect+auth); the wall clock is re-read at least every minute."""
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
