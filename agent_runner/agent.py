@@ -88,8 +88,12 @@ MAX_PENDING = 1024
 OUTCOME_RETRY_MS = 15_000
 READ_SIZE = 64 * 1024
 STDERR_TAIL_CHARS = 8192
-#: Longest the pumps may take to drain after the process group is gone.
+#: After the process group is gone, the pumps drain what the pipes still hold, unpaced, for
+#: as long as they keep reading, but stop after this long without reading anything (a pipe
+#: held open by a process outside our reach), and after DRAIN_MAX_S in all (one that keeps
+#: writing).
 DRAIN_TIMEOUT_S = 2.0
+DRAIN_MAX_S = 30.0
 MIB = 1024 * 1024
 OOM_MARKERS = (
     "MemoryError",
@@ -203,6 +207,10 @@ class Agent:
         self._inbox: asyncio.Queue[RunnerRequest] = asyncio.Queue(maxsize=INBOX_SIZE)
         self.tasks = OwnedTasks(log, f"agent {info.agent_id}")
         self._pumps: list[asyncio.Task[None]] = []
+        #: Bytes the pumps read so far (the drain at exit goes on while this grows).
+        self._pumped = 0
+        #: The process group is gone: the pumps drain the pipes without pacing.
+        self._exited = asyncio.Event()
         self._escalation: asyncio.Task[None] | None = None
         self._pending: deque[PendingCommand] = deque()
         self._driver = info.model.make_driver()
@@ -576,6 +584,19 @@ class Agent:
         await self.ended.wait()
 
     # -- output -------------------------------------------------------------------------
+    async def _drain_pumps(self) -> None:
+        """Let the pumps read the pipes to their end (see :data:`DRAIN_TIMEOUT_S`)."""
+        pending = set(self._pumps)
+        deadline = asyncio.get_running_loop().time() + DRAIN_MAX_S
+        while pending:
+            before = self._pumped
+            _, pending = await asyncio.wait(pending, timeout=DRAIN_TIMEOUT_S)
+            if self._pumped == before or asyncio.get_running_loop().time() >= deadline:
+                break
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
     async def _pump(self, stream: OutputStream, reader: asyncio.StreamReader) -> None:
         splitter = OutputSplitter()
         loop = asyncio.get_running_loop()
@@ -596,14 +617,18 @@ class Agent:
             if not data:
                 self._emit(stream, splitter.finish())
                 return
+            self._pumped += len(data)
             now = loop.time()
             emitted = self._emit(stream, splitter.feed(data, now))
             if self._pacer is not None:
                 # Paced by events and by bytes: an agent printing without newlines makes
                 # few events but many bytes, and subscribers' send buffers hold bytes.
                 delay = self._pacer.delay_after(emitted, now, len(data))
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                if delay > 0 and not self._exited.is_set():
+                    # Not once the process is gone: what is left is one pipeful at most.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._exited.wait()
 
     def _emit(self, stream: OutputStream, pieces: list[Piece]) -> int:
         """Queue ``pieces`` as output events; returns how many."""
@@ -752,10 +777,8 @@ class Agent:
             if left:
                 log.error("agent %s: processes survive SIGKILL: %s", self.agent_id, left)
             if self._pumps:
-                _, stuck = await asyncio.wait(self._pumps, timeout=DRAIN_TIMEOUT_S)
-                for task in stuck:  # a pipe held open by a process outside our reach
-                    task.cancel()
-                await asyncio.gather(*stuck, return_exceptions=True)
+                self._exited.set()
+                await self._drain_pumps()
             # Whatever the pumps read last has been acted on: these turns never ended.
             waiting = [request for turn in self._pending for request in turn.waiters]
             self._cancel_timers()

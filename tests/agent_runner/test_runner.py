@@ -389,6 +389,22 @@ async def test_output_is_paced_not_dropped(start_runner, gateway: Gateway, bus: 
     assert span_ms >= 1500, span_ms  # unpaced, ~0.5 s here
 
 
+async def test_a_paced_agent_s_last_pipeful_is_read_after_it_exits(
+    start_runner, gateway: Gateway, bus: EventBus
+) -> None:
+    """At 1,000 lines/s the runner paces its reads of the agent's pipe; the agent has
+    written its last lines into the pipe and exited meanwhile. Once the process is gone the
+    pipe is drained unpaced (the drain used to give up after 2 s, inside a pacing pause,
+    and the last few hundred lines were lost)."""
+    await start_runner(
+        TEAMDASH_HISTORY_SIZE="10000", TEAMDASH_AGENT_OUTPUT_EVENTS_PER_SECOND="1000"
+    )
+    agent_id, reply = await gateway.create("pipeful")
+    assert reply.success
+    evs = await wait_events(bus, agent_topic(agent_id), has_status("stopped"), timeout=60)
+    assert output_text(evs, "stdout") == "".join(f"line {i}\n" for i in range(1, 8001))
+
+
 def test_output_pacer_allows_a_burst_then_the_rate() -> None:
     pacer = OutputPacer(1000)
     assert pacer.delay_after(1000, now=10.0) == 0.0  # one second's worth at once
