@@ -40,7 +40,7 @@ from typing import Any, Final, Generic, Literal, TypeVar
 from gateway.audit import Kind
 from gateway.guard import check_frame
 from gateway.limits import TokenBucket
-from gateway.router import Filter, Subscription, catch_up, parse_filters
+from gateway.router import Filter, Gap, Subscription, catch_up, gap_notice, parse_filters
 from gateway.settings import GatewaySettings
 from shared.agent_info import ENDED_STATES, AgentSnapshot
 from shared.bus import HistoryPage, Position, Replay
@@ -62,7 +62,6 @@ from shared.protocol import (
     StreamPosition,
     SubscribeMessage,
     SubscriptionGapMessage,
-    SubscriptionGapPayload,
     SystemAlertMessage,
     SystemAlertPayload,
     UnsubscribeMessage,
@@ -843,18 +842,8 @@ class ClientSession(Generic[C]):
     def _gap(
         self, group: list[Subscription[C]], since: Position, position: Position, missed: int | None
     ) -> SubscriptionGapMessage:
-        return SubscriptionGapMessage(
-            type="subscription:gap",
-            payload=SubscriptionGapPayload(
-                topic=group[0].topic,
-                subscriptionIds=[s.id for s in group if not s.hidden],
-                reason="events-lost",
-                missed=missed,
-                since=StreamPosition(offset=since.offset, epoch=since.epoch),
-                position=StreamPosition(offset=position.offset, epoch=position.epoch),
-            ),
-            metadata=Metadata(priority="high"),
-        )
+        ids = [s.id for s in group if not s.hidden]
+        return gap_notice(group[0].topic, ids, Gap("events-lost", missed, since, position))
 
     def unsubscribe(self, message: UnsubscribeMessage) -> list[Action]:
         sub = self.subscriptions.get(message.payload.subscriptionId)

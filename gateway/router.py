@@ -29,6 +29,12 @@ import orjson
 
 from shared.bus import Event, Position
 from shared.errors import ErrorCode, ProtocolError
+from shared.protocol import (
+    Metadata,
+    StreamPosition,
+    SubscriptionGapMessage,
+    SubscriptionGapPayload,
+)
 from shared.topics import (
     AGENT_EVENT_KINDS,
     ALERT_CATEGORIES,
@@ -261,6 +267,22 @@ def find_gap(
     if missed > 0:
         return Gap("events-lost", missed, since, resume)
     return None
+
+
+def gap_notice(topic: str, subscription_ids: list[str], gap: Gap) -> SubscriptionGapMessage:
+    """The ``subscription:gap`` that tells one connection about ``gap`` on ``topic``."""
+    return SubscriptionGapMessage(
+        type="subscription:gap",
+        payload=SubscriptionGapPayload(
+            topic=topic,
+            subscriptionIds=subscription_ids,
+            reason=gap.reason,
+            missed=gap.missed,
+            since=StreamPosition(offset=gap.since.offset, epoch=gap.since.epoch),
+            position=StreamPosition(offset=gap.position.offset, epoch=gap.position.epoch),
+        ),
+        metadata=Metadata(priority="high"),
+    )
 
 
 def gap_recipients(subscriptions: Iterable[Subscription[C]]) -> list[tuple[C, list[str]]]:

@@ -18,15 +18,11 @@ import redis.asyncio as aioredis
 from websockets.asyncio.server import ServerConnection
 
 from gateway.metrics import GatewayMetrics
-from gateway.router import Subscription, TopicRoute, find_gap, gap_recipients
+from gateway.router import Subscription, TopicRoute, find_gap, gap_notice, gap_recipients
 from gateway.sending import Sender
 from shared.bus import EventBus, Position, PubSubHub, Replay, parse_channel_message
 from shared.keys import Keys
 from shared.protocol import (
-    Metadata,
-    StreamPosition,
-    SubscriptionGapMessage,
-    SubscriptionGapPayload,
     encode,
 )
 from shared.tasks import OwnedTasks, raise_if_cancelled
@@ -192,23 +188,8 @@ class Routes:
                 )
                 self.metrics.missed.inc(gap.missed or 0)
                 for conn, ids in gap_recipients(route.subscriptions.values()):
-                    notice = SubscriptionGapMessage(
-                        type="subscription:gap",
-                        payload=SubscriptionGapPayload(
-                            topic=route.topic,
-                            subscriptionIds=ids,
-                            reason=gap.reason,
-                            missed=gap.missed,
-                            since=_stream_position(gap.since),
-                            position=_stream_position(gap.position),
-                        ),
-                        metadata=Metadata(priority="high"),
-                    )
+                    notice = gap_notice(route.topic, ids, gap)
                     notices.append(([conn], encode(notice), False))
             log.debug("resynced %s with %d events", route.topic, len(replay.events))
             # The notice first: the client learns of the hole, then gets what follows it.
             self.sender.send_all([*notices, *route.resynced(replay.events, replay.head)])
-
-
-def _stream_position(position: Position) -> StreamPosition:
-    return StreamPosition(offset=position.offset, epoch=position.epoch)

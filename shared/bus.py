@@ -166,10 +166,7 @@ class HistoryPage:
 
     def missed(self, after: int | None) -> int:
         """Events between ``after`` (the start if None) and this page no longer kept."""
-        if self.oldest is None:
-            return 0
-        start = self.events[0].offset if self.events else self.oldest
-        return max(0, min(start, self.oldest) - 1 - (after or 0))
+        return 0 if self.oldest is None else max(0, self.oldest - 1 - (after or 0))
 
 
 def _tags_text(tags: Iterable[str]) -> str:
@@ -343,9 +340,7 @@ class EventBus:
     async def head(self, topic: str) -> Position:
         """The topic's current position (offset 0 and no epoch when nothing was published)."""
         epoch, offset = await self.redis.hmget(self.keys.topic_meta(topic), "epoch", "offset")
-        if epoch is None:
-            return Position(0, None)
-        return Position(int(offset or 0), as_text(epoch))
+        return Position(0, None) if epoch is None else _head(epoch, offset)
 
     def _transcript_of(self, topic: str) -> str | None:
         """The transcript stream of ``topic`` (None: the topic has none)."""
@@ -375,20 +370,15 @@ class EventBus:
             entries = await self.redis.xrange(
                 transcript, min=f"{after + 1}-0", max="+", count=limit
             )
-            if entries and _offset_of(entries[0][0]) == after + 1:
-                # Complete from ``since`` on (else the transcript lost some, or began
-                # later than the replay buffer: the buffer may hold more, see below).
-                events = [_parse_entry(topic, head.epoch, eid, f) for eid, f in entries]
-                more = len(events) == limit and events[-1].offset < head.offset
-                return Replay(events, head, 0, not epoch_changed, more)
             if entries:
-                first = _offset_of(entries[0][0])
-                oldest = await self.redis.xrange(self.keys.topic_stream(topic), count=1)
-                if not oldest or _offset_of(oldest[0][0]) >= first:
+                missed = _offset_of(entries[0][0]) - 1 - after
+                # A transcript missing some (its caps, or transcripts turned on later) is
+                # still the best source unless the replay buffer reaches further back.
+                if missed == 0 or not await self._buffer_reaches(topic, after + missed):
                     events = [_parse_entry(topic, head.epoch, eid, f) for eid, f in entries]
                     more = len(events) == limit and events[-1].offset < head.offset
-                    missed = first - 1 - after
-                    return Replay(events, head, missed, False, more)
+                    recovered = missed == 0 and not epoch_changed
+                    return Replay(events, head, missed, recovered, more)
         start = max(after, head.offset - limit)
         entries = await self.redis.xrange(
             self.keys.topic_stream(topic), min=f"{start + 1}-0", max="+", count=limit
@@ -397,6 +387,11 @@ class EventBus:
         first = events[0].offset if events else head.offset + 1
         missed = max(0, first - 1 - after)
         return Replay(events, head, missed, missed == 0 and not epoch_changed)
+
+    async def _buffer_reaches(self, topic: str, offset: int) -> bool:
+        """The replay buffer holds an event at or before ``offset``."""
+        oldest = await self.redis.xrange(self.keys.topic_stream(topic), count=1)
+        return oldest is not None and len(oldest) > 0 and _offset_of(oldest[0][0]) <= offset
 
     async def read_history(
         self, topic: str, *, after: int | None, before: int | None, limit: int
@@ -418,8 +413,8 @@ class EventBus:
             else:
                 pipe.xrange(key, min=low, max=high, count=limit)
             (epoch, offset), oldest, entries = await pipe.execute()
-        if epoch is None or (before is not None and before <= 1):
-            return HistoryPage([], None if epoch is None else _head(epoch, offset), None)
+        if epoch is None:
+            return HistoryPage([], None, None)
         if before is not None and after is None:
             entries.reverse()
         text = as_text(epoch)
