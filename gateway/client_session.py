@@ -809,8 +809,7 @@ class ClientSession(Generic[C]):
         live = [s for s in group if self.subscriptions.get(s.id) is s and s.catching_up]
         if len(live) != len(group) or self.phase is not Phase.OPEN:
             return None
-        cursors = [s.cursor for s in group if s.cursor is not None]
-        return min(cursors, key=lambda c: c.offset) if cursors else Position(0, None)
+        return _earliest(group)
 
     def caught_up_page(self, group: list[Subscription[C]], replay: Replay) -> list[Action]:
         """The next page of ``group``'s catch-up (read after :meth:`catching_up`), and the
@@ -832,7 +831,7 @@ class ClientSession(Generic[C]):
         queued, after a ``subscription:gap`` (how many were missed is unknown)."""
         if self.catching_up(group) is None:
             return []
-        since = min((s.cursor or Position(0, None) for s in group), key=lambda c: c.offset)
+        since = _earliest(group)
         queued = [e for s in group for e in s.queued]
         first = min((e.offset for e in queued), default=since.offset + 1)
         notice = self._gap(group, since, Position(first - 1, since.epoch), None)
@@ -1065,6 +1064,12 @@ class ClientSession(Generic[C]):
 
 def _list_key(agent: AgentInfo) -> tuple[int, str]:
     return (agent.startTime or 0, agent.agentId)
+
+
+def _earliest(group: list[Subscription[C]]) -> Position:
+    """The earliest cursor of a catching-up group (the start when none has one yet)."""
+    cursors = [s.cursor for s in group if s.cursor is not None]
+    return min(cursors, key=lambda c: c.offset) if cursors else Position(0, None)
 
 
 def _notice(
