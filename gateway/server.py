@@ -52,6 +52,7 @@ from shared.protocol import (
     now_ms,
 )
 from shared.redis_conn import describe, is_connection_error, redis_client, wait_for_redis
+from shared.resp import RespClient
 from shared.tasks import OwnedTasks, raise_if_cancelled
 from shared.tokens import TokenVerifier
 
@@ -110,7 +111,9 @@ class Gateway:
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
         )
-        self.sessions = SessionStore(self.redis, self.keys, settings.session_ttl_s)
+        self.sessions = SessionStore(
+            self.redis, RespClient(settings.common.redis_url), self.keys, settings.session_ttl_s
+        )
         self.metrics = GatewayMetrics()
         self.limits = SharedLimits(
             self.redis,

@@ -41,8 +41,6 @@ import asyncio
 import itertools
 import logging
 import secrets
-import socket
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -54,12 +52,12 @@ import anyio
 import hiredis
 import orjson
 import redis.asyncio as aioredis
-from redis.connection import SSLConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared import topics
 from shared.keys import Keys
 from shared.protocol import WSMessage
+from shared.resp import Endpoint, command, open_connection
 
 log = logging.getLogger("ws.bus")
 
@@ -440,61 +438,6 @@ def as_text(value: Any) -> str:
 #: The hub's handler: every ``(channel, data)`` of one socket read, in arrival order.
 Handler = Callable[[list[tuple[str, bytes]]], None]
 
-#: Seconds to connect, authenticate and subscribe before ``start`` (or a reconnect) gives up,
-#: unless the URL says otherwise (``?socket_connect_timeout=``).
-CONNECT_TIMEOUT_S = 10.0
-
-
-def _command(*args: str | bytes) -> bytes:
-    """One command as a RESP array of bulk strings."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        raw = arg.encode() if isinstance(arg, str) else arg
-        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
-    return b"".join(out)
-
-
-@dataclass(frozen=True, slots=True)
-class _Endpoint:
-    """Where and how the hub connects, from a ``redis://``, ``rediss://`` or ``unix://`` URL."""
-
-    host: str
-    port: int
-    path: str | None
-    tls: ssl.SSLContext | None
-    username: str | None
-    password: str | None
-    client_name: str | None
-    connect_timeout_s: float
-
-    @classmethod
-    def from_url(cls, url: str) -> _Endpoint:
-        kw: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
-        context = None
-        if kw.get("connection_class") is SSLConnection:
-            context = ssl.create_default_context(cafile=kw.get("ssl_ca_certs"))
-            reqs = str(kw.get("ssl_cert_reqs", "required")).lower()
-            if reqs == "none":
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            elif reqs == "optional":
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_OPTIONAL
-            if kw.get("ssl_check_hostname") is False:
-                context.check_hostname = False
-            if kw.get("ssl_certfile"):
-                context.load_cert_chain(kw["ssl_certfile"], kw.get("ssl_keyfile"))
-        return cls(
-            host=kw.get("host", "localhost"),
-            port=int(kw.get("port", 6379)),
-            path=kw.get("path"),
-            tls=context,
-            username=kw.get("username"),
-            password=kw.get("password"),
-            client_name=kw.get("client_name"),
-            connect_timeout_s=float(kw.get("socket_connect_timeout") or CONNECT_TIMEOUT_S),
-        )
-
 
 class _PubSubProtocol(asyncio.Protocol):
     """One pub/sub connection: hiredis parses what the socket delivers; every ``message`` of
@@ -515,20 +458,17 @@ class _PubSubProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Nothing else would notice a peer that vanished without closing the connection.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def send(self, *args: str | bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_command(*args))
+            self.transport.write(command(*args))
 
-    def request(self, *args: str | bytes) -> asyncio.Future[object]:
+    def request(self, packed: bytes) -> asyncio.Future[object]:
         """Send a command answered by a plain reply (only before subscribing)."""
         reply: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._replies.append(reply)
-        self.send(*args)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(packed)
         return reply
 
     def abort(self) -> None:
@@ -629,7 +569,7 @@ class PubSubHub:
         on_reconnect: Callable[[], None] | None = None,
         on_lost: Callable[[Exception | None], None] | None = None,
     ) -> None:
-        self._endpoint = _Endpoint.from_url(redis_url)
+        self._endpoint = Endpoint.from_url(redis_url)
         self._handler = handler
         self._on_reconnect = on_reconnect
         self._on_lost = on_lost
@@ -705,7 +645,6 @@ class PubSubHub:
         """A new connection, authenticated and subscribed to the private channel and to
         every channel of ``self._channels`` (one command); raises if any of it fails."""
         ep = self._endpoint
-        loop = asyncio.get_running_loop()
         private = self._private_channel
 
         def factory() -> _PubSubProtocol:
@@ -714,22 +653,8 @@ class PubSubHub:
         protocol: _PubSubProtocol | None = None
         try:
             async with asyncio.timeout(ep.connect_timeout_s):
-                if ep.path is not None:
-                    _, protocol = await loop.create_unix_connection(factory, ep.path)
-                else:
-                    _, protocol = await loop.create_connection(
-                        factory,
-                        ep.host,
-                        ep.port,
-                        ssl=ep.tls,
-                        server_hostname=ep.host if ep.tls is not None else None,
-                    )
-                replies = []
-                if ep.password is not None:
-                    auth = (ep.username, ep.password) if ep.username else (ep.password,)
-                    replies.append(protocol.request(b"AUTH", *auth))
-                if ep.client_name:
-                    replies.append(protocol.request(b"CLIENT", b"SETNAME", ep.client_name))
+                protocol = await open_connection(ep, factory)
+                replies = [protocol.request(packed) for packed in ep.handshake(select_db=False)]
                 protocol.send(b"SUBSCRIBE", private, *self._channels)
                 for reply in replies:
                     await reply

@@ -13,17 +13,20 @@ from gateway.client_session import SessionUpdate
 from gateway.sessions import SessionStore
 from shared.bus import Position
 from shared.keys import Keys
+from shared.redis_server import free_port
+from shared.resp import RespClient
 
 ACTIVE = SessionUpdate(last_activity_ms=2)
 
 
 @pytest.fixture
-async def store(redis: aioredis.Redis, keys: Keys) -> AsyncIterator[SessionStore]:
-    store = SessionStore(redis, keys, ttl_s=60)
+async def store(redis: aioredis.Redis, redis_url: str, keys: Keys) -> AsyncIterator[SessionStore]:
+    store = SessionStore(redis, RespClient(redis_url), keys, ttl_s=60)
     writer = asyncio.create_task(store.run())
     yield store
     writer.cancel()
     await asyncio.gather(writer, return_exceptions=True)
+    store.writer.close()
 
 
 async def hold(store: SessionStore, sid: str, conn: str, *, new: bool) -> None:
@@ -50,38 +53,34 @@ async def test_hold_write_and_take_over(store: SessionStore, redis: aioredis.Red
 
 async def test_concurrent_writes_share_round_trips(store: SessionStore, monkeypatch):
     pipelines = 0
-    real = store.redis.pipeline
+    real = store.writer.execute
 
-    def counting(*args, **kwargs):
+    async def counting(commands):
         nonlocal pipelines
         pipelines += 1
-        return real(*args, **kwargs)
+        return await real(commands)
 
-    monkeypatch.setattr(store.redis, "pipeline", counting)
+    monkeypatch.setattr(store.writer, "execute", counting)
     await asyncio.gather(*(hold(store, f"s{i}", f"c{i}", new=True) for i in range(500)))
     written = await asyncio.gather(*(store.write(f"s{i}", f"c{i}", ACTIVE) for i in range(500)))
     assert all(written)
     assert pipelines <= 4, pipelines  # 1,000 writes, a handful of round trips
 
 
-async def test_a_failed_round_trip_fails_its_callers_not_the_writer(
-    store: SessionStore, monkeypatch
-):
-    real = store.redis.pipeline
-
-    def broken(*args, **kwargs):
-        raise aioredis.ConnectionError("redis is down")
-
-    monkeypatch.setattr(store.redis, "pipeline", broken)
+async def test_a_failed_round_trip_fails_its_callers_not_the_writer(store: SessionStore):
+    real = store.writer
+    store.writer = RespClient(f"redis://127.0.0.1:{free_port()}")  # nothing listens there
     with pytest.raises(aioredis.ConnectionError):
         await hold(store, "s1", "c1", new=True)
-    monkeypatch.setattr(store.redis, "pipeline", real)
+    store.writer = real
     await hold(store, "s1", "c1", new=True)  # the writer is still there
     assert await store.write("s1", "c1", ACTIVE)
 
 
-async def test_writes_after_the_writer_stopped_fail_at_once(redis: aioredis.Redis, keys: Keys):
-    store = SessionStore(redis, keys, ttl_s=60)
+async def test_writes_after_the_writer_stopped_fail_at_once(
+    redis: aioredis.Redis, redis_url: str, keys: Keys
+):
+    store = SessionStore(redis, RespClient(redis_url), keys, ttl_s=60)
     writer = asyncio.create_task(store.run())
     await asyncio.sleep(0)
     writer.cancel()
