@@ -23,7 +23,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
@@ -69,7 +68,7 @@ from shared.protocol import (
 )
 from shared.redis_conn import describe, is_connection_error
 from shared.tasks import OwnedTasks
-from shared.tokens import Identity, TokenVerifier
+from shared.tokens import TokenVerifier
 from shared.topics import agent_topic
 
 log = logging.getLogger("ws.conn")
@@ -115,14 +114,6 @@ class Connection:
         self.tasks = OwnedTasks(log, f"connection {self.id}")
         #: The token timer: a loop timer, re-armed at least every minute (see _arm_expiry).
         self._expiry: asyncio.TimerHandle | None = None
-
-    @property
-    def identity(self) -> Identity | None:
-        return self.session.identity
-
-    @property
-    def session_id(self) -> str | None:
-        return self.session.session_id
 
     # -- lifecycle ----------------------------------------------------------------
     async def run(self) -> None:
@@ -217,9 +208,13 @@ class Connection:
     # -- authentication ------------------------------------------------------------
     async def _authenticate(self) -> bool:
         message: AuthMessage | None = None
-        # A cancel scope, not wait_for: on 3.11 wait_for can swallow a cancellation of the
-        # connection that lands as a frame arrives, and the gateway's close would wait.
-        with anyio.move_on_after(self.parts.settings.auth_timeout_s):
+        # A loop timer that closes the connection, not a cancel scope or wait_for: nothing
+        # is cancelled, so nothing can be swallowed (wait_for on 3.11 can lose the
+        # connection's own cancellation), and it costs a tenth of anyio's scope.
+        deadline = asyncio.get_running_loop().call_later(
+            self.parts.settings.auth_timeout_s, self._auth_deadline
+        )
+        try:
             while message is None and self.session.phase is Phase.AWAITING_AUTH:
                 raw = await self.ws.recv()
                 received = self.session.receive(raw, time.monotonic(), time.time())
@@ -227,17 +222,20 @@ class Connection:
                 await self._carry_out(received.actions)
                 if isinstance(received.message, AuthMessage):
                     message = received.message
-        if self.session.phase is not Phase.AWAITING_AUTH:
-            # Closed for flooding, from a task: read (and drop) what is queued in front of
-            # the client's close frame until the close completes.
+        finally:
+            deadline.cancel()
+        if message is None or self.session.phase is not Phase.AWAITING_AUTH:
+            # Closed for flooding or for the deadline, from a task: read (and drop) what is
+            # queued in front of the client's close frame until the close completes.
             async for _ in self.ws:
                 pass
             return False
-        if message is None:
-            auth_log.info("connection %s: no auth in time", self.id)
-            await self._carry_out(self.session.auth_timed_out())
-            return False
         return await self._open(message)
+
+    def _auth_deadline(self) -> None:
+        if self.session.phase is Phase.AWAITING_AUTH:
+            auth_log.info("connection %s: no auth in time", self.id)
+            self._spawn(self._carry_out(self.session.auth_timed_out()), "auth-deadline")
 
     async def _open(self, message: AuthMessage) -> bool:
         """Verify the token, create or resume the session, restore its subscriptions, then
@@ -289,11 +287,8 @@ class Connection:
             parts.metrics.missed.inc(session.missed)
             log.info(
                 "session %s resumed on connection %s: %d subscriptions, %d replayed, %d missed",
-                session.session_id,
-                self.id,
-                len(session.subscriptions),
-                session.replayed,
-                session.missed,
+                *(session.session_id, self.id, len(session.subscriptions)),
+                *(session.replayed, session.missed),
             )
         auth_log.debug("connection %s authenticated as %s", self.id, identity.user_id)
         return True
@@ -307,7 +302,7 @@ class Connection:
         except TeamdashError as e:
             await self._carry_out(self.session.answer(message.id, error=e))
         except ConnectionClosed:
-            raise
+            pass  # the client left before its answer: nobody to tell (the reader sees it)
         except Exception as e:
             if is_connection_error(e):
                 error = self._unavailable(e, message.type)
@@ -369,16 +364,10 @@ class Connection:
             await self._carry_out(session.refresh(message.id, identity, owners))
         elif isinstance(message, CreateAgentMessage | ControlMessage):
             session.require_control()
-            self._spawn(self._agent_request(message), f"{message.type}:{message.id}")
+            work = self._agent_request(message)  # in its own task; its outcome is the ack
+            self._spawn(self._answering(message, work), f"{message.type}:{message.id}")
 
     async def _agent_request(self, message: CreateAgentMessage | ControlMessage) -> None:
-        """An agent request in its own task; its outcome becomes the ack."""
-        try:
-            await self._answering(message, self._run_agent_request(message))
-        except ConnectionClosed:
-            pass  # the client left before its answer: nobody to tell
-
-    async def _run_agent_request(self, message: CreateAgentMessage | ControlMessage) -> None:
         session, runners = self.session, self.parts.runners
         assert session.identity is not None
         if not isinstance(message, CreateAgentMessage):

@@ -238,6 +238,7 @@ class Gateway:
             await self._server.wait_closed()
         await self.tasks.close()
         await self.hub.close()
+        self.sessions.writer.close()
         await self.redis.aclose()
 
     async def _flush_sessions_forever(self) -> None:
@@ -303,7 +304,7 @@ class Gateway:
     def send_to_clients(self, message: WSMessage) -> None:
         """One message to every authenticated connection of this gateway, straight from
         here (not through the bus: it may be Redis that is down)."""
-        conns = [c.ws for c in self.connections if c.identity is not None]
+        conns = [c.ws for c in self.connections if c.session.identity is not None]
         if conns:
             self.sender.send_all(((conns, encode(message), False),))
 
@@ -459,11 +460,12 @@ class Gateway:
         batch = []
         now = time.monotonic()
         for conn in self.connections:
-            if conn.session_id is None:
+            session_id = conn.session.session_id
+            if session_id is None:
                 continue
             update = conn.session_update(now)
             if update is not None:
-                batch.append((conn.session_id, conn.id, update))
+                batch.append((session_id, conn.id, update))
         if batch:
             await self.sessions.write_many(batch)
 
