@@ -95,6 +95,28 @@ class Outbox:
             self._congested.add(ws)
         return []
 
+    def write_now(self, ws: ServerConnection, datas: list[bytes]) -> bool:
+        """Write ``datas`` to one connection now, in one write, behind whatever this batch
+        already holds for it (a reply: no batch to build); False if it gets nothing."""
+        pending = self._pending
+        if ws in pending:
+            frames = pending[ws]
+            if frames is None:
+                return False
+            frames.extend(map(text_frame, datas))
+            return True
+        if ws.protocol.state is not _OPEN or ws.send_in_progress is not None:
+            return False
+        size = ws.transport.get_write_buffer_size()
+        if size > self.cap:
+            self._on_slow(ws, size)
+            return False
+        try:
+            ws.transport.write(b"".join(map(text_frame, datas)))
+        except Exception as e:  # noqa: BLE001 - as in flush
+            log.warning("could not write to a connection: %r", e)
+        return True
+
     def flush(self) -> None:
         """Write every connection's queued frames, one write each."""
         pending, self._pending = self._pending, {}

@@ -43,8 +43,12 @@ class Sender:
         self.flush()
 
     def send_many(self, ws: ServerConnection, datas: list[bytes]) -> None:
-        """Write ``datas`` to one connection, in order, with one write (a catch-up)."""
-        self.send_all(([ws], data, False) for data in datas)
+        """Write ``datas`` to one connection, in order, with one write (a reply, a
+        catch-up), under the same rules as :meth:`send_all`."""
+        if self.outbox.write_now(ws, datas):
+            for data in datas:
+                self.metrics.observe_event(data, 1, latency=False)
+            self.metrics.flush_events()
 
     def queue(self, deliveries: Deliveries, *, live: bool) -> None:
         """Add deliveries to the batch :meth:`flush` writes (a pub/sub read's events)."""

@@ -108,3 +108,25 @@ def test_a_connection_closed_before_the_flush_is_not_written():
     conn.protocol.state = State.CLOSING
     outbox.flush()
     assert conn.transport.writes == []
+
+
+def test_a_reply_is_written_at_once_or_behind_the_batch_in_progress():
+    slow: list[tuple[Any, int]] = []
+    outbox = Outbox(cap=1000, on_slow=lambda ws, size: slow.append((ws, size)))
+    conn, other = Conn(), Conn()
+    assert outbox.write_now(conn, [b"ack", b"event"])
+    assert len(conn.transport.writes) == 1 and conn.received() == [b"ack", b"event"]
+    # A batch holds frames for `conn`: the reply goes behind them, in the batch's write.
+    outbox.add([conn, other], b"live")
+    assert outbox.write_now(conn, [b"ack-2"])
+    assert len(conn.transport.writes) == 1
+    outbox.flush()
+    assert conn.received() == [b"ack", b"event", b"live", b"ack-2"]
+    assert other.received() == [b"live"]
+    # Under the same rules as a batch: closed, fragmenting and slow connections get nothing.
+    closing = Conn(protocol=WebSocketProtocol(State.CLOSING))
+    fragmenting = Conn(send_in_progress=object())
+    too_slow = Conn(Transport(buffered=1001))
+    for c in (closing, fragmenting, too_slow):
+        assert not outbox.write_now(c, [b"ack"]) and c.transport.writes == []
+    assert slow == [(too_slow, 1001)]
