@@ -46,19 +46,17 @@ from shared.agent_info import ENDED_STATES, AgentSnapshot
 from shared.bus import HistoryPage, Position, Replay
 from shared.errors import ErrorCode, ProtocolError, TeamdashError
 from shared.protocol import (
+    PROTOCOL_VERSION,
     AgentHistoryMessage,
     AgentInfo,
     AgentListMessage,
     AgentListResult,
     AuthMessage,
     ClientMessage,
-    ConnectionStatusMessage,
-    ConnectionStatusPayload,
     CreateAgentMessage,
     HeartbeatMessage,
     HeartbeatPayload,
     Metadata,
-    RestoredSubscription,
     StreamPosition,
     SubscribeMessage,
     SubscriptionGapMessage,
@@ -69,6 +67,7 @@ from shared.protocol import (
     ack,
     ack_with_events,
     decode_client_message,
+    encode_fields,
     new_id,
 )
 from shared.tokens import Identity
@@ -550,40 +549,33 @@ class ClientSession(Generic[C]):
                 paged.append(ContinueCatchUp(group))
             missed += max((r.missed for r in mine), default=0)
             recovered = recovered and all(r.recovered for r in mine)
-        status = ConnectionStatusMessage(
-            type="connection:status",
-            payload=ConnectionStatusPayload(
-                status="authenticated",
-                sessionId=self.session_id,
-                userId=self.identity.user_id,
-                resumed=resumed,
-                recovered=recovered if resumed else None,
-                replayed=len(frames),
-                missed=missed,
-                heartbeatIntervalMs=int(self.settings.heartbeat_interval_s * 1000),
-                gatewayId=gateway_id,
-                roles=sorted(self.identity.roles),
-                subscriptions=(
-                    [
-                        RestoredSubscription(
-                            subscriptionId=sub.id,
-                            kind=sub.kind,
-                            topic=sub.topic,
-                            filters=list(sub.requested_filters) or None,
-                        )
-                        for sub in self.subscriptions.values()
-                        if not sub.hidden
-                    ]
-                    if resumed
-                    else None
-                ),
-            ),
-            metadata=Metadata(correlationId=message_id),
-        )
         self.replayed, self.missed = len(frames), missed
-        actions: list[Action] = [self._expiry_timer(), Send(status)]
-        if frames:
-            actions.append(SendFrames(frames))
+        # The one frame every connect+auth writes: built from its fields (a third of the
+        # cost of the pydantic model), in ConnectionStatusPayload's order; a test checks it.
+        status: dict[str, Any] = {
+            "status": "authenticated",
+            "sessionId": self.session_id,
+            "userId": self.identity.user_id,
+            "resumed": resumed,
+        }
+        if resumed:
+            status["recovered"] = recovered
+        status |= {
+            "replayed": len(frames),
+            "missed": missed,
+            "heartbeatIntervalMs": int(self.settings.heartbeat_interval_s * 1000),
+            "gatewayId": gateway_id,
+        }
+        if resumed:
+            status["subscriptions"] = [
+                {"subscriptionId": sub.id, "kind": sub.kind, "topic": sub.topic}
+                | ({"filters": list(sub.requested_filters)} if sub.requested_filters else {})
+                for sub in self.subscriptions.values()
+                if not sub.hidden
+            ]
+        status |= {"roles": sorted(self.identity.roles), "protocolVersion": PROTOCOL_VERSION}
+        frames.insert(0, encode_fields("connection:status", status, correlation_id=message_id))
+        actions: list[Action] = [self._expiry_timer(), SendFrames(frames)]
         if resumed:
             actions.append(WriteSession(self._subscriptions_update()))
         actions += paged

@@ -44,6 +44,7 @@ from shared.protocol import (
     SubscribeMessage,
     SystemAlertMessage,
     decode_client_message,
+    encode,
 )
 from shared.settings import Env
 from shared.tokens import Identity
@@ -163,13 +164,21 @@ def test_no_auth_in_time_is_audited_and_closed():
 def test_opening_sends_the_status_and_starts_the_expiry_timer():
     s = session()
     s.authenticate(identity(), None, new_session_id="sess-1")
-    timer, status = s.opened("m1", resumed=False, replays={}, gateway_id="gw-1")
+    timer, sent = s.opened("m1", resumed=False, replays={}, gateway_id="gw-1")
     assert isinstance(timer, StartExpiryTimer) and timer.expire_at == WALL + 3600
-    assert isinstance(status, Send) and isinstance(status.message, ConnectionStatusMessage)
-    p = status.message.payload
+    assert isinstance(sent, SendFrames) and len(sent.frames) == 1
+    status = the_status(sent.frames[0])
+    p = status.payload
     assert (p.sessionId, p.userId, p.resumed, p.gatewayId) == ("sess-1", "alice", False, "gw-1")
-    assert status.message.metadata is not None
-    assert status.message.metadata.correlationId == "m1"
+    assert p.recovered is None and p.subscriptions is None and p.roles == ["operator"]
+    assert status.metadata is not None and status.metadata.correlationId == "m1"
+
+
+def the_status(frame: bytes) -> ConnectionStatusMessage:
+    """The status frame, checked against the model: the same bytes as its encoding."""
+    status = ConnectionStatusMessage.model_validate_json(frame)
+    assert encode(status) == frame
+    return status
 
 
 def test_another_user_s_session_cannot_be_resumed():
@@ -371,12 +380,12 @@ def test_resume_starts_from_the_client_position_else_the_stored_cursor():
     data = orjson.dumps({"type": "system:alert"})
     replays = {"s2": Replay([Event("logs", 12, "e", ("error",), data)], None, 3, False)}
     actions = s.opened("m1", resumed=True, replays=replays, gateway_id="gw")
-    status = next(a.message for a in actions if isinstance(a, Send))
-    assert isinstance(status, ConnectionStatusMessage)
-    p = status.payload
+    sent = actions[1]
+    assert isinstance(sent, SendFrames) and sent.frames[1:] == [data]  # status, then replay
+    p = the_status(sent.frames[0]).payload
     assert (p.resumed, p.replayed, p.missed, p.recovered) == (True, 1, 3, False)
     assert [r.subscriptionId for r in p.subscriptions or []] == ["s1", "s2"]
-    assert isinstance(actions[2], SendFrames) and isinstance(actions[3], WriteSession)
+    assert isinstance(actions[2], WriteSession)
 
 
 def test_cursors_move_only_when_the_send_buffer_drained_and_are_written_once():

@@ -4,6 +4,7 @@ what is refused and with which error code, and the exact shape of what the serve
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import orjson
@@ -1056,3 +1057,11 @@ def test_strict_types_still_take_what_json_means() -> None:
         frame(type="agent:terminate", payload={"agentId": AGENT_ID, "force": True})
     )
     assert isinstance(term, p.TerminateAgentMessage) and term.payload.force is True
+
+
+def test_message_ids_are_uuid4_text() -> None:
+    ids = {p.new_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
