@@ -102,6 +102,19 @@ async def test_no_auth_within_timeout_closes(make_gateway):
     assert time.monotonic() - start < t(3)
 
 
+async def test_the_auth_deadline_ends_with_the_auth(make_gateway):
+    """The deadline is a loop timer: once authenticated, its passing changes nothing."""
+    gw = await make_gateway(TEAMDASH_AUTH_TIMEOUT_S="0.3")
+    client = await WSClient.open(ws_url(gw))
+    await client.send("auth", {"token": token(), "clientId": "c"})
+    await client.recv_type("connection:status")
+    await asyncio.sleep(0.6)  # the deadline would have passed (timer, not an event)
+    mid = await client.send("ping", {})
+    pong = await client.recv_type("pong")  # the barrier: still open, still served
+    assert pong["metadata"]["correlationId"] == mid
+    await client.close()
+
+
 async def test_requests_before_auth_are_refused_but_auth_still_works(gateway):
     client = await WSClient.open(ws_url(gateway))
     ack = await client.request("subscribe:metrics", {})
