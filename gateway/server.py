@@ -57,6 +57,7 @@ from shared.tasks import OwnedTasks, raise_if_cancelled
 from shared.tokens import TokenVerifier
 
 log = logging.getLogger("ws.gateway")
+WEBSOCKETS_LOG = logging.getLogger("websockets.server")
 
 #: Redis connections one gateway may hold (callers wait up to REDIS_POOL_WAIT_S for one).
 REDIS_POOL_SIZE = 256
@@ -209,6 +210,7 @@ class Gateway:
             ping_timeout=s.heartbeat_interval_s,
             close_timeout=5,
             server_header=None,
+            logger=WEBSOCKETS_LOG,  # given, not looked up by name for every connection
             reuse_port=s.reuse_port,
             ssl=tls_context(s),
             # asyncio's default (100) overflows when thousands of clients connect at once.

@@ -179,6 +179,11 @@ class TokenVerifier:
     _hmac: tuple[bytes, dict[str, Callable[[], Any]]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    #: For the shortcut: header segments seen → the hash they name (None: PyJWT's). An
+    #: issuer sends the same header every time; a few dozen at most are kept.
+    _headers: dict[bytes, Callable[[], Any] | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not self.algorithms or "none" in (a.lower() for a in self.algorithms):
@@ -262,30 +267,26 @@ class TokenVerifier:
         decides). Never refuses: a None is "ask PyJWT", not "invalid"."""
         if self._hmac is None or not isinstance(token, str) or not token.isascii():
             return None
-        key, hashes = self._hmac
+        key = self._hmac[0]
         raw = token.encode()
         segments = raw.split(b".")
         if len(segments) != 3:
             return None
-        header, payload, signature = (
-            _segment(segments[0]),
-            _segment(segments[1]),
-            _segment(segments[2]),
-        )
-        if header is None or payload is None or signature is None:
+        digest = self._header_hash(segments[0])
+        payload = _segment(segments[1])
+        if digest is None or payload is None:
             return None
         try:
-            head, claims = orjson.loads(header), orjson.loads(payload)
+            claims = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return None
-        if type(head) is not dict or not head.keys() <= _PLAIN_HEADER or type(claims) is not dict:
+        if type(claims) is not dict:
             return None
-        alg = head.get("alg")
-        digest = hashes.get(alg) if type(alg) is str else None
-        if digest is None:
-            return None
+        # Compared as text: the signature segment must be the canonical encoding of the
+        # right MAC (any other spelling is PyJWT's to judge).
         signed = raw[: len(segments[0]) + 1 + len(segments[1])]
-        if not hmac.compare_digest(hmac.digest(key, signed, digest), signature):
+        mac = binascii.b2a_base64(hmac.digest(key, signed, digest), newline=False)
+        if not hmac.compare_digest(mac.translate(_TO_URLSAFE).rstrip(b"="), segments[2]):
             return None
         now, leeway = time.time(), self.leeway_s
         exp = claims.get("exp")
@@ -306,6 +307,27 @@ class TokenVerifier:
             elif not aud or aud != self.audience:
                 return None
         return claims
+
+    def _header_hash(self, segment: bytes) -> Callable[[], Any] | None:
+        """The hash of a plain header (``alg``/``typ`` alone, an allowed HMAC algorithm),
+        remembered per segment; None for any other header."""
+        headers = self._headers
+        if segment in headers:
+            return headers[segment]
+        digest = None
+        decoded = _segment(segment)
+        try:
+            head = orjson.loads(decoded) if decoded is not None else None
+        except orjson.JSONDecodeError:
+            head = None
+        if type(head) is dict and head.keys() <= _PLAIN_HEADER:
+            alg = head.get("alg")
+            assert self._hmac is not None
+            digest = self._hmac[1].get(alg) if type(alg) is str else None
+        if len(headers) >= 32:
+            headers.clear()  # a client making up headers: start over
+        headers[segment] = digest
+        return digest
 
 
 def _hmac_shortcut(
