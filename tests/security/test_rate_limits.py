@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -92,21 +93,24 @@ async def test_a_client_that_keeps_flooding_a_shared_limit_is_disconnected(make_
         TEAMDASH_MESSAGES_PER_SECOND="100000", TEAMDASH_USER_MESSAGES_PER_SECOND="10"
     )
     client = await WSClient.authed(ws_url(gw), token("alice"))
-    await flood(client, '{"type":"unsubscribe","payload":{"subscriptionId":"x"}}')
-    assert await closed(client, timeout=10) == (1008, "RATE_LIMIT_EXCEEDED")
+    frame = '{"type":"unsubscribe","payload":{"subscriptionId":"x"}}'
+    assert await flood(client, frame) == (1008, "RATE_LIMIT_EXCEEDED")
 
 
-async def flood(client: WSClient, frame: str, timeout_s: float = 20.0) -> None:
-    """Send ``frame`` until the gateway closes the connection: a fixed count could be
-    spread over two windows of a limit by a slow (loaded) gateway and never trip it."""
+async def flood(client: WSClient, frame: str, timeout_s: float = 20.0) -> tuple[Any, Any]:
+    """Send ``frame`` until the gateway closes the connection, reading what it sends
+    meanwhile; the close (code, reason). A fixed count could be spread over two windows of
+    a limit by a slow (loaded) gateway and never trip it."""
+    reading = asyncio.create_task(closed(client, timeout=timeout_s))
     deadline = time.monotonic() + t(timeout_s)
     try:
-        while time.monotonic() < deadline:
+        while not reading.done() and time.monotonic() < deadline:
             for _ in range(50):
                 await client.send_raw(frame)
             await asyncio.sleep(0)
     except ConnectionClosed:
         pass
+    return await reading
 
 
 async def test_invalid_frames_count_against_the_limit_too(make_gateway):
@@ -123,8 +127,7 @@ async def test_invalid_frames_count_against_the_limit_too(make_gateway):
 async def test_requests_before_auth_are_rate_limited(make_gateway):
     gw = await make_gateway(TEAMDASH_MESSAGES_PER_SECOND="5")
     client = await WSClient.open(ws_url(gw))
-    await flood(client, '{"type":"subscribe:metrics"}')
-    assert await closed(client, timeout=10) == (1008, "RATE_LIMIT_EXCEEDED")
+    assert await flood(client, '{"type":"subscribe:metrics"}') == (1008, "RATE_LIMIT_EXCEEDED")
 
 
 async def handshake(url: str, forwarded_for: str | None = None) -> int:
