@@ -29,8 +29,9 @@ automatically), then reconnects with the spec's backoff — 1, 2, 4, 8, 16, then
 repeatedly, each ± ``jitter`` — and resumes the session (``sessionId`` + ``positions``).
 The server restores the session's subscriptions with the same ids, so existing
 :class:`Subscription` objects simply keep yielding. If the session could not be resumed
-(expired), the client subscribes again and the events in between are lost (``status.resumed``
-is false). Requests made while reconnecting wait for the connection (within
+(expired; ``status.resumed`` is false), the client subscribes again, each subscription from
+the newest event received on its topic: what the server still holds is replayed, and what it
+no longer holds is counted in ``Subscription.missed``. Requests made while reconnecting wait for the connection (within
 ``request_timeout``).
 
 Backoff delays come from :func:`backoff_delay` (pure); ``sleep`` and ``random`` are
@@ -1055,10 +1056,16 @@ class DashboardClient:
         return made[0]
 
     async def _resubscribe(self) -> None:
-        """After a reconnect that could not resume the session: subscribe again."""
+        """After a reconnect that could not resume the session: subscribe again, each from
+        the newest event received on its topic, so what was published meanwhile is replayed
+        (or counted in ``missed``) instead of skipped without a word."""
+        positions = self.positions
         for sub in list(self._subs.values()):
+            since = positions.get(sub.topic)
             try:
-                await self._subscribe(sub.kind, sub.agent_id, sub.filters, existing=sub)
+                await self._subscribe(
+                    sub.kind, sub.agent_id, sub.filters, existing=sub, since=since
+                )
             except ConnectionLost:
                 return  # the next reconnect tries again
             except ClientError as e:

@@ -12,6 +12,8 @@ and answers one JSON command per stdin line with one JSON line:
 * ``{"cmd": "token", "user": "alice", "roles": ["operator"], "ttl": 60}`` → ``{"token": …}``
 * ``{"cmd": "kill_gateway", "gatewayId": …}`` → ``{"killed": <index>}`` (SIGKILL)
 * ``{"cmd": "restart_gateway", "index": i}`` → ``{"restarted": i, "gatewayId": …}``
+* ``{"cmd": "forget_session", "sessionId": …}`` → ``{"forgotten": <1 or 0>}`` (as if it
+  had expired)
 
 Everything stops (and the folder is removed) on stdin EOF, SIGTERM or SIGINT; nothing
 outlives this process (the topology's services die with it).
@@ -20,6 +22,7 @@ outlives this process (the topology's services die with it).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sys
@@ -27,6 +30,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from shared.keys import Keys
 from shared.tokens import mint_token
 from shared.topology import LocalTopology
 from tests.helpers import AGENTS_DIR
@@ -48,6 +54,10 @@ def _answer(topology: LocalTopology, command: dict[str, Any]) -> dict[str, Any]:
             index = int(command["index"])
             topology.restart_gateway(index)
             return {"restarted": index, "gatewayId": topology.gateway_ids[index]}
+        case "forget_session":
+            keys = Keys(os.environ.get("TEAMDASH_REDIS_PREFIX", "td"))  # the topology's
+            with redis.Redis.from_url(topology.redis_url) as client:
+                return {"forgotten": client.delete(keys.session(command["sessionId"]))}
     return {"error": f"unknown command {command!r}"}
 
 

@@ -200,16 +200,23 @@ async def test_an_expired_session_is_recreated_and_subscriptions_restored(
         old_session = client.session_id
         sub = await client.subscribe_logs(["warning"])
         old_id = sub.id
+        await live(first, sub)
+        await publish_alerts(bus, [1], level="warning")
+        assert numbers(await take(sub, 1)) == [1]
         await first.close()
+        # Published while no gateway runs: the new session's subscription starts after the
+        # last event received (1), so these are replayed, not lost.
+        await publish_alerts(bus, [2, 3], level="warning")
         await asyncio.sleep(1.5)  # the session expires meanwhile
         second = await make_gateway(TEAMDASH_GATEWAY_PORT=str(port), TEAMDASH_SESSION_TTL_S="1")
         await wait_for(lambda: client.connected and sub.id != old_id, what="re-subscription")
         await live(second, sub)
         assert client.status is not None and not client.status.resumed
         assert client.session_id != old_session
-        await publish_alerts(bus, [1], level="info")
-        await publish_alerts(bus, [2], level="warning")
-        assert numbers(await take(sub, 1)) == [2]
+        await publish_alerts(bus, [4], level="info")
+        await publish_alerts(bus, [5], level="warning")
+        assert numbers(await take(sub, 3)) == [2, 3, 5]
+        assert sub.missed == 0
     finally:
         await client.close()
 

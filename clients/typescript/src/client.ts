@@ -166,8 +166,9 @@ export type StateEvent =
   | {
       state: "missed";
       /** `not-recovered`: the resume (or a subscribe `since`, on `topic`) could not replay
-       * `missed` events; `new-session`: the session was gone and subscriptions were made
-       * again; `events-lost`/`epoch-changed`: a `subscription:gap` on `topic`. */
+       * `missed` events; `new-session`: the session was gone and a subscription that had
+       * received nothing yet was made again (nothing to replay from); `events-lost`/
+       * `epoch-changed`: a `subscription:gap` on `topic`. */
       reason: "not-recovered" | "new-session" | "events-lost" | "epoch-changed";
       missed?: number;
       topic?: string;
@@ -758,9 +759,10 @@ export class DashboardWebSocket {
     existing?: Subscription,
   ): Promise<Subscription<E>> {
     let made: Subscription | undefined;
-    // A re-made subscription (new session) never repeats its `since`: what came after it was
+    // A re-made subscription (new session) gets the position of the newest event received on
+    // its topic from `resubscribe`, never its first `since`: what came after that was
     // delivered already, and would be again.
-    const since = existing === undefined ? options.since : undefined;
+    const since = options.since;
     const payload = {
       ...(agentId !== undefined ? { agentId } : {}),
       ...(filters.length > 0 ? { filters: [...filters] } : {}),
@@ -774,10 +776,10 @@ export class DashboardWebSocket {
         made = existing;
       } else {
         made = new Subscription(this, result.subscriptionId, topic, kind, agentId, filters, this.options.queueSize);
-        made.missed = result.missed;
-        made.recovered = result.recovered;
         if (options.onEvent !== undefined) made.on(options.onEvent as Listener<DashboardEvent>);
       }
+      made.missed = result.missed;
+      made.recovered = result.recovered;
       this.subs.set(made.id, made);
     });
     if (since !== undefined && made?.recovered === false) {
@@ -786,16 +788,25 @@ export class DashboardWebSocket {
     return made as unknown as Subscription<E>;
   }
 
+  /** After a reconnection on a new session (the old one was gone): subscribe again, each
+   * from the newest event received on its topic, so what was published meanwhile is
+   * replayed. A `missed` state event tells what could not be: `not-recovered` on a topic, or
+   * `new-session` when a subscription had received nothing yet (no position to start from). */
   private async resubscribe(): Promise<void> {
+    const positions = this.positions;
+    let unknown = false;
     for (const sub of [...this.subs.values()]) {
+      const since = positions[sub.topic];
+      unknown ||= since === undefined;
       try {
-        await this.subscribeKind(sub.kind, sub.agentId, sub.filters, {}, sub);
+        await this.subscribeKind(sub.kind, sub.agentId, sub.filters, since !== undefined ? { since } : {}, sub);
       } catch (e) {
         if (e instanceof ConnectionLostError) return; // the next reconnection tries again
         this.subs.delete(sub.id);
         sub.end();
       }
     }
+    if (unknown) this.notify({ state: "missed", reason: "new-session" });
   }
 
   private endAll(): void {
@@ -937,10 +948,7 @@ export class DashboardWebSocket {
         this.reportRecovery(status);
       } else {
         this.notify({ state: "open", status });
-        if (this.subs.size > 0) {
-          this.notify({ state: "missed", reason: "new-session" });
-          await this.resubscribe();
-        }
+        if (this.subs.size > 0) await this.resubscribe();
       }
       return;
     }

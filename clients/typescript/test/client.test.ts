@@ -348,4 +348,25 @@ describe("keeping the connection", () => {
     await stack.command({ cmd: "restart_gateway", index: 0 });
     await stack.command({ cmd: "restart_gateway", index: 1 });
   });
+
+  it("replays what was published while a lost session was gone", async () => {
+    const c = client();
+    const seen = states(c);
+    await c.connect();
+    const agent = await c.createAgent({ name: "ticker", model: "ticker", workspace: "ticker" });
+    const events: DashboardEvent[] = [];
+    await c.subscribeAgent({ agentId: agent.agentId, filters: ["stdout", "status"], onEvent: (e) => events.push(e) });
+    await waitFor(() => ticks(events).ticks.length >= 400, "400 ticks");
+    // The session is gone (as if it had expired) and then the connection: the client gets a
+    // new session and subscribes again from the newest line it received.
+    await stack.command({ cmd: "forget_session", sessionId: c.sessionId as string });
+    await stack.command({ cmd: "kill_gateway", gatewayId: c.gatewayId as string });
+    await waitFor(() => ticks(events).stopped, "the ticker to finish", t(60_000));
+    assert.deepEqual(ticks(events).ticks, Array.from({ length: 3000 }, (_, i) => i + 1), "every line exactly once, in order");
+    const names = seen.map((s) => s.state);
+    assert.ok(names.lastIndexOf("open") > names.indexOf("reconnecting"), names.join(",")); // a new session
+    assert.ok(names.indexOf("reconnecting") > 0 && !names.includes("resumed") && !names.includes("missed"), names.join(","));
+    await stack.command({ cmd: "restart_gateway", index: 0 });
+    await stack.command({ cmd: "restart_gateway", index: 1 });
+  });
 });

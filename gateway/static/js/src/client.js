@@ -520,9 +520,10 @@ export class DashboardWebSocket {
     // -- internals: subscriptions -----------------------------------------------------------
     async subscribeKind(kind, agentId, filters, options, existing) {
         let made;
-        // A re-made subscription (new session) never repeats its `since`: what came after it was
+        // A re-made subscription (new session) gets the position of the newest event received on
+        // its topic from `resubscribe`, never its first `since`: what came after that was
         // delivered already, and would be again.
-        const since = existing === undefined ? options.since : undefined;
+        const since = options.since;
         const payload = {
             ...(agentId !== undefined ? { agentId } : {}),
             ...(filters.length > 0 ? { filters: [...filters] } : {}),
@@ -537,11 +538,11 @@ export class DashboardWebSocket {
             }
             else {
                 made = new Subscription(this, result.subscriptionId, topic, kind, agentId, filters, this.options.queueSize);
-                made.missed = result.missed;
-                made.recovered = result.recovered;
                 if (options.onEvent !== undefined)
                     made.on(options.onEvent);
             }
+            made.missed = result.missed;
+            made.recovered = result.recovered;
             this.subs.set(made.id, made);
         });
         if (since !== undefined && made?.recovered === false) {
@@ -549,10 +550,18 @@ export class DashboardWebSocket {
         }
         return made;
     }
+    /** After a reconnection on a new session (the old one was gone): subscribe again, each
+     * from the newest event received on its topic, so what was published meanwhile is
+     * replayed. A `missed` state event tells what could not be: `not-recovered` on a topic, or
+     * `new-session` when a subscription had received nothing yet (no position to start from). */
     async resubscribe() {
+        const positions = this.positions;
+        let unknown = false;
         for (const sub of [...this.subs.values()]) {
+            const since = positions[sub.topic];
+            unknown ||= since === undefined;
             try {
-                await this.subscribeKind(sub.kind, sub.agentId, sub.filters, {}, sub);
+                await this.subscribeKind(sub.kind, sub.agentId, sub.filters, since !== undefined ? { since } : {}, sub);
             }
             catch (e) {
                 if (e instanceof ConnectionLostError)
@@ -561,6 +570,8 @@ export class DashboardWebSocket {
                 sub.end();
             }
         }
+        if (unknown)
+            this.notify({ state: "missed", reason: "new-session" });
     }
     endAll() {
         for (const sub of this.subs.values())
@@ -703,10 +714,8 @@ export class DashboardWebSocket {
             }
             else {
                 this.notify({ state: "open", status });
-                if (this.subs.size > 0) {
-                    this.notify({ state: "missed", reason: "new-session" });
+                if (this.subs.size > 0)
                     await this.resubscribe();
-                }
             }
             return;
         }
