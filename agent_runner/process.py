@@ -182,6 +182,11 @@ class AgentProcess:
                 os.killpg(proc.pid, signal.SIGTERM)  # the keeper kills what it started
             await proc.wait()
             raise SpawnFailed(f"the agent did not start within {timeout_s:g}s") from None
+        except BaseException:
+            # Cancelled mid-spawn (the runner stopping): nothing it started may outlive it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            raise
         head, _, rest = status.partition(b"\t")
         if head == STARTED and rest.isdigit():
             pid = int(rest)

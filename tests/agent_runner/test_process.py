@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from agent_runner import process as process_module
 from agent_runner.errors import SpawnFailed
 from agent_runner.process import (
     AgentProcess,
@@ -125,6 +126,38 @@ async def test_leader_exit_ends_escaped_children_and_keeps_the_status(tmp_path: 
     ):
         p = await AgentProcess.start(LaunchSpec([sys.executable, "-c", code], ENV, tmp_path))
         assert await p.wait() == expected
+
+
+async def test_a_start_cancelled_mid_spawn_leaves_nothing_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner stops while an agent is being started: the keeper, the agent and what
+    the agent started are all ended (they used to run on until the runner exited)."""
+    marker = f"cancelled-start-{os.getpid()}"
+    env = {**ENV, "TD_TEST_MARK": marker}
+    reading = asyncio.Event()
+
+    async def held_back(fd: int) -> bytes:  # the keeper's report never arrives
+        reading.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            os.close(fd)
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(process_module, "_read_to_eof", held_back)
+    spec = LaunchSpec([sys.executable, "-u", FORKER, "3"], env, tmp_path)
+    start = asyncio.create_task(AgentProcess.start(spec))
+    try:
+        await reading.wait()
+        # Three sleeps, the agent and its keeper: the spawn is well under way.
+        await wait_for(lambda: len(marked(marker)) == 5, timeout=10, what="the agent's processes")
+        start.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await start
+        await wait_for(lambda: not marked(marker), timeout=5, what="no agent process left")
+    finally:
+        kill_processes(marked(marker))
 
 
 async def test_runner_sigkill_takes_every_agent_process_with_it(tmp_path: Path) -> None:
