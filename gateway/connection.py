@@ -287,8 +287,11 @@ class Connection:
             parts.metrics.missed.inc(session.missed)
             log.info(
                 "session %s resumed on connection %s: %d subscriptions, %d replayed, %d missed",
-                *(session.session_id, self.id, len(session.subscriptions)),
-                *(session.replayed, session.missed),
+                session.session_id,
+                self.id,
+                len(session.subscriptions),
+                session.replayed,
+                session.missed,
             )
         auth_log.debug("connection %s authenticated as %s", self.id, identity.user_id)
         return True

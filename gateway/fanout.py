@@ -85,15 +85,23 @@ class Outbox:
 
     def _admit(self, ws: ServerConnection) -> list[bytes] | None:
         """A connection's first frame of the batch: may it get anything at all?"""
-        if ws.protocol.state is not _OPEN or ws.send_in_progress is not None:
+        size = self._buffered(ws)
+        if size is None:
             return None
-        size = ws.transport.get_write_buffer_size()
         if size > self.soft:
-            if size > self.cap:
-                self._on_slow(ws, size)
-                return None
             self._congested.add(ws)
         return []
+
+    def _buffered(self, ws: ServerConnection) -> int | None:
+        """What ``ws``'s send buffer holds; None when it may get nothing (not open, a
+        fragmented message being sent, or a slow consumer, which is reported)."""
+        if ws.protocol.state is not _OPEN or ws.send_in_progress is not None:
+            return None
+        size: int = ws.transport.get_write_buffer_size()
+        if size > self.cap:
+            self._on_slow(ws, size)
+            return None
+        return size
 
     def write_now(self, ws: ServerConnection, datas: list[bytes]) -> bool:
         """Write ``datas`` to one connection now, in one write, behind whatever this batch
@@ -105,11 +113,7 @@ class Outbox:
                 return False
             frames.extend(map(text_frame, datas))
             return True
-        if ws.protocol.state is not _OPEN or ws.send_in_progress is not None:
-            return False
-        size = ws.transport.get_write_buffer_size()
-        if size > self.cap:
-            self._on_slow(ws, size)
+        if self._buffered(ws) is None:
             return False
         try:
             ws.transport.write(b"".join(map(text_frame, datas)))

@@ -80,6 +80,8 @@ return 1
 
 @dataclass(frozen=True, slots=True)
 class _Script:
+    """A Lua script and its SHA1, the name ``EVALSHA`` calls it by."""
+
     source: bytes
     sha: bytes
 
