@@ -290,8 +290,15 @@ async def test_runner_sigkill_leaves_no_agent_process_and_is_reaped(fault_stack)
             what="the other runner to mark the agent crashed",
         )
         assert await field(redis, agent_id, "reason") == "runner-lost"
-        last = statuses(await stored(redis, topic))[-1]
-        assert last["status"] == "crashed" and last["details"]["runnerId"] == owner
+
+        async def crashed_event() -> dict[str, Any] | None:
+            # Published right after the record is marked: not in the same instant.
+            last = statuses(await stored(redis, topic))[-1]
+            return last if last["status"] == "crashed" else None
+
+        await wait_for(crashed_event, timeout=5, what="the crashed event")
+        last = await crashed_event()
+        assert last is not None and last["details"]["runnerId"] == owner
     finally:
         for p in marked(marker):
             p.kill()
