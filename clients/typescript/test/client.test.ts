@@ -325,7 +325,8 @@ describe("keeping the connection", () => {
     assert.ok(!seen.some((s) => s.state === "reconnecting"));
   });
 
-  it("gets every line exactly once across a gateway killed mid-stream", async () => {
+  /** A client following a ticker agent (3,000 lines), 400 lines in. */
+  async function tickerUnderWay(): Promise<{ c: DashboardWebSocket; seen: StateEvent[]; events: DashboardEvent[] }> {
     const c = client();
     const seen = states(c);
     await c.connect();
@@ -333,6 +334,16 @@ describe("keeping the connection", () => {
     const events: DashboardEvent[] = [];
     await c.subscribeAgent({ agentId: agent.agentId, filters: ["stdout", "status"], onEvent: (e) => events.push(e) });
     await waitFor(() => ticks(events).ticks.length >= 400, "400 ticks");
+    return { c, seen, events };
+  }
+
+  async function restartGateways(): Promise<void> {
+    await stack.command({ cmd: "restart_gateway", index: 0 });
+    await stack.command({ cmd: "restart_gateway", index: 1 });
+  }
+
+  it("gets every line exactly once across a gateway killed mid-stream", async () => {
+    const { c, seen, events } = await tickerUnderWay();
     const victim = c.gatewayId as string;
     await stack.command({ cmd: "kill_gateway", gatewayId: victim });
     await waitFor(() => ticks(events).stopped, "the ticker to finish", t(60_000));
@@ -345,18 +356,11 @@ describe("keeping the connection", () => {
     assert.ok(names.includes("reconnecting") && names.includes("resumed"), names.join(","));
     const sequences = events.flatMap((e) => (e.type === "agent:output" ? [e.payload.sequence] : []));
     assert.deepEqual(sequences, [...new Set(sequences)].sort((a, b) => a - b));
-    await stack.command({ cmd: "restart_gateway", index: 0 });
-    await stack.command({ cmd: "restart_gateway", index: 1 });
+    await restartGateways();
   });
 
   it("replays what was published while a lost session was gone", async () => {
-    const c = client();
-    const seen = states(c);
-    await c.connect();
-    const agent = await c.createAgent({ name: "ticker", model: "ticker", workspace: "ticker" });
-    const events: DashboardEvent[] = [];
-    await c.subscribeAgent({ agentId: agent.agentId, filters: ["stdout", "status"], onEvent: (e) => events.push(e) });
-    await waitFor(() => ticks(events).ticks.length >= 400, "400 ticks");
+    const { c, seen, events } = await tickerUnderWay();
     // The session is gone (as if it had expired) and then the connection: the client gets a
     // new session and subscribes again from the newest line it received.
     await stack.command({ cmd: "forget_session", sessionId: c.sessionId as string });
@@ -366,7 +370,6 @@ describe("keeping the connection", () => {
     const names = seen.map((s) => s.state);
     assert.ok(names.lastIndexOf("open") > names.indexOf("reconnecting"), names.join(",")); // a new session
     assert.ok(names.indexOf("reconnecting") > 0 && !names.includes("resumed") && !names.includes("missed"), names.join(","));
-    await stack.command({ cmd: "restart_gateway", index: 0 });
-    await stack.command({ cmd: "restart_gateway", index: 1 });
+    await restartGateways();
   });
 });
