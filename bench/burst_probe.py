@@ -54,20 +54,9 @@ async def _serve(what: str, redis_url: str, secret: str, run_dir: Path) -> tuple
         gc.freeze()  # as gateway.server.main does
         gc.set_threshold(50_000, 20, 100)
         return f"ws://127.0.0.1:{gateway.port}/ws", gateway.close
-    from websockets.asyncio.server import serve  # noqa: PLC0415
-
     from bench import ceiling  # noqa: PLC0415
 
-    server = await serve(
-        ceiling.handler,
-        "127.0.0.1",
-        0,
-        compression=None,
-        max_size=1024 * 1024,
-        ping_interval=30,
-        ping_timeout=30,
-        backlog=4096,
-    )
+    server = await ceiling.start(0)
     port = server.sockets[0].getsockname()[1]
 
     async def stop() -> None:

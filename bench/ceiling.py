@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 import orjson
-from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 
 from bench.source import command_loop, event_data, new_loop, paced
 from shared.protocol import now_ms
@@ -102,7 +102,13 @@ async def main(port: int) -> None:
             batch=int(cmd["batch"]),
         )
 
-    async with serve(
+    async with await start(port):
+        await command_loop({"publish": publish})
+
+
+async def start(port: int) -> Server:
+    """The ceiling's server, listening on ``port`` (0: any free port)."""
+    return await serve(
         handler,
         "127.0.0.1",
         port,
@@ -114,8 +120,7 @@ async def main(port: int) -> None:
         # default of 100 a burst overflows the queue and waits for SYN retransmits, and the
         # "ceiling" would be slower than the gateway.
         backlog=4096,
-    ):
-        await command_loop({"publish": publish})
+    )
 
 
 if __name__ == "__main__":
